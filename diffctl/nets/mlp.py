@@ -1,0 +1,65 @@
+"""MLP backbone for tiny problems: the whole chunk is flattened and denoised by residual MLP blocks."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from diffctl.nets.layers import check_inputs, noise_embedding
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int = 256, depth: int = 2) -> nn.Sequential:
+    """Plain Mish MLP with ``depth`` hidden layers."""
+    if depth < 1:
+        raise ValueError(f"mlp depth must be >= 1, got {depth}")
+    layers: list[nn.Module] = []
+    dims = [in_dim] + [hidden] * depth
+    for a, b in itertools.pairwise(dims):
+        layers += [nn.Linear(a, b), nn.Mish()]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.Mish(), nn.Dropout(dropout),
+            nn.Linear(2 * hidden, hidden),
+        )  # fmt: skip
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.net(h)
+
+
+class MLPDenoiserNet(nn.Module):
+    """``forward(x (B, H, Da), c_noise (B,), cond (B, Dc)) -> (B, H, Da)`` with a flattened-chunk MLP."""
+
+    def __init__(
+        self,
+        action_dim: int,
+        horizon: int,
+        cond_dim: int = 0,
+        hidden: int = 256,
+        depth: int = 3,
+        embed_dim: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.action_dim, self.horizon, self.cond_dim = action_dim, horizon, cond_dim
+        self.noise_emb = noise_embedding(embed_dim, embed_dim)
+        self.inp = nn.Linear(horizon * action_dim + embed_dim + cond_dim, hidden)
+        self.blocks = nn.Sequential(*[_ResidualBlock(hidden, dropout) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, horizon * action_dim))
+
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        check_inputs(x, c_noise, cond, self.cond_dim)
+        parts = [x.flatten(1), self.noise_emb(c_noise)]
+        if self.cond_dim:
+            parts.append(cond)
+        h = self.blocks(self.inp(torch.cat(parts, dim=-1)))
+        return self.out(h).reshape(x.shape)
