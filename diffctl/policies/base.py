@@ -1,0 +1,159 @@
+"""The ``Policy`` interface and the ``SamplerConfig`` every diffusion agent is sampled with.
+
+A policy turns one environment observation into one action (``act``) while keeping an observation history
+and a queue of planned actions; the heavy work is ``predict_chunk``, which samples a whole action chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class SamplerConfig:
+    """How an agent samples at inference; any field can be overridden at load time without retraining.
+
+    ``schedule``: ``"auto"`` (the model's own: Karras for EDM, its training timesteps for VP), ``"karras"``
+    or ``"vp"``. ``guidance_scale`` weights classifier-free guidance on the goal (1 = plain conditional, 0 =
+    goal-free, > 1 extrapolates; values other than 1 cost 2 NFE per evaluation). ``warm_start`` > 0 re-noises
+    the previous chunk (shifted by the executed actions) to that sigma and samples only the rest of the grid.
+    ``seed`` makes ``act`` reproducible from ``reset``. ``spacing`` picks VP timesteps (diffusers' names);
+    ``options`` are passed to the solver (e.g. ``eta`` for ddim).
+    """
+
+    solver: str = "dpmpp_2m"
+    steps: int = 10
+    schedule: str = "auto"
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    guidance_scale: float = 1.0
+    warm_start: float = 0.0
+    seed: int | None = None
+    spacing: str = "leading"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"sampler steps must be a positive integer, got {self.steps!r}")
+        if self.schedule not in ("auto", "karras", "vp"):
+            raise ValueError(f"sampler schedule must be 'auto', 'karras' or 'vp', got {self.schedule!r}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"sampler needs 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}"
+            )
+        if self.warm_start < 0:
+            raise ValueError(f"sampler warm_start must be >= 0 (a sigma), got {self.warm_start}")
+        if not np.isfinite(self.guidance_scale):
+            raise ValueError(f"sampler guidance_scale must be finite, got {self.guidance_scale}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SamplerConfig:
+        """Build from a mapping; unknown keys raise ValueError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown sampler keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> SamplerConfig:
+        """A copy with some fields changed (validated like the constructor)."""
+        return SamplerConfig.from_dict({**self.to_dict(), **overrides})
+
+
+class Policy(ABC):
+    """Observation -> action agent backed by one trainable ``network`` (an ``nn.Module``)."""
+
+    network: nn.Module
+
+    @abstractmethod
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the observation history and planned actions (start of an episode)."""
+
+    @abstractmethod
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """One environment observation -> one action."""
+
+    @abstractmethod
+    def predict_chunk(
+        self, obs_history: Any, *, noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sample action chunks ``(B, H, Da)`` (unnormalized) for observation histories ``(B, To, Do)``."""
+
+    @abstractmethod
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of a raw (unnormalized) batch and scalars to log."""
+
+    @abstractmethod
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into the directory ``path`` atomically."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> Policy:
+        """Rebuild a saved policy; ``overrides`` are ``SamplerConfig`` fields."""
+
+
+def write_agent_dir(
+    path: str | os.PathLike[str], config: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> Path:
+    """Write an agent directory atomically: fill a temp dir next to ``path``, then swap it in by rename."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_agent_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read ``config.json`` and ``model.safetensors`` of an agent directory, with clear errors."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    cfg_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"agent directory {root} has no {p.name}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:
+        raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from err
+    return config, state
