@@ -39,12 +39,13 @@ class TinyDataset:
 class TinyAgent:
     """Regression agent: an MLP with input noise drawn from the global RNG (so resume must restore it)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, noise: float = 0.01) -> None:
         torch.manual_seed(seed)
+        self.noise = noise
         self.network = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        obs = batch["obs"] + 0.01 * torch.randn_like(batch["obs"])
+        obs = batch["obs"] + self.noise * torch.randn_like(batch["obs"])
         loss = (self.network(obs) - batch["actions"]).pow(2).mean()
         return loss, {"mse": loss.detach()}
 
