@@ -1,1 +1,48 @@
-"""datasets/generators."""
+"""Dataset generators: maze2d (scripted waypoint expert) and locomotion (SAC, D4RL recipe).
+
+``generate(task, out, episodes=None, seed=0, force=False, **options)`` writes an ``EpisodeStore`` at ``out``
+with a dataset card in ``store.attrs`` and returns the opened store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+MAZE_DATASETS = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
+LOCOMOTION_TASKS = ("hopper", "halfcheetah", "walker2d")
+LOCOMOTION_KINDS = ("medium", "medium-replay", "expert", "medium-expert")
+LOCOMOTION_DATASETS = tuple(f"{t}-{k}" for t in LOCOMOTION_TASKS for k in LOCOMOTION_KINDS)
+DATASETS = MAZE_DATASETS + LOCOMOTION_DATASETS
+
+__all__ = ["DATASETS", "generate"]
+
+
+def generate(
+    task: str,
+    out: str | os.PathLike[str],
+    episodes: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    **options: Any,
+) -> Any:
+    """Generate dataset ``task`` (e.g. ``maze2d-umaze``, ``hopper-medium``) into an EpisodeStore at ``out``.
+
+    An existing ``out`` is refused unless ``force``. Options go to the task's generator (maze:
+    ``size="small"|"d4rl"``, ``steps``, ``action_noise``, ...; locomotion: ``budget="small"|"d4rl"``, ...).
+    """
+    if task not in DATASETS:
+        raise ValueError(f"no generator for {task!r}; valid datasets: {', '.join(DATASETS)}")
+    if episodes is not None and int(episodes) < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    path = Path(out)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists (pass force=True / --force to replace it)")
+    if task in MAZE_DATASETS:
+        from diffctl.datasets.generators.maze import generate_maze
+
+        return generate_maze(task, path, episodes=episodes, seed=seed, force=force, **options)
+    from diffctl.datasets.generators.locomotion import generate_locomotion
+
+    return generate_locomotion(task, path, episodes=episodes, seed=seed, force=force, **options)
