@@ -1,0 +1,135 @@
+"""``diffctl data``: generate, import, export and inspect offline datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+IMPORT_FORMATS = ("d4rl", "minari", "zarr")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("data", help="generate, import, export and inspect offline datasets")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+    gen = sub.add_parser("generate", help="generate a dataset for a task (e.g. maze2d-umaze)")
+    gen.add_argument("task", help="task or dataset name, e.g. maze2d-umaze or hopper-medium")
+    gen.add_argument("--out", required=True, help="output store path (.zarr directory)")
+    gen.add_argument("--episodes", type=int, default=None, help="number of episodes (default: the recipe's)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--force", action="store_true", help="replace an existing --out")
+    gen.set_defaults(func=_generate)
+
+    imp = sub.add_parser("import", help="import a D4RL HDF5 file, Minari dataset or diffusion_policy zarr")
+    imp.add_argument("format", choices=IMPORT_FORMATS)
+    imp.add_argument("src", help="source file or directory")
+    imp.add_argument("--out", required=True, help="output store path (.zarr directory)")
+    imp.add_argument("--task", default=None, help="task name for the card (and D4RL episode limits)")
+    imp.add_argument(
+        "--episode-limit", type=int, default=None, help="D4RL files without timeouts: split length"
+    )
+    imp.add_argument("--force", action="store_true", help="replace an existing --out")
+    imp.set_defaults(func=_import)
+
+    exp = sub.add_parser("export", help="export a store to another format")
+    exp.add_argument("format", choices=("d4rl",))
+    exp.add_argument("store", help="EpisodeStore path")
+    exp.add_argument("--out", required=True, help="output file (.hdf5)")
+    exp.add_argument("--force", action="store_true", help="replace an existing --out")
+    exp.set_defaults(func=_export)
+
+    info = sub.add_parser("info", help="episodes, steps, keys and the card of a store")
+    info.add_argument("path", help="EpisodeStore path")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(func=_info)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _refuse_existing(out: str, force: bool) -> None:
+    if Path(out).exists() and not force:
+        raise FileExistsError(f"{out} already exists (use --force to replace it)")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from diffctl.datasets.generators import generate
+
+    _refuse_existing(args.out, args.force)
+    start = time.perf_counter()
+    generate(args.task, args.out, episodes=args.episodes, seed=args.seed, force=args.force)
+    elapsed = time.perf_counter() - start
+    print(f"generated {args.task} in {elapsed:.1f} s")
+    return _info(argparse.Namespace(path=args.out, json=False))
+
+
+def _import(args: argparse.Namespace) -> int:
+    from diffctl.datasets.convert import import_dataset
+
+    _refuse_existing(args.out, args.force)
+    options = {"episode_limit": args.episode_limit} if args.format == "d4rl" else {}
+    if args.episode_limit is not None and args.format != "d4rl":
+        raise ValueError("--episode-limit applies to d4rl imports only")
+    start = time.perf_counter()
+    import_dataset(args.format, args.src, args.out, task=args.task, force=args.force, **options)
+    print(f"imported {args.src} ({args.format}) in {time.perf_counter() - start:.1f} s")
+    return _info(argparse.Namespace(path=args.out, json=False))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from diffctl.datasets.d4rl import export_d4rl
+
+    dst = export_d4rl(args.store, args.out, force=args.force)
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def describe(path: str) -> dict[str, Any]:
+    """A JSON-able summary of a store: counts, episode length stats, keys with shapes/dtypes, its card."""
+    from diffctl.datasets.store import EpisodeStore
+
+    store = EpisodeStore.open(path)
+    lengths = store.episode_lengths
+    return {
+        "path": str(Path(path).resolve()),
+        "episodes": store.num_episodes,
+        "steps": store.num_steps,
+        "episode_length": {
+            "min": int(lengths.min()) if lengths.size else 0,
+            "mean": float(lengths.mean()) if lengths.size else 0.0,
+            "max": int(lengths.max()) if lengths.size else 0,
+        },
+        "size_mb": round(_dir_size(Path(path)) / 1e6, 3),
+        "keys": {k: {"shape": list(store.shape(k)), "dtype": str(store.dtype(k))} for k in store.keys},
+        "card": store.attrs,
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    summary = describe(args.path)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    lens = summary["episode_length"]
+    print(f"{summary['path']}")
+    print(f"  episodes {summary['episodes']}   steps {summary['steps']}   size {summary['size_mb']} MB")
+    print(f"  episode length min {lens['min']} / mean {lens['mean']:.1f} / max {lens['max']}")
+    print("  keys:")
+    width = max((len(k) for k in summary["keys"]), default=0)
+    for key, meta in summary["keys"].items():
+        print(f"    {key:<{width}}  per-step shape {tuple(meta['shape'])}  {meta['dtype']}")
+    if summary["card"]:
+        print("  card:")
+        for line in json.dumps(summary["card"], indent=2, default=str).splitlines():
+            print(f"    {line}")
+    return 0
