@@ -249,3 +249,26 @@ def test_cli_import_info_export(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "does not exist" in capsys.readouterr().err
     write_minari(tmp_path / "m")
     assert main(["data", "import", "minari", str(tmp_path / "m"), "--out", str(tmp_path / "m.zarr")]) == 0
+
+
+def test_cli_generate_tiny_maze_then_train_windows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """End to end: generate a tiny maze dataset, inspect it, window it with task goals, export, re-import."""
+    pytest.importorskip("gymnasium_robotics")
+    from diffctl.datasets import SequenceDataset
+
+    out = tmp_path / "umaze.zarr"
+    assert (
+        main(["data", "generate", "maze2d-umaze", "--out", str(out), "--episodes", "2", "--seed", "1"]) == 0
+    )
+    assert "episodes 2" in capsys.readouterr().out
+    assert main(["data", "generate", "maze2d-umaze", "--out", str(out), "--episodes", "2"]) == 1
+    store = EpisodeStore.open(out)
+    assert store.num_episodes == 2 and store.episode_lengths.tolist() == [300, 300]
+    ds = SequenceDataset(store, horizon=16, n_obs_steps=2, n_action_steps=8, goal="task")
+    batch = ds.sample(32)
+    assert batch["obs"].shape == (32, 2, 4) and batch["goal"].shape == (32, 2)
+    assert float(batch["actions"].abs().max()) <= 1.0
+    assert main(["data", "export", "d4rl", str(out), "--out", str(tmp_path / "u.hdf5")]) == 0
+    again = import_d4rl(tmp_path / "u.hdf5")
+    assert again.episode_ends.tolist() == [300, 600]
+    np.testing.assert_array_equal(again.array("infos/goal"), store.array("infos/goal"))
