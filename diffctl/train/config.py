@@ -43,6 +43,7 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        self._coerce_types()
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         positive = ("steps", "batch_size", "lr", "log_every", "ema_power", "ema_inv_gamma")
         for name in positive:
@@ -68,6 +69,19 @@ class TrainConfig:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"training.device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
 
+    def _coerce_types(self) -> None:
+        """Turn hydra's strings/ints into the declared types; a value that does not convert names its key."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            declared = str(f.type)
+            if value is None and "None" in declared:
+                continue
+            kind = declared.split(" ")[0]
+            try:
+                setattr(self, f.name, _cast(kind, value))
+            except (TypeError, ValueError):
+                raise ValueError(f"training.{f.name} must be of type {declared}, got {value!r}") from None
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys raise ValueError listing the valid ones."""
@@ -81,3 +95,25 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
         return out
+
+
+def _cast(kind: str, value: Any) -> Any:
+    """Strict conversion: no bool where a number is expected, no fractional value for an int."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError(kind)
+        return value
+    if isinstance(value, bool):
+        raise TypeError(kind)
+    if kind == "int":
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(kind)
+        return int(number)
+    if kind == "float":
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise TypeError(kind)
+        return value
+    return value

@@ -1,0 +1,265 @@
+"""From a hydra config to a trained agent: compose, open or generate the data, build the agent, train.
+
+``diffctl train`` (and ``diffctl quickstart``) are thin wrappers around ``compose_config`` and ``run``.
+Policies, datasets and simulators are imported lazily so ``diffctl.train`` itself stays light.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import inspect
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffctl.train.checkpoint import write_json
+from diffctl.train.config import TrainConfig
+from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+GROUPS = ("task", "policy", "sampler")
+RESERVED_POLICY_KEYS = ("name", "class", "normalizer")
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the configs available in a hydra group (``task``, ``policy``, ``sampler``)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> Any:
+    """Compose the packaged hydra tree with ``key=value`` overrides; bad keys or options raise ValueError."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    malformed = [o for o in overrides if "=" not in o]
+    if malformed:
+        raise ValueError(f"expected hydra overrides of the form key=value, got {malformed}")
+    for override in overrides:
+        group, _, value = override.partition("=")
+        if group in GROUPS and value not in group_options(group):
+            raise ValueError(f"unknown {group} {value!r}; available: {', '.join(group_options(group))}")
+    try:
+        return _compose(config_name, overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ or err
+        message = " ".join(str(cause).split())
+        raise ValueError(
+            f"invalid config override: {message}{_valid_keys_hint(overrides, config_name)}"
+        ) from err
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None, job_name="diffctl"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _valid_keys_hint(overrides: Sequence[str], config_name: str) -> str:
+    """'; valid keys of training: [...]' for the first override whose key the composed tree lacks."""
+    from omegaconf import DictConfig, OmegaConf
+
+    groups = [o for o in overrides if o.partition("=")[0] in GROUPS]
+    base = _compose(config_name, groups)
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if isinstance(node, DictConfig) and leaf not in node:
+            return f"; valid keys of {parent or 'the top level'}: {sorted(node.keys())}"
+    return ""
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Resolve interpolations into a plain dict (ValueError naming the broken key)."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(cfg, DictConfig):
+        return json.loads(json.dumps(dict(cfg)))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ValueError(f"config does not resolve: {err}") from err
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Train the agent a composed config describes; returns the Trainer summary plus ``run_dir``."""
+    conf = to_dict(cfg)
+    for key in ("task", "policy", "sampler", "training", "eval"):
+        if not isinstance(conf.get(key), Mapping):
+            raise ValueError(f"config is missing section {key!r}")
+    info = init_distributed()
+    train_cfg = TrainConfig.from_dict(conf["training"])
+    run_dir = resolve_run_dir(conf, info)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml(run_dir / "config.yaml", conf)
+    store = open_dataset(conf["task"], info)
+    dataset = build_dataset(store, conf["task"])
+    agent = build_agent(conf, dataset, store)
+    eval_fn = make_eval_fn(conf)
+
+    from diffctl.train.trainer import Trainer
+
+    summary = Trainer(agent, dataset, train_cfg, run_dir, eval_fn=eval_fn).fit()
+    summary["run_dir"] = str(run_dir)
+    if info.is_main:
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def resolve_run_dir(conf: Mapping[str, Any], info: DistInfo) -> Path:
+    """``conf['run_dir']`` or ``runs/<task>-<policy>-<time>``, chosen by rank 0 and shared with all ranks."""
+    name = conf.get("run_dir")
+    if not name:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"runs/{conf['task']['name']}-{conf['policy']['name']}-{stamp}"
+    if info.enabled:
+        name = _broadcast_str(str(name))
+    return Path(name)
+
+
+def _broadcast_str(value: str, capacity: int = 4096) -> str:
+    import torch.distributed as dist
+
+    data = value.encode()
+    if len(data) > capacity:
+        raise ValueError(f"run_dir path longer than {capacity} bytes: {value[:80]}...")
+    buf = torch.zeros(capacity, dtype=torch.uint8)
+    buf[: len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    buf = buf.to(collective_device(torch.device("cpu")))
+    dist.broadcast(buf, src=0)
+    raw = bytes(buf.cpu().tolist())
+    return raw.rstrip(b"\x00").decode()
+
+
+def open_dataset(task: Mapping[str, Any], info: DistInfo | None = None) -> Any:
+    """Open the task's EpisodeStore, generating it first (rank 0 only) when its path does not exist."""
+    from diffctl.datasets import EpisodeStore
+
+    info = info or DistInfo()
+    data = task.get("dataset") or {}
+    if "path" not in data:
+        raise ValueError(f"task {task.get('name')!r} has no dataset.path")
+    path = Path(str(data["path"])).expanduser()
+    if not path.exists() and info.is_main:
+        options = data.get("generate")
+        if options is None:
+            raise FileNotFoundError(
+                f"dataset {path} does not exist and task {task.get('name')!r} has no generator; "
+                "import it first (diffctl data import ...) or set task.dataset.path"
+            )
+        from diffctl.datasets.generators import generate
+
+        generate(str(data.get("name", task["name"])), path, **dict(options))
+    barrier(info)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} does not exist")
+    return EpisodeStore.open(path)
+
+
+def build_dataset(store: Any, task: Mapping[str, Any]) -> Any:
+    """SequenceDataset windows with the task's horizon, observation history and goal mode."""
+    from diffctl.datasets.sequence import SequenceDataset
+
+    return SequenceDataset(
+        store,
+        horizon=int(task["horizon"]),
+        n_obs_steps=int(task["n_obs_steps"]),
+        n_action_steps=int(task["n_action_steps"]),
+        obs_keys=tuple(task.get("obs_keys", ("observations",))),
+        action_key=str(task.get("action_key", "actions")),
+        goal=task.get("goal"),
+    )
+
+
+def agent_class(name: str) -> type:
+    """The agent class registered in ``diffctl.agents`` under ``name``."""
+    from diffctl.agents import AGENT_CLASSES
+
+    if name not in AGENT_CLASSES:
+        raise ValueError(f"unknown policy class {name!r}; known classes: {sorted(AGENT_CLASSES)}")
+    return getattr(importlib.import_module(AGENT_CLASSES[name]), name)
+
+
+def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
+    """Instantiate ``policy.class`` with dimensions read off the data, the sampler section and the seed,
+    then fit its normalizers on the whole dataset."""
+    policy = dict(conf["policy"])
+    task = conf["task"]
+    cls = agent_class(str(policy.get("class", "DiffusionPolicy")))
+    norm_mode = policy.get("normalizer", "limits")
+    kwargs = {k: v for k, v in policy.items() if k not in RESERVED_POLICY_KEYS}
+    sample = dataset.get_batch(np.array([0]))
+    if not isinstance(sample["obs"], torch.Tensor):
+        raise ValueError("the train pipeline needs flat vector observations (task.obs_keys)")
+    dims = {
+        "obs_dim": int(sample["obs"].shape[-1]),
+        "action_dim": int(sample["actions"].shape[-1]),
+        "goal_dim": int(sample["goal"].shape[-1]) if "goal" in sample else 0,
+        "horizon": int(task["horizon"]),
+        "n_obs_steps": int(task["n_obs_steps"]),
+        "n_action_steps": int(task["n_action_steps"]),
+    }
+    kwargs.setdefault("seed", int(conf.get("seed", 0)))
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        valid = sorted(accepted - set(dims) - {"sampler", "normalizers"})
+        raise ValueError(f"unknown policy keys {unknown} for {cls.__name__}; valid keys: {valid}")
+    agent = cls(**dims, sampler=dict(conf["sampler"]), **kwargs)
+    if callable(getattr(agent, "fit_normalizers", None)):
+        obs_keys = list(task.get("obs_keys", ("observations",)))
+        obs = np.concatenate([_rows(store.array(k)) for k in obs_keys], axis=1)
+        actions = _rows(store.array(str(task.get("action_key", "actions"))))
+        goal = None
+        if task.get("goal") == "task":
+            goal = _rows(store.array("infos/goal"))
+        elif task.get("goal") == "hindsight":
+            goal = obs
+        agent.fit_normalizers(obs, actions, goal, mode=norm_mode)
+    return agent
+
+
+def _rows(array: Any) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float64)
+    return array.reshape(len(array), -1)
+
+
+def make_eval_fn(conf: Mapping[str, Any]) -> Callable[[Any], dict[str, Any]] | None:
+    """Closed-loop evaluation with ``diffctl.envs.evaluate`` (None when ``eval.episodes`` is 0)."""
+    section = conf.get("eval") or {}
+    episodes = int(section.get("episodes") or 0)
+    if episodes <= 0:
+        return None
+    try:
+        from diffctl.envs.evaluate import evaluate
+    except ImportError as err:
+        raise ValueError(
+            f"closed-loop evaluation needs diffctl.envs.evaluate ({err}); "
+            "set eval.episodes=0 to train without it"
+        ) from err
+    task, seed = str(conf["task"]["name"]), int(section.get("seed", 0))
+    options = dict(section.get("options") or {})
+
+    def eval_fn(agent: Any) -> dict[str, Any]:
+        return dict(evaluate(agent, task, episodes=episodes, seed=seed, **options))
+
+    return eval_fn
+
+
+def _write_yaml(path: Path, conf: Mapping[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(dict(conf))))
+    os.replace(tmp, path)
