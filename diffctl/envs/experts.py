@@ -73,6 +73,8 @@ class MazeExpertAgent:
         self._rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
+        if self._controller is None:
+            self._controller = WaypointController(maze_layout(self.task), self.kp, self.kd)
         self._rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
 
     def act(self, obs: Any) -> np.ndarray:
