@@ -142,6 +142,15 @@ def test_sequence_bad_input() -> None:
         SequenceDataset(store, horizon=4).get_batch([10_000])
 
 
+def test_torch_indices_and_getitem() -> None:
+    ds = SequenceDataset(_store(), horizon=4, n_obs_steps=2, n_action_steps=2)
+    a = ds.get_batch(torch.tensor([3, 0, 5]))
+    b = ds.get_batch(np.array([3, 0, 5]))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    torch.testing.assert_close(ds[5]["actions"], b["actions"][2])
+
+
 @pytest.mark.parametrize("mode", ["limits", "gaussian"])
 def test_normalizer_round_trip(mode: str) -> None:
     rng = np.random.default_rng(0)

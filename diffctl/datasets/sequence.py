@@ -209,6 +209,8 @@ class SequenceDataset:
 
     def get_batch(self, indices: Any, rng: np.random.Generator | None = None) -> dict[str, Any]:
         """Gather the windows ``indices`` (1-D ints) into a dict of tensors, vectorized over the batch."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
