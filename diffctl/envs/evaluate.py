@@ -163,11 +163,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Roll ``agent`` out for ``episodes`` episodes of ``task`` and summarize.
 
-    ``n_workers`` processes (default ``min(2, episodes)``) each get a pickled copy of the agent; with 0 the
-    agent itself runs in this process. ``goal_cell`` (mazes): ``"d4rl"`` fixes the goal at D4RL's
+    ``n_workers`` processes (default ``min(2, episodes)``) each get a pickled copy of the agent; with 0
+    the agent itself runs in this process. ``goal_cell`` (mazes): ``"d4rl"`` fixes the goal at D4RL's
     evaluation cell, ``None`` draws a goal per episode, or a (row, col). ``video_path`` (.mp4/.gif)
-    records episode 0; ``plot_path`` (mazes) draws every trajectory over the maze. Returns success_rate, mean_return, normalized_score (None when the
-    task has no D4RL reference), act_latency_ms_{p50,p99,mean} and the per-episode lists.
+    records episode 0; ``plot_path`` (mazes) draws every trajectory over the maze. Returns
+    success_rate, mean_return, normalized_score (None when the task has no D4RL reference),
+    act_latency_ms_{p50,p99,mean} and the per-episode lists.
     """
     spec = get_task(task)
     if not hasattr(agent, "act") or not hasattr(agent, "reset"):
