@@ -30,7 +30,10 @@ def find_main_file(src: str | os.PathLike[str]) -> Path:
             return candidate
     if not path.exists():
         raise FileNotFoundError(f"Minari dataset {path} does not exist")
-    raise FileNotFoundError(f"{path}: no data/main_data.hdf5 (expected a Minari dataset directory)")
+    raise FileNotFoundError(
+        f"{path}: no data/main_data.hdf5 (expected a Minari dataset directory in the HDF5 storage format; "
+        "arrow-format datasets are not supported)"
+    )
 
 
 def _read(group: Any, key: str, where: str) -> np.ndarray:
