@@ -48,7 +48,7 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default))
     os.replace(tmp, path)
 
 
@@ -128,3 +128,12 @@ def prune_step_checkpoints(checkpoints: str | os.PathLike[str], keep: int) -> No
     """Delete all but the ``keep`` most recent step checkpoints."""
     for _, path in list_step_checkpoints(checkpoints)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    """numpy / torch scalars and arrays as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -249,7 +249,7 @@ def make_eval_fn(conf: Mapping[str, Any]) -> Callable[[Any], dict[str, Any]] | N
             "set eval.episodes=0 to train without it"
         ) from err
     task, seed = str(conf["task"]["name"]), int(section.get("seed", 0))
-    options = dict(section.get("options") or {})
+    options = {k: section[k] for k in ("n_workers", "goal_cell") if k in section}
 
     def eval_fn(agent: Any) -> dict[str, Any]:
         return dict(evaluate(agent, task, episodes=episodes, seed=seed, **options))

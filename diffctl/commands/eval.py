@@ -1,0 +1,110 @@
+"""``diffctl eval CHECKPOINT --task T``: roll a saved agent out in simulation, print a table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TABLE_KEYS = (
+    "success_rate",
+    "mean_return",
+    "normalized_score",
+    "act_latency_ms_p50",
+    "act_latency_ms_p99",
+    "act_latency_ms_mean",
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a saved agent in simulation (success, return, normalized score, act latency)",
+        description="Load CHECKPOINT (optionally with another sampler) and roll it out in TASK.",
+    )
+    parser.add_argument("checkpoint", help="agent directory (config.json + model.safetensors)")
+    parser.add_argument("--task", default=None, help="task name (default: the task of the checkpoint's run)")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solver", default=None, help="sampler override, e.g. ddpm, ddim, dpmpp_2m, heun")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps override")
+    parser.add_argument("--workers", type=int, default=None, help="rollout processes (0 = in this process)")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the full result as JSON here")
+    parser.add_argument("--video", default=None, help="record episode 0 (.mp4 or .gif)")
+    parser.add_argument("--plot", default=None, help="maze tasks: trajectory plot (.png)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from diffctl.agents import load
+    from diffctl.envs.evaluate import evaluate
+    from diffctl.envs.registry import get_task
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint {checkpoint} is not a directory (expected a saved agent)")
+    task = args.task or _task_of_run(checkpoint)
+    get_task(task)
+    overrides = {k: v for k, v in (("solver", args.solver), ("steps", args.steps)) if v is not None}
+    agent = load(checkpoint, **overrides)
+    result = evaluate(
+        agent,
+        task,
+        episodes=args.episodes,
+        seed=args.seed,
+        n_workers=args.workers,
+        video_path=args.video,
+        plot_path=args.plot,
+    )
+    sampler = getattr(agent, "sampler", None)
+    report = {
+        "checkpoint": str(checkpoint),
+        "solver": getattr(sampler, "solver", None),
+        "steps": getattr(sampler, "steps", None),
+        **result,
+    }
+    print(format_table(report))
+    if args.json_out:
+        _write_json(Path(args.json_out), report)
+        print(f"results: {args.json_out}")
+    return 0
+
+
+def _task_of_run(checkpoint: Path) -> str:
+    """The task name from the run's config.yaml next to (or one level above) the checkpoint."""
+    from omegaconf import OmegaConf
+
+    for candidate in (
+        checkpoint / "config.yaml",
+        checkpoint.parent / "config.yaml",
+        checkpoint.parents[1] / "config.yaml",
+    ):
+        if candidate.is_file():
+            name = OmegaConf.select(OmegaConf.load(candidate), "task.name")
+            if name:
+                return str(name)
+    raise ValueError(f"--task is required: no run config.yaml with task.name found near {checkpoint}")
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Two-column text table of the headline numbers."""
+    rows = [("task", report.get("task")), ("episodes", report.get("episodes"))]
+    rows += [("solver", report.get("solver")), ("steps", report.get("steps"))]
+    rows += [(key, report.get(key)) for key in TABLE_KEYS]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  {'-' * 10}"]
+    for key, value in rows:
+        text = f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
+        lines.append(f"{key.ljust(width)}  {text}")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(
+        json.dumps(data, indent=2, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    )
+    os.replace(tmp, path)

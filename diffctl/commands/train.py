@@ -1,0 +1,48 @@
+"""``diffctl train key=value ...``: compose the hydra config, train, and save the run directory."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an agent from hydra overrides (task=... policy=... sampler=... training.steps=...)",
+        description=(
+            "Train with the packaged hydra configs. Overrides are key=value pairs, e.g. "
+            "`diffctl train task=maze2d-umaze policy=diffusion_unet sampler=dpmpp_2m training.steps=2000`. "
+            "Runs under torchrun for data-parallel training."
+        ),
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the run in RUN_DIR from its last checkpoint",
+    )
+    parser.set_defaults(func=_run, accepts_extra=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from diffctl.train.pipeline import compose_config, run
+
+    overrides = list(getattr(args, "extra", []) or [])
+    if args.resume is not None:
+        overrides += [f"run_dir={args.resume}", "training.resume=true"]
+    cfg = compose_config(overrides)
+    if args.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    summary = run(cfg)
+    best = summary.get("best_score")
+    print(f"run directory: {summary['run_dir']}")
+    print(f"steps: {summary['step']}  final loss: {summary['loss']:.5g}")
+    if best is not None:
+        print(f"best {cfg.training.eval_metric}: {best:.4g} at step {summary['best_step']}")
+    print(f"checkpoint: {summary['checkpoint']}")
+    return 0
