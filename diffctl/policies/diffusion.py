@@ -80,6 +80,7 @@ class DiffusionPolicy(Policy):
         num_train_timesteps: int = 100,
         beta_schedule: str = "squaredcos_cap_v2",
         prediction: str = "eps",
+        clip_sample: float | None = 1.0,
         goal_dropout: float = 0.1,
         seed: int = 0,
         sampler: SamplerConfig | Mapping[str, Any] | None = None,
@@ -109,7 +110,7 @@ class DiffusionPolicy(Policy):
             "encoder_kwargs": dict(encoder_kwargs or {}), "parameterization": parameterization,
             "sigma_data": sigma_data, "p_mean": p_mean, "p_std": p_std,
             "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
-            "prediction": prediction,
+            "prediction": prediction, "clip_sample": clip_sample,
             "goal_dropout": goal_dropout, "seed": seed,
         }  # fmt: skip
         self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
@@ -128,6 +129,7 @@ class DiffusionPolicy(Policy):
             net = build_backbone(backbone, action_dim, horizon, cond_dim, **self.hparams["backbone_kwargs"])
         scale = EDM_NOISE_SCALE if parameterization == "edm" else 1.0
         self.network: nn.Module = ChunkDenoiserNet(enc, net, goal_dim, scale)
+        self.seed(self.sampler.seed)
         self.reset()
 
     # ----- normalization -------------------------------------------------------------------------------
@@ -164,10 +166,18 @@ class DiffusionPolicy(Policy):
 
     # ----- denoiser ------------------------------------------------------------------------------------
     def denoiser(self) -> nn.Module:
-        """The network wrapped as a VE denoiser ``D(x, sigma, cond)``."""
+        """The network wrapped as a VE denoiser ``D(x, sigma, cond)``.
+
+        VP models clamp their clean-sample estimate to ``clip_sample`` (diffusers' ``clip_sample``, on in the
+        Diffusion Policy recipe): at the top of the squaredcos schedule (sigma ~ 2000) an eps-prediction's x0
+        estimate is otherwise dominated by amplified eps error.
+        """
         if self.parameterization == "edm":
             return EDMDenoiser(self.network, self.hparams["sigma_data"])
-        return VPDenoiser(self.network, self.alphas_cumprod, prediction=self.hparams["prediction"])
+        hp = self.hparams
+        return VPDenoiser(
+            self.network, self.alphas_cumprod, prediction=hp["prediction"], clip_x0=hp["clip_sample"]
+        )
 
     def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """The descending sigma grid of the current sampler settings (float32, ends in 0)."""
@@ -337,11 +347,15 @@ class DiffusionPolicy(Policy):
         return act_norm.unnormalize(x0.clamp(-1.0, 1.0))
 
     def reset(self, seed: int | None = None) -> None:
-        """Start an episode: empty history and action queue; reseed the sampler when a seed is known."""
+        """Start an episode: empty history and action queue; ``seed`` reseeds the sampling generator."""
         self._obs: collections.deque[np.ndarray] = collections.deque(maxlen=self.n_obs_steps)
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._last_chunk: torch.Tensor | None = None
-        seed = self.sampler.seed if seed is None else seed
+        if seed is not None:
+            self.seed(seed)
+
+    def seed(self, seed: int | None) -> None:
+        """Seed the generator that draws sampling noise (None: use torch's global RNG)."""
         self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
 
     def _check_obs(self, obs: Any) -> np.ndarray:
