@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -64,3 +69,27 @@ def test_two_rank_replicas_stay_identical(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))  # one writer
     assert records[-1]["samples_per_s"] > 0
     assert (tmp_path / "run" / "checkpoints" / "step_0000012" / "trainer_state.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_torchrun_cli_two_ranks_share_one_run(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m diffctl.cli train ...`: one run directory, one metrics writer."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(_free_port()), "-m", "diffctl.cli", "train",
+        "policy=diffusion_mlp", "policy.backbone_kwargs.hidden=32",
+        "training.steps=6", "training.batch_size=8", "training.warmup_steps=1", "training.checkpoint_every=3",
+        "training.progress=false", "training.log_every=1", "eval.episodes=0", f"run_dir={run}",
+        f"task.dataset.path={tmp_path / 'umaze.zarr'}", "task.dataset.generate.episodes=2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run directory:") == 1
+    records = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert (
+        json.loads((run / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())["world_size"]
+        == 2
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -39,6 +40,8 @@ def _run(args: argparse.Namespace) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     summary = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     best = summary.get("best_score")
     print(f"run directory: {summary['run_dir']}")
     print(f"steps: {summary['step']}  final loss: {summary['loss']:.5g}")
