@@ -106,10 +106,11 @@ class AdaptiveGuidance:
     """Classifier-free guidance that switches itself off per sample to save network evaluations.
 
     A sample stops being guided (and then costs one evaluation instead of two) once ``sigma`` falls below the
-    level reached after ``stop_fraction`` of the grid ``sigmas``, or once the cosine similarity of the noise
-    implied by its conditional and unconditional predictions reaches ``cos_threshold``. The state is per
-    sampling run: call ``reset()`` (or change the batch size) before reusing it. ``nfe_saved`` counts saved
-    evaluations in full-batch units, ``guided_fraction`` the share of sample-evaluations that were guided.
+    level reached after ``stop_fraction`` of the grid ``sigmas``, or once the cosine similarity of its
+    conditional and unconditional predictions reaches ``cos_threshold`` (``similarity_on="x0"``: the x0
+    predictions; ``"eps"``: the implied noise, whose similarity is near 1 already at high noise). The state
+    is per sampling run: call ``reset()`` (or change the batch size) before reusing it. ``nfe_saved`` counts
+    saved evaluations in full-batch units, ``guided_fraction`` the share of sample-evaluations guided.
     """
 
     def __init__(
@@ -122,7 +123,10 @@ class AdaptiveGuidance:
         sigmas: torch.Tensor | Sequence[float] | None = None,
         stop_fraction: float | None = None,
         cos_threshold: float | None = None,
+        similarity_on: str = "x0",
     ) -> None:
+        if similarity_on not in ("x0", "eps"):
+            raise ValueError(f"similarity_on must be 'x0' or 'eps', got {similarity_on!r}")
         if stop_fraction is not None:
             if sigmas is None:
                 raise ValueError("stop_fraction needs the sampling grid: pass sigmas=")
@@ -135,6 +139,7 @@ class AdaptiveGuidance:
         self.uncond = _match_uncond(cond, uncond)
         self.scale = float(scale)
         self.cos_threshold = cos_threshold
+        self.similarity_on = similarity_on
         self.stop_sigma = -math.inf
         if stop_fraction is not None and sigmas is not None:
             grid = [float(v) for v in torch.as_tensor(sigmas).reshape(-1)]
@@ -179,9 +184,11 @@ class AdaptiveGuidance:
         c, u = out[:b], out[b:]
         guided = u + self.scale * (c[idx] - u)
         if self.cos_threshold is not None:
-            se = s[idx].reshape(-1, *([1] * (x.ndim - 1)))
-            xi = x[idx]
-            agree = _cosine((xi - c[idx]) / se, (xi - u) / se) >= self.cos_threshold
+            if self.similarity_on == "eps":
+                xi = x[idx]
+                agree = _cosine(xi - c[idx], xi - u) >= self.cos_threshold
+            else:
+                agree = _cosine(c[idx], u) >= self.cos_threshold
             self.active[idx[agree]] = False
         return c.index_copy(0, idx, guided)
 
