@@ -84,6 +84,7 @@ def quickstart(out: Path, budget: Budget, seed: int = 0, workers: int | None = N
     from diffctl.policies import DiffusionPolicy
     from diffctl.train import TrainConfig, Trainer
 
+    torch.set_num_threads(1)  # small batches: one thread is as fast and immune to oversubscription
     spec = get_task(TASK)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
