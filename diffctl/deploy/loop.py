@@ -1,0 +1,366 @@
+"""``ControlLoop``: a fixed-rate controller fed by asynchronous chunk inference.
+
+The loop ticks on a monotonic clock at ``rate_hz``. Each tick it reads an observation, adopts any chunk the
+inference thread finished, executes the action planned for this tick (stale ones are dropped; with nothing
+planned it holds the last action or a safe action), shapes it (clip + rate limit) and applies it. A new chunk
+is requested early enough that, given the measured inference delay, it arrives before the plan runs out. A
+watchdog thread flags a loop or an inference that stalls. The robot side is two callables, ``get_obs()`` and
+``apply(action)``, so the same loop drives a simulator, a network client or hardware.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diffctl.deploy.latency import LatencyTracker
+from diffctl.deploy.scheduling import ActionSchedule, TimedChunk, shape_action
+
+HOLD_MODES = ("last", "safe")
+
+
+@dataclass
+class LoopConfig:
+    """Control-loop settings.
+
+    ``replan_every``: ticks between chunk starts (default: the policy's ``n_action_steps``).
+    ``delay_ticks``: inference delay assumed when requesting chunks and for real-time chunking
+    (None: the p99 of the measured latency). ``hold``: with no planned action, repeat the last action
+    (``"last"``) or send ``safe_action`` (``"safe"``). ``inference_budget_s``: chunks slower than this are
+    counted as over budget (default: ``replan_every`` periods). ``watchdog_s``: a tick or an inference taking
+    longer than this is a stall; with ``stop_on_stall`` the loop sends the safe action (or holds) and stops.
+    ``rtc``: real-time chunking, i.e. inpaint the actions that will execute during inference into the next
+    chunk (policies whose ``predict_chunk`` takes ``prefix``). ``prime``: compute the first chunk before the
+    clock starts.
+    """
+
+    rate_hz: float = 10.0
+    replan_every: int | None = None
+    delay_ticks: int | None = None
+    action_low: Sequence[float] | float | None = None
+    action_high: Sequence[float] | float | None = None
+    max_delta: Sequence[float] | float | None = None
+    safe_action: Sequence[float] | None = None
+    hold: str = "last"
+    inference_budget_s: float | None = None
+    watchdog_s: float = 1.0
+    stop_on_stall: bool = True
+    rtc: bool = False
+    prime: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate_hz) and self.rate_hz > 0):
+            raise ValueError(f"rate_hz must be a positive number, got {self.rate_hz}")
+        if self.hold not in HOLD_MODES:
+            raise ValueError(f"hold must be one of {HOLD_MODES}, got {self.hold!r}")
+        if self.hold == "safe" and self.safe_action is None:
+            raise ValueError("hold='safe' needs safe_action")
+        if self.replan_every is not None and self.replan_every < 1:
+            raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
+        if self.delay_ticks is not None and self.delay_ticks < 0:
+            raise ValueError(f"delay_ticks must be >= 0, got {self.delay_ticks}")
+        if self.watchdog_s <= 0:
+            raise ValueError(f"watchdog_s must be > 0, got {self.watchdog_s}")
+
+    @property
+    def dt(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+class ChunkInference:
+    """Adapts a policy to ``infer(history (To, D), prefix (P, Da) | None) -> actions (N, Da)``.
+
+    With ``predict_chunk`` the actions run from chunk index ``To - 1`` (the current observation) to the end;
+    an ``act``-only agent yields one action per call.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.chunked = callable(getattr(policy, "predict_chunk", None))
+        if not self.chunked and not callable(getattr(policy, "act", None)):
+            raise ValueError(f"{type(policy).__name__} has neither predict_chunk nor act")
+        self.n_obs_steps = int(getattr(policy, "n_obs_steps", 1)) if self.chunked else 1
+        self.n_action_steps = int(getattr(policy, "n_action_steps", 1)) if self.chunked else 1
+
+    def __call__(self, history: np.ndarray, prefix: np.ndarray | None = None) -> np.ndarray:
+        if not self.chunked:
+            return np.asarray(self.policy.act(history[-1]), dtype=np.float32).reshape(1, -1)
+        kwargs = {} if prefix is None else {"prefix": prefix[None]}
+        chunk = self.policy.predict_chunk(history[None], **kwargs)
+        chunk = chunk.detach().cpu().numpy() if hasattr(chunk, "detach") else np.asarray(chunk)
+        return chunk[0, self.n_obs_steps - 1 :].astype(np.float32)
+
+
+@dataclass
+class LoopResult:
+    """What happened, tick by tick (``source``: ``chunk``, ``hold`` or ``safe``) and chunk by chunk."""
+
+    ticks: np.ndarray
+    times: np.ndarray
+    actions: np.ndarray
+    source: list[str]
+    chunk_ids: np.ndarray
+    chunks: list[dict[str, Any]]
+    dropped: int
+    missed_ticks: int
+    over_budget: int
+    stall: str | None
+    latency: dict[str, float]
+    tick_jitter_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def held(self) -> int:
+        return sum(s != "chunk" for s in self.source)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ticks": len(self.ticks), "held": self.held, "dropped": self.dropped,
+            "missed_ticks": self.missed_ticks, "over_budget": self.over_budget, "chunks": len(self.chunks),
+            "stall": self.stall, "latency": self.latency, "tick_jitter_ms": self.tick_jitter_ms,
+        }  # fmt: skip
+
+
+@dataclass
+class _Request:
+    history: np.ndarray
+    prefix: np.ndarray | None
+    tick: int
+    chunk_id: int
+    t_request: float
+
+
+class ControlLoop:
+    """Run ``policy`` against ``get_obs`` / ``apply`` at a fixed rate; see the module docstring."""
+
+    def __init__(
+        self,
+        policy: Any,
+        get_obs: Callable[[], Any],
+        apply: Callable[[np.ndarray], Any],
+        config: LoopConfig | None = None,
+        *,
+        on_stall: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.cfg = config or LoopConfig()
+        self.infer = policy if isinstance(policy, ChunkInference) else ChunkInference(policy)
+        self.get_obs, self.apply, self.on_stall = get_obs, apply, on_stall
+        self.clock, self.sleep = clock, sleep
+        self.latency = LatencyTracker()
+        self.replan_every = self.cfg.replan_every or self.infer.n_action_steps
+
+        def vec(v: Any) -> np.ndarray | None:
+            return None if v is None else np.asarray(v, dtype=np.float64)
+
+        self._low, self._high = vec(self.cfg.action_low), vec(self.cfg.action_high)
+        self._max_delta, self._safe = vec(self.cfg.max_delta), vec(self.cfg.safe_action)
+        if self._max_delta is not None and np.any(self._max_delta <= 0):
+            raise ValueError(f"max_delta must be > 0, got {self.cfg.max_delta}")
+
+    # ----- inference thread ----------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                req = self._requests.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            self._busy_since = self.clock()
+            try:
+                actions = self.infer(req.history, req.prefix)
+                t_ready = self.clock()
+                chunk = TimedChunk(
+                    np.asarray(actions, np.float32), req.tick, req.chunk_id, req.t_request, t_ready
+                )
+                self.latency.record(t_ready - req.t_request)
+                self._results.put(chunk)
+            except Exception as err:
+                self._flag(f"inference error: {type(err).__name__}: {err}")
+            finally:
+                self._busy_since = None
+
+    def _watchdog(self) -> None:
+        period = min(self.cfg.watchdog_s / 4, 0.05)
+        while not self._stop.wait(period):
+            now = self.clock()
+            busy = self._busy_since
+            if busy is not None and now - busy > self.cfg.watchdog_s:
+                self._flag(f"inference stalled for more than {self.cfg.watchdog_s:.3f} s")
+            if now - self._last_beat > self.cfg.watchdog_s + self.cfg.dt:
+                self._flag(f"control loop stalled for more than {self.cfg.watchdog_s:.3f} s")
+
+    def _flag(self, reason: str) -> None:
+        with self._flag_lock:
+            if self._stall is not None:
+                return
+            self._stall = reason
+        if self.on_stall is not None:
+            self.on_stall(reason)
+
+    # ----- the loop ------------------------------------------------------------------------------------
+    def _delay(self) -> int:
+        if self.cfg.delay_ticks is not None:
+            return self.cfg.delay_ticks
+        return self.latency.delay_ticks(self.cfg.dt, 0.99, default=0)
+
+    def _due(self, tick: int, delay: int) -> bool:
+        """Request now so the next chunk, ``delay`` ticks away, starts ``replan_every`` after this one."""
+        chunk = self.schedule.chunk
+        if chunk is None:
+            return True
+        return tick >= chunk.start_tick + max(self.replan_every - delay, 1) or (
+            self.schedule.remaining(tick) <= delay + 1
+        )
+
+    def _prefix(self, tick: int, delay: int, executed: collections.deque) -> np.ndarray | None:
+        """Real-time chunking prefix: the ``To - 1`` executed actions and the ``delay`` still planned."""
+        if not (self.cfg.rtc and self.infer.chunked):
+            return None
+        past = self.infer.n_obs_steps - 1
+        if len(executed) < past:
+            return None
+        upcoming = self.schedule.upcoming(tick, delay)
+        if delay and upcoming is None:
+            return None
+        parts = list(executed)[len(executed) - past :] if past else []
+        parts = [np.asarray(p, np.float32) for p in parts]
+        if delay:
+            parts.extend(upcoming)
+        return np.stack(parts) if parts else None
+
+    def _fallback(self, last: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+        if self.cfg.hold == "last" and last is not None:
+            return last, "hold"
+        if self._safe is not None:
+            return self._safe.astype(np.float32), "safe"
+        return last, "hold"
+
+    def run(self, ticks: int | None = None, duration_s: float | None = None) -> LoopResult:
+        """Run until ``ticks`` ticks (or ``duration_s`` seconds) have passed, or a stall stops the loop."""
+        if ticks is None and duration_s is None:
+            raise ValueError("ControlLoop.run needs ticks or duration_s")
+        if duration_s is not None:
+            ticks = min(ticks or math.inf, math.ceil(duration_s * self.cfg.rate_hz))
+        dt, to = self.cfg.dt, self.infer.n_obs_steps
+        self.schedule = ActionSchedule()
+        self._requests: queue.Queue[_Request] = queue.Queue(maxsize=1)
+        self._results: queue.Queue[TimedChunk] = queue.Queue()
+        self._stop, self._flag_lock = threading.Event(), threading.Lock()
+        self._stall: str | None = None
+        self._busy_since: float | None = None
+        history: collections.deque[np.ndarray] = collections.deque(maxlen=to)
+        executed: collections.deque[np.ndarray] = collections.deque(maxlen=max(to - 1, 1))
+        rec_tick, rec_t, rec_a, rec_src, rec_cid, chunks = [], [], [], [], [], []
+        missed = over_budget = 0
+        budget = self.cfg.inference_budget_s or self.replan_every * dt
+        next_id, pending, last = 0, False, None
+
+        obs = np.asarray(self.get_obs(), dtype=np.float32)
+        history.extend([obs] * to)
+        if self.cfg.prime:
+            t = self.clock()
+            first = self.infer(np.stack(history), None)
+            self.latency.record(self.clock() - t)
+            self.schedule.push(TimedChunk(np.asarray(first, np.float32), 0, 0, t, self.clock()), 0)
+            chunks.append({"chunk_id": 0, "start_tick": 0, "arrival_tick": 0, "latency_s": self.clock() - t,
+                           "stale": 0, "n": len(first)})  # fmt: skip
+            next_id = 1
+        worker = threading.Thread(target=self._worker, name="diffctl-inference", daemon=True)
+        dog = threading.Thread(target=self._watchdog, name="diffctl-watchdog", daemon=True)
+        t0 = self.clock()
+        self._last_beat = t0
+        worker.start()
+        dog.start()
+        tick, first = 0, True
+        try:
+            while tick < ticks:
+                target = t0 + tick * dt
+                now = self.clock()
+                if now < target:
+                    self.sleep(target - now)
+                elif now - target >= dt:
+                    late = int((now - target) // dt)
+                    missed += late
+                    tick += late
+                    if tick >= ticks:
+                        break
+                t_tick = self.clock()
+                self._last_beat = t_tick
+                if first:
+                    first = False
+                else:
+                    history.append(np.asarray(self.get_obs(), dtype=np.float32))
+                while True:
+                    try:
+                        chunk = self._results.get_nowait()
+                    except queue.Empty:
+                        break
+                    pending = False
+                    lat = chunk.t_ready - chunk.t_request
+                    over_budget += lat > budget
+                    stale = self.schedule.push(chunk, tick)
+                    chunks.append({"chunk_id": chunk.chunk_id, "start_tick": chunk.start_tick,
+                                   "arrival_tick": tick, "latency_s": lat, "stale": stale,
+                                   "n": chunk.actions.shape[0]})  # fmt: skip
+                if self._stall is not None and self.cfg.stop_on_stall:
+                    action = self._safe if self._safe is not None else last
+                    if action is not None:
+                        self.apply(shape_action(action, last, self._low, self._high, self._max_delta))
+                    break
+                delay = self._delay()
+                if not pending and self._due(tick, delay):
+                    prefix = self._prefix(tick, delay, executed)
+                    req = _Request(np.stack(history), prefix, tick, next_id, self.clock())
+                    try:
+                        self._requests.put_nowait(req)
+                        pending, next_id = True, next_id + 1
+                    except queue.Full:
+                        pass
+                planned = self.schedule.action_at(tick)
+                if planned is not None:
+                    action, source, cid = planned[0], "chunk", planned[1]
+                else:
+                    action, source = self._fallback(last)
+                    cid = -1
+                    if action is None:
+                        raise ValueError("no action available: set LoopConfig.safe_action or prime=True")
+                action = shape_action(action, last, self._low, self._high, self._max_delta)
+                self.apply(action)
+                last = action
+                executed.append(action)
+                rec_tick.append(tick)
+                rec_t.append(t_tick - t0)
+                rec_a.append(action)
+                rec_src.append(source)
+                rec_cid.append(cid)
+                tick += 1
+        finally:
+            self._stop.set()
+            worker.join(timeout=0.1)
+            dog.join(timeout=1.0)
+        times = np.asarray(rec_t)
+        jitter = (times - np.asarray(rec_tick) * dt) * 1e3 if len(times) else np.zeros(0)
+        return LoopResult(
+            ticks=np.asarray(rec_tick, dtype=np.int64),
+            times=times,
+            actions=np.asarray(rec_a, dtype=np.float32),
+            source=rec_src,
+            chunk_ids=np.asarray(rec_cid, dtype=np.int64),
+            chunks=chunks,
+            dropped=self.schedule.dropped,
+            missed_ticks=missed,
+            over_budget=int(over_budget),
+            stall=self._stall,
+            latency=self.latency.summary(),
+            tick_jitter_ms={"p50": float(np.quantile(jitter, 0.5)), "p99": float(np.quantile(jitter, 0.99))}
+            if len(jitter)
+            else {},
+        )
