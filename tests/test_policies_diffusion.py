@@ -216,3 +216,19 @@ def test_warm_start_runs(trained):
     acts = np.stack([policy.act(np.zeros(OBS + GOAL, dtype=np.float32)) for _ in range(3 * TA)])
     assert acts.shape == (3 * TA, ACT) and np.isfinite(acts).all()
     policy.sampler = SamplerConfig()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs"),
+    [("unet", {"down_dims": [16, 32], "embed_dim": 16}), ("dit", {"dim": 32, "depth": 1, "heads": 2})],
+)
+def test_other_backbones_train_and_sample(backbone, kwargs, tmp_path):
+    policy = make_policy(backbone=backbone, backbone_kwargs=kwargs, sampler={"solver": "heun", "steps": 3})
+    losses = train(policy, tiny_data(), 40)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    loaded = dc.load(policy.save(tmp_path / backbone))
+    hist = np.zeros((2, TO, OBS + GOAL), dtype=np.float32)
+    noise = torch.randn(2, H, ACT)
+    torch.testing.assert_close(
+        policy.predict_chunk(hist, noise=noise), loaded.predict_chunk(hist, noise=noise)
+    )
