@@ -1,1 +1,14 @@
-"""planners."""
+"""Planners: sample whole trajectories from the current state and act along the best one.
+
+``Planner`` / ``Plan`` (the interface), ``Diffuser`` (state-action trajectory diffusion with inpainting and
+value guidance), ``DecisionDiffuser`` (state diffusion with classifier-free return/goal guidance and inverse
+dynamics), and their parts ``ValueNet``, ``window_returns`` and ``InverseDynamics``.
+"""
+
+from diffctl.planners.base import Plan, Planner
+from diffctl.planners.decision_diffuser import DecisionDiffuser
+from diffctl.planners.diffuser import Diffuser
+from diffctl.planners.inverse_dynamics import InverseDynamics
+from diffctl.planners.value import ValueNet, window_returns
+
+__all__ = ["DecisionDiffuser", "Diffuser", "InverseDynamics", "Plan", "Planner", "ValueNet", "window_returns"]

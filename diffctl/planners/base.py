@@ -1,0 +1,385 @@
+"""The ``Planner`` interface: ``plan(obs, goal) -> Plan`` and an ``act`` that executes and tracks plans.
+
+A planner samples whole state(-action) trajectories of ``horizon`` steps from the current state and then
+acts along the best one: it replans every ``replan_every`` steps (0: only when the plan is used up) or as
+soon as the observed state leaves the planned one by more than ``replan_threshold`` (normalized units).
+Planners share the policies' artifact format (``config.json`` + ``model.safetensors``), ``SamplerConfig``,
+``seed`` / ``reset`` and the ``network`` / ``loss`` pair the ``Trainer`` trains, so ``dc.load``,
+``dc.evaluate`` and ``diffctl train`` treat them like policies.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffctl.datasets.normalizer import Normalizer
+from diffctl.policies.base import SamplerConfig, read_agent_dir, write_agent_dir
+
+VERSION = 1
+EDM_NOISE_SCALE = 250.0
+TRACKING_MODES = ("auto", "plan", "pd", "inverse_dynamics")
+
+
+@dataclass
+class Plan:
+    """Sampled plans, best first along axis 1, in raw (unnormalized) units.
+
+    ``states`` ``(B, N, H, Ds)``; ``actions`` ``(B, N, H, Da)`` (Diffuser) or ``(B, N, H - 1, Da)`` from
+    inverse dynamics (Decision Diffuser: ``actions[..., t, :]`` moves ``states[..., t, :]`` to ``t + 1``);
+    ``values`` ``(B, N)`` predicted returns (None for planners without a value model).
+    """
+
+    states: torch.Tensor
+    actions: torch.Tensor
+    values: torch.Tensor | None = None
+
+
+class ScaledNoiseNet(nn.Module):
+    """A backbone called with EDM's ``c_noise = ln(sigma) / 4`` stretched to the timestep range it embeds."""
+
+    def __init__(self, backbone: nn.Module, scale: float = EDM_NOISE_SCALE) -> None:
+        super().__init__()
+        self.backbone, self.scale = backbone, scale
+
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.backbone(x, c_noise * self.scale, cond)
+
+
+def check_positive(owner: str, **values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
+
+
+class Planner(ABC):
+    """Base of trajectory planners; subclasses build ``network`` and implement ``plan``, ``loss`` and the
+    tracking action ``_track_action``. Hyperparameters live in ``self.hparams`` (saved in ``config.json``)."""
+
+    network: nn.Module
+    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = ("n_plans", "replan_every", "replan_threshold", "tracking")
+
+    def _init_common(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        goal_dim: int,
+        horizon: int,
+        state_dim: int | None,
+        sampler: SamplerConfig | Mapping[str, Any] | None,
+        normalizers: Mapping[str, Normalizer] | None,
+    ) -> None:
+        name = type(self).__name__
+        check_positive(name, obs_dim=obs_dim, action_dim=action_dim, horizon=horizon)
+        if not isinstance(goal_dim, int) or goal_dim < 0:
+            raise ValueError(f"{name} goal_dim must be an integer >= 0, got {goal_dim!r}")
+        if horizon < 2:
+            raise ValueError(f"{name} horizon must be >= 2 (a plan needs a next state), got {horizon}")
+        state_dim = obs_dim - goal_dim if state_dim is None else state_dim
+        if not isinstance(state_dim, int) or not 1 <= state_dim <= obs_dim:
+            raise ValueError(f"{name} state_dim must be in [1, obs_dim={obs_dim}], got {state_dim!r}")
+        if goal_dim > state_dim:
+            raise ValueError(f"{name} goal_dim={goal_dim} exceeds state_dim={state_dim}")
+        self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
+        self.state_dim, self.horizon = state_dim, horizon
+        self.sampler = (
+            sampler if isinstance(sampler, SamplerConfig) else SamplerConfig.from_dict(sampler or {})
+        )
+        self.normalizers: dict[str, Normalizer] = dict(normalizers or {})
+        self._check_inference()
+        self.seed(self.sampler.seed)
+        self.reset()
+
+    def _check_inference(self) -> None:
+        hp, name = self.hparams, type(self).__name__
+        if not isinstance(hp["n_plans"], int) or hp["n_plans"] < 1:
+            raise ValueError(f"{name} n_plans must be a positive integer, got {hp['n_plans']!r}")
+        if not isinstance(hp["replan_every"], int) or hp["replan_every"] < 0:
+            raise ValueError(f"{name} replan_every must be an integer >= 0, got {hp['replan_every']!r}")
+        thr = hp["replan_threshold"]
+        if thr is not None and not (isinstance(thr, int | float) and thr > 0):
+            raise ValueError(f"{name} replan_threshold must be None or > 0, got {thr!r}")
+        if hp["tracking"] not in TRACKING_MODES:
+            raise ValueError(f"{name} tracking must be one of {TRACKING_MODES}, got {hp['tracking']!r}")
+
+    # ----- observations and normalizers ----------------------------------------------------------------
+    def _normalizer(self, key: str) -> Normalizer:
+        if key not in self.normalizers:
+            raise ValueError(
+                f"{type(self).__name__} has no {key!r} normalizer; call fit_normalizers(...) before use"
+            )
+        return self.normalizers[key]
+
+    def _device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def split_obs(self, obs: Any, goal: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw observations ``(D,)`` or ``(B, D)`` -> states ``(B, Ds)`` and goals ``(B, Dg)`` or None.
+
+        ``D`` is ``state_dim`` or ``obs_dim`` (then the goal is read from the ``goal_dim`` features after the
+        state); an explicit ``goal`` wins over the one inside the observation.
+        """
+        x = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not torch.is_tensor(obs) else obs)
+        x = x.to(self._device(), torch.float32)
+        if x.ndim == 1:
+            x = x[None]
+        widths = sorted({self.state_dim, self.obs_dim})
+        if x.ndim != 2 or x.shape[1] not in widths:
+            raise ValueError(
+                f"observation has shape {tuple(x.shape)}; expected (D,) or (B, D) with D in {widths}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("observation contains NaN or inf")
+        state = x[:, : self.state_dim]
+        g = None
+        if goal is not None:
+            g = torch.as_tensor(np.asarray(goal, dtype=np.float32) if not torch.is_tensor(goal) else goal)
+            g = g.to(state.device, torch.float32)
+            if not self.goal_dim or g.shape[-1] != self.goal_dim or g.ndim > 2:
+                raise ValueError(
+                    f"goal must have goal_dim={self.goal_dim} features per observation, "
+                    f"got shape {tuple(g.shape)}"
+                )
+            g = g.reshape(-1, self.goal_dim)
+            if g.shape[0] not in (1, x.shape[0]):
+                raise ValueError(
+                    f"goal must have goal_dim={self.goal_dim} features per observation, "
+                    f"got shape {tuple(np.shape(goal))}"
+                )
+            if not bool(torch.isfinite(g).all()):
+                raise ValueError("goal contains NaN or inf")
+            g = g.expand(x.shape[0], -1)
+        elif self.goal_dim and x.shape[1] >= self.state_dim + self.goal_dim:
+            g = x[:, self.state_dim : self.state_dim + self.goal_dim]
+        return state, g
+
+    def fit_normalizers(
+        self, obs: Any, actions: Any, goal: Any = None, mode: str = "limits", *, returns: Any = None
+    ) -> None:
+        """Fit state / action (/ goal / return) normalizers from raw arrays (last axis = features).
+
+        ``returns`` are the dataset's discounted returns-to-go (one per step, with this planner's
+        ``discount``); planners that model returns need them.
+        """
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.shape[-1] < self.state_dim:
+            raise ValueError(
+                f"obs has {obs.shape[-1]} features; the planner needs state_dim={self.state_dim}"
+            )
+        self.normalizers = {
+            "state": Normalizer.fit(obs[..., : self.state_dim], mode, name="states"),
+            "action": Normalizer.fit(actions, mode, name="actions"),
+        }
+        if self.goal_dim and goal is not None:
+            self.normalizers["goal"] = Normalizer.fit(goal, mode, name="goals")
+        if returns is not None:
+            r = np.asarray(returns, dtype=np.float64).reshape(-1, 1)
+            self.normalizers["returns"] = Normalizer.fit(r, "limits", name="returns")
+        elif self.uses_returns:
+            raise ValueError(
+                f"{type(self).__name__} models returns: fit_normalizers needs returns= (discounted "
+                f"returns-to-go with discount {self.hparams['discount']})"
+            )
+
+    @property
+    def uses_returns(self) -> bool:
+        """Whether training needs batch ``rewards`` / ``returns`` and a ``returns`` normalizer."""
+        return False
+
+    def sigmas(self) -> torch.Tensor:
+        """The Karras sigma grid of the current sampler settings (planners are EDM models)."""
+        from diffctl.kernels import schedules
+
+        cfg = self.sampler
+        if cfg.schedule not in ("auto", "karras"):
+            raise ValueError(
+                f"planners sample on a Karras grid; sampler schedule {cfg.schedule!r} is not supported"
+            )
+        return schedules.karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).float()
+
+    def windows(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw batch -> states ``(B, H, Ds)``, actions ``(B, H, Da)``, valid-step mask ``(B, H)`` (bool)."""
+        for key in ("obs", "actions"):
+            if key not in batch:
+                raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
+        device = self._device()
+        obs = torch.as_tensor(batch["obs"]).to(device, torch.float32)
+        actions = torch.as_tensor(batch["actions"]).to(device, torch.float32)
+        h = self.horizon
+        if obs.ndim != 3 or obs.shape[1] != h or obs.shape[2] < self.state_dim:
+            raise ValueError(
+                f"batch 'obs' has shape {tuple(obs.shape)}; planners need whole windows (B, {h}, >= "
+                f"{self.state_dim}): build the SequenceDataset with n_obs_steps = horizon = {h}"
+            )
+        if actions.shape != (obs.shape[0], h, self.action_dim):
+            raise ValueError(
+                f"batch 'actions' has shape {tuple(actions.shape)}; "
+                f"expected ({obs.shape[0]}, {h}, {self.action_dim})"
+            )
+        mask = batch.get("obs_mask")
+        mask = torch.ones(obs.shape[:2], dtype=torch.bool, device=device) if mask is None else mask
+        mask = torch.as_tensor(mask).to(device).bool()
+        if mask.shape != obs.shape[:2]:
+            raise ValueError(
+                f"batch 'obs_mask' has shape {tuple(mask.shape)}; expected {tuple(obs.shape[:2])}"
+            )
+        return obs[..., : self.state_dim], actions, mask
+
+    def window_returns(self, batch: Mapping[str, Any], mask: torch.Tensor) -> torch.Tensor:
+        """Normalized return-to-go from each window's first step, ``(B,)``."""
+        from diffctl.planners.value import window_returns
+
+        for key in ("rewards", "returns"):
+            if key not in batch:
+                raise ValueError(
+                    f"{type(self).__name__} models returns but the batch has no {key!r} "
+                    "(a dataset without rewards?)"
+                )
+        device = mask.device
+        ret = window_returns(
+            torch.as_tensor(batch["rewards"]).to(device, torch.float32),
+            torch.as_tensor(batch["returns"]).to(device, torch.float32),
+            mask,
+            float(self.hparams["discount"]),
+        )
+        return self._normalizer("returns").normalize(ret[:, None])[:, 0]
+
+    # ----- the planning interface ----------------------------------------------------------------------
+    @abstractmethod
+    def plan(self, obs: Any, goal: Any = None) -> Plan:
+        """Sample ``n_plans`` trajectories per observation starting at its state, ranked best first."""
+
+    @abstractmethod
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of a raw batch of windows (``obs`` ``(B, H, D)``, ``actions`` ``(B, H, Da)``)."""
+
+    @abstractmethod
+    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
+        """The action at plan step ``t`` from the observed raw ``state`` ``(1, Ds)``."""
+
+    def tracking_mode(self) -> str:
+        """``tracking`` with ``auto`` resolved by the subclass (see its docstring)."""
+        return str(self.hparams["tracking"])
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode: forget the current plan; ``seed`` reseeds the sampling generator."""
+        self._plan: Plan | None = None
+        self._plan_norm: torch.Tensor | None = None
+        self._t = 0
+        self.replans = 0
+        if seed is not None:
+            self.seed(seed)
+
+    def seed(self, seed: int | None) -> None:
+        """Seed the generator that draws sampling noise (None: torch's global RNG)."""
+        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+
+    def _needs_plan(self, state_norm: torch.Tensor) -> bool:
+        if self._plan is None or self._plan_norm is None:
+            return True
+        every = self.hparams["replan_every"]
+        if self._t >= self.horizon - 1 or (every and self._t >= every):
+            return True
+        thr = self.hparams["replan_threshold"]
+        if thr is not None:
+            return float((state_norm[0] - self._plan_norm[self._t]).norm()) > thr
+        return False
+
+    @torch.no_grad()
+    def act(self, obs: Any) -> np.ndarray:
+        """One observation -> one action along the current best plan, replanning as configured."""
+        arr = np.asarray(obs, dtype=np.float32)
+        if arr.ndim != 1:
+            raise ValueError(f"act() takes one observation of shape (D,), got {arr.shape}")
+        state, _ = self.split_obs(arr)
+        state_norm = self._normalizer("state").normalize(state)
+        if self._needs_plan(state_norm):
+            self._plan = self.plan(arr)
+            self._plan_norm = self._normalizer("state").normalize(self._plan.states[0, 0])
+            self._t = 0
+            self.replans += 1
+        action = self._track_action(state, self._t)
+        self._t += 1
+        return np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_dim), -1.0, 1.0)
+
+    def _pd_action(self, state: torch.Tensor, t: int) -> np.ndarray:
+        """Steer to the next waypoint: ``kp (p' - p) + kd (v' - v)`` for states laid out ``[p, v, ...]``."""
+        assert self._plan is not None
+        p = self.action_dim
+        nxt = self._plan.states[0, 0, min(t + 1, self.horizon - 1)]
+        s = state[0]
+        a = self.hparams["kp"] * (nxt[:p] - s[:p]) + self.hparams["kd"] * (nxt[p : 2 * p] - s[p : 2 * p])
+        return a.cpu().numpy()
+
+    # ----- persistence ---------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this planner (the content of ``config.json``)."""
+        return {
+            "class": type(self).__name__,
+            "version": VERSION,
+            "hyperparameters": dict(self.hparams),
+            "normalizers": {k: n.to_dict() for k, n in self.normalizers.items()},
+            "sampler": self.sampler.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into the directory ``path`` atomically."""
+        return write_agent_dir(path, self.config(), self.network.state_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> Planner:
+        """Rebuild from a directory written by ``save``. Overrides are ``SamplerConfig`` fields or the
+        inference keys ``INFERENCE_KEYS`` (e.g. ``n_plans``, ``replan_every``); anything else is an error."""
+        config, state = read_agent_dir(path)
+        if config.get("class") != cls.__name__:
+            raise ValueError(
+                f"{path}/config.json has class {config.get('class')!r}; expected {cls.__name__!r}"
+            )
+        if config.get("version") != VERSION:
+            raise ValueError(
+                f"{path}/config.json has version {config.get('version')!r}; supported: {VERSION}"
+            )
+        for key in ("hyperparameters", "normalizers", "sampler"):
+            if key not in config:
+                raise ValueError(f"{path}/config.json is missing key {key!r}")
+        hp = dict(config["hyperparameters"])
+        planner_overrides = {k: v for k, v in overrides.items() if k in cls.INFERENCE_KEYS}
+        sampler_overrides = {k: v for k, v in overrides.items() if k not in cls.INFERENCE_KEYS}
+        try:
+            sampler = SamplerConfig.from_dict(config["sampler"]).replace(**sampler_overrides)
+        except ValueError as err:
+            raise ValueError(f"{err}; planner inference keys: {list(cls.INFERENCE_KEYS)}") from err
+        hp.update(planner_overrides)
+        normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
+        planner = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, sampler=sampler, normalizers=normalizers)
+        try:
+            planner.network.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path}/model.safetensors does not match the network in config.json: {err}"
+            ) from err
+        return planner
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        gen = state.pop("_generator")
+        state["_generator_state"] = None if gen is None else gen.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        gen_state = state.pop("_generator_state")
+        self.__dict__.update(state)
+        self._generator = None
+        if gen_state is not None:
+            self._generator = torch.Generator()
+            self._generator.set_state(gen_state)

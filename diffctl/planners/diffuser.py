@@ -1,0 +1,217 @@
+"""Diffuser (Janner et al. 2022): diffusion over whole normalized (state, action) trajectories.
+
+The current state is inpainted at step 0 and, for goal-reaching tasks, the goal position at step ``H - 1``
+(``sample``'s ``mask`` / ``known``, re-imposed after every solver step). A value network trained on
+window returns-to-go ranks the ``n_plans`` samples and, with ``value_scale > 0``, steers sampling up its
+gradient (``kernels.guidance.GradientGuidance`` on the x0 prediction, off below ``value_sigma_min``).
+The denoiser is an EDM model, so any solver and step count of ``SamplerConfig`` works at inference.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffctl.datasets.normalizer import Normalizer
+from diffctl.kernels.denoisers import EDMDenoiser
+from diffctl.kernels.guidance import GradientGuidance
+from diffctl.kernels.losses import edm_loss
+from diffctl.kernels.samplers import sample
+from diffctl.nets import build_backbone
+from diffctl.planners.base import Plan, Planner, ScaledNoiseNet
+from diffctl.planners.value import ValueNet
+from diffctl.policies.base import SamplerConfig
+
+
+class DiffuserNet(nn.Module):
+    """The trainable parts of a Diffuser: the trajectory denoiser and the (optional) value network."""
+
+    def __init__(self, denoiser: EDMDenoiser, value: ValueNet | None) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.value = value
+
+
+class Diffuser(Planner):
+    """Trajectory-diffusion planner: ``fit_normalizers``, train ``network`` on ``loss``, ``plan``/``act``.
+
+    ``value`` (default: on when the task has no goal) adds a return model (needs ``returns`` in
+    ``fit_normalizers`` and ``rewards``/``returns`` in batches). ``goal_dims`` are the state features the
+    goal pins at the last step (default: the first ``goal_dim``, i.e. the maze position). ``tracking``
+    ``auto`` follows the plan's next waypoint with the PD law ``kp dp + kd dv`` on goal tasks whose state is
+    ``[position, velocity]`` (as Diffuser does in Maze2D) and executes the planned actions otherwise.
+    """
+
+    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (*Planner.INFERENCE_KEYS, "value_scale", "kp", "kd")
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        *,
+        goal_dim: int = 0,
+        horizon: int = 64,
+        state_dim: int | None = None,
+        goal_dims: Sequence[int] | None = None,
+        backbone: str = "unet",
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        sigma_data: float = 0.5,
+        p_mean: float = -1.2,
+        p_std: float = 1.2,
+        value: bool | None = None,
+        value_hidden: int = 256,
+        value_depth: int = 2,
+        value_weight: float = 1.0,
+        value_scale: float = 0.1,
+        value_sigma_min: float = 0.05,
+        discount: float = 0.99,
+        n_plans: int = 1,
+        replan_every: int = 0,
+        replan_threshold: float | None = None,
+        tracking: str = "auto",
+        kp: float = 1.0,
+        kd: float = 1.0,
+        seed: int = 0,
+        sampler: SamplerConfig | Mapping[str, Any] | None = None,
+        normalizers: Mapping[str, Normalizer] | None = None,
+    ) -> None:
+        use_value = goal_dim == 0 if value is None else bool(value)
+        gd = list(range(goal_dim)) if goal_dims is None else [int(d) for d in goal_dims]
+        if len(gd) != goal_dim:
+            raise ValueError(f"Diffuser goal_dims {gd} must name goal_dim={goal_dim} state features")
+        self.hparams: dict[str, Any] = {
+            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
+            "state_dim": state_dim, "goal_dims": gd, "backbone": backbone,
+            "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data, "p_mean": p_mean,
+            "p_std": p_std, "value": use_value, "value_hidden": value_hidden, "value_depth": value_depth,
+            "value_weight": value_weight, "value_scale": value_scale, "value_sigma_min": value_sigma_min,
+            "discount": discount, "n_plans": n_plans, "replan_every": replan_every,
+            "replan_threshold": replan_threshold, "tracking": tracking, "kp": kp, "kd": kd, "seed": seed,
+        }  # fmt: skip
+        if tracking == "inverse_dynamics":
+            raise ValueError("Diffuser has no inverse dynamics model; tracking must be auto, plan or pd")
+        if not 0.0 <= discount <= 1.0:
+            raise ValueError(f"Diffuser discount must be in [0, 1], got {discount}")
+        self._init_common(obs_dim, action_dim, goal_dim, horizon, state_dim, sampler, normalizers)
+        if any(not 0 <= d < self.state_dim for d in gd):
+            raise ValueError(f"Diffuser goal_dims {gd} out of range for state_dim={self.state_dim}")
+        self.transition_dim = self.state_dim + action_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_backbone(backbone, self.transition_dim, horizon, 0, **self.hparams["backbone_kwargs"])
+            value_net = (
+                ValueNet(horizon, self.transition_dim, value_hidden, value_depth) if use_value else None
+            )
+        self.network: nn.Module = DiffuserNet(EDMDenoiser(ScaledNoiseNet(net), sigma_data), value_net)
+        if self.tracking_mode() == "pd" and self.state_dim < 2 * action_dim:
+            raise ValueError(
+                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
+                f"= {2 * action_dim}, got state_dim={self.state_dim}"
+            )
+
+    @property
+    def uses_returns(self) -> bool:
+        return bool(self.hparams["value"])
+
+    def tracking_mode(self) -> str:
+        mode = self.hparams["tracking"]
+        if mode == "auto":
+            return "pd" if self.goal_dim and self.state_dim >= 2 * self.action_dim else "plan"
+        return str(mode)
+
+    # ----- training ------------------------------------------------------------------------------------
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """EDM denoising loss on normalized (state, action) windows (+ value regression on returns-to-go)."""
+        states, actions, mask = self.windows(batch)
+        x0 = torch.cat(
+            [self._normalizer("state").normalize(states), self._normalizer("action").normalize(actions)], -1
+        )
+        hp = self.hparams
+        diff = edm_loss(
+            self.network.denoiser, x0, None, hp["p_mean"], hp["p_std"], weight_mask=mask[..., None]
+        ).mean()
+        info = {"diffusion_loss": float(diff.detach())}
+        loss = diff
+        if self.network.value is not None:
+            target = self.window_returns(batch, mask)
+            value_loss = ((self.network.value(x0) - target) ** 2).mean()
+            loss = loss + hp["value_weight"] * value_loss
+            info["value_loss"] = float(value_loss.detach())
+        info["loss"] = float(loss.detach())
+        return loss, info
+
+    # ----- planning ------------------------------------------------------------------------------------
+    def conditioning(
+        self, state: torch.Tensor, goal: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inpainting ``(mask, known)`` ``(B, H, Ds + Da)``: the state at step 0, the goal at H - 1."""
+        bsz, h, ds = state.shape[0], self.horizon, self.state_dim
+        norm = self._normalizer("state")
+        known = state.new_zeros(bsz, h, self.transition_dim)
+        mask = torch.zeros(bsz, h, self.transition_dim, dtype=torch.bool, device=state.device)
+        known[:, 0, :ds] = norm.normalize(state)
+        mask[:, 0, :ds] = True
+        if goal is not None:
+            dims = self.hparams["goal_dims"]
+            full = state.new_zeros(bsz, ds)
+            full[:, dims] = goal
+            known[:, h - 1, dims] = norm.normalize(full)[:, dims]
+            mask[:, h - 1, dims] = True
+        return mask, known
+
+    @torch.no_grad()
+    def plan(self, obs: Any, goal: Any = None, *, noise: torch.Tensor | None = None) -> Plan:
+        """Sample ``n_plans`` trajectories per observation (goal from ``goal`` or the observation), ranked
+        by value when the planner has one. ``noise`` ``(B * n_plans, H, Ds + Da)`` fixes the start."""
+        state, g = self.split_obs(obs, goal)
+        n, bsz = self.hparams["n_plans"], state.shape[0]
+        state = state.repeat_interleave(n, 0)
+        g = None if g is None else g.repeat_interleave(n, 0)
+        mask, known = self.conditioning(state, g)
+        sigmas = self.sigmas().to(state.device)
+        shape = (bsz * n, self.horizon, self.transition_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=self._generator).to(state.device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            denoise = functools.partial(self.network.denoiser, cond=None)
+            value = self.network.value
+            if value is not None and self.hparams["value_scale"] > 0:
+                denoise = GradientGuidance(
+                    denoise, lambda x0, s: value(x0), self.hparams["value_scale"],
+                    sigma_min=self.hparams["value_sigma_min"],
+                )  # fmt: skip
+            x0 = sample(
+                denoise, noise.to(state.device, torch.float32) * sigmas[0], sigmas,
+                solver=self.sampler.solver, generator=self._generator, mask=mask, known=known,
+                **self.sampler.options,
+            )  # fmt: skip
+            values = None if value is None else value(x0).reshape(bsz, n)
+        finally:
+            self.network.train(was_training)
+        x0 = x0.reshape(bsz, n, self.horizon, self.transition_dim)
+        if values is not None:
+            order = values.argsort(dim=1, descending=True)
+            values = values.gather(1, order)
+            x0 = x0.gather(1, order[:, :, None, None].expand_as(x0))
+            values = self._normalizer("returns").unnormalize(values[..., None])[..., 0]
+        ds = self.state_dim
+        states = self._normalizer("state").unnormalize(x0[..., :ds])
+        act_norm = self._normalizer("action")
+        a = x0[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x0[..., ds:]
+        actions = act_norm.unnormalize(a)
+        return Plan(states=states, actions=actions, values=values)
+
+    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
+        assert self._plan is not None
+        if self.tracking_mode() == "pd":
+            return self._pd_action(state, t)
+        return self._plan.actions[0, 0, t].cpu().numpy()
