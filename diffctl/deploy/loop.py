@@ -37,6 +37,8 @@ class LoopConfig:
     (``"last"``) or send ``safe_action`` (``"safe"``). ``inference_budget_s``: chunks slower than this are
     counted as over budget (default: ``replan_every`` periods). ``watchdog_s``: a tick or an inference taking
     longer than this is a stall; with ``stop_on_stall`` the loop sends the safe action (or holds) and stops.
+    ``wait_s``: when nothing is planned for the current tick and a request is in flight, wait this long
+    for it within the tick before holding (default: half a period).
     ``rtc``: real-time chunking, i.e. inpaint the actions that will execute during inference into the next
     chunk (policies whose ``predict_chunk`` takes ``prefix``). ``prime``: compute the first chunk before the
     clock starts.
@@ -53,6 +55,7 @@ class LoopConfig:
     inference_budget_s: float | None = None
     watchdog_s: float = 1.0
     stop_on_stall: bool = True
+    wait_s: float | None = None
     rtc: bool = False
     prime: bool = True
 
@@ -236,6 +239,28 @@ class ControlLoop:
             parts.extend(upcoming)
         return np.stack(parts) if parts else None
 
+    def _drain(self, deadline: float | None) -> list[TimedChunk]:
+        """Finished chunks; with a deadline, block until one arrives or the deadline passes."""
+        out = []
+        if deadline is not None:
+            try:
+                out.append(self._results.get(timeout=max(deadline - self.clock(), 0.0)))
+            except queue.Empty:
+                return out
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _adopt(self, chunk: TimedChunk, tick: int, budget: float, log: list[dict[str, Any]]) -> bool:
+        """Put ``chunk`` on the schedule, log it; True when its inference was over budget."""
+        lat = chunk.t_ready - chunk.t_request
+        stale = self.schedule.push(chunk, tick)
+        log.append({"chunk_id": chunk.chunk_id, "start_tick": chunk.start_tick, "arrival_tick": tick,
+                    "latency_s": lat, "stale": stale, "n": chunk.actions.shape[0]})  # fmt: skip
+        return lat > budget
+
     def _fallback(self, last: np.ndarray | None) -> tuple[np.ndarray | None, str]:
         if self.cfg.hold == "last" and last is not None:
             return last, "hold"
@@ -261,6 +286,7 @@ class ControlLoop:
         rec_tick, rec_t, rec_a, rec_src, rec_cid, chunks = [], [], [], [], [], []
         missed = over_budget = 0
         budget = self.cfg.inference_budget_s or self.replan_every * dt
+        wait_s = 0.5 * dt if self.cfg.wait_s is None else self.cfg.wait_s
         next_id, pending, last = 0, False, None
 
         obs = np.asarray(self.get_obs(), dtype=np.float32)
@@ -298,18 +324,9 @@ class ControlLoop:
                     first = False
                 else:
                     history.append(np.asarray(self.get_obs(), dtype=np.float32))
-                while True:
-                    try:
-                        chunk = self._results.get_nowait()
-                    except queue.Empty:
-                        break
+                for chunk in self._drain(None):
                     pending = False
-                    lat = chunk.t_ready - chunk.t_request
-                    over_budget += lat > budget
-                    stale = self.schedule.push(chunk, tick)
-                    chunks.append({"chunk_id": chunk.chunk_id, "start_tick": chunk.start_tick,
-                                   "arrival_tick": tick, "latency_s": lat, "stale": stale,
-                                   "n": chunk.actions.shape[0]})  # fmt: skip
+                    over_budget += self._adopt(chunk, tick, budget, chunks)
                 if self._stall is not None and self.cfg.stop_on_stall:
                     action = self._safe if self._safe is not None else last
                     if action is not None:
@@ -324,6 +341,10 @@ class ControlLoop:
                         pending, next_id = True, next_id + 1
                     except queue.Full:
                         pass
+                if pending and self.schedule.action_at(tick) is None:
+                    for chunk in self._drain(t_tick + wait_s):
+                        pending = False
+                        over_budget += self._adopt(chunk, tick, budget, chunks)
                 planned = self.schedule.action_at(tick)
                 if planned is not None:
                     action, source, cid = planned[0], "chunk", planned[1]
