@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +54,21 @@ class ScaledNoiseNet(nn.Module):
         self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self.backbone(x, c_noise * self.scale, cond)
+
+
+def clean_conditioned(
+    denoiser: Callable[..., torch.Tensor], mask: torch.Tensor, known: torch.Tensor
+) -> Callable[..., torch.Tensor]:
+    """``D(x, sigma, cond)`` that always sees the conditioned entries clean (Diffuser's conditioning).
+
+    Planners train and sample this way: the current state (and goal) enter the network noise-free at every
+    noise level, which conditions far more strongly than noised replacement alone.
+    """
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        return denoiser(torch.where(mask, known.to(x.dtype), x), sigma, cond)
+
+    return denoise
 
 
 def check_positive(owner: str, **values: Any) -> None:

@@ -22,7 +22,7 @@ from diffctl.kernels.guidance import AdaptiveGuidance, ClassifierFreeGuidance
 from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
-from diffctl.planners.base import Plan, Planner, ScaledNoiseNet
+from diffctl.planners.base import Plan, Planner, ScaledNoiseNet, clean_conditioned
 from diffctl.planners.inverse_dynamics import InverseDynamics
 from diffctl.policies.base import SamplerConfig
 
@@ -149,9 +149,11 @@ class DecisionDiffuser(Planner):
         keep = torch.rand(bsz, device=x0.device) >= self.hparams["cond_dropout"]
         cond = self._cond(value, keep)
         hp = self.hparams
-        diff = edm_loss(
-            self.network.denoiser, x0, cond, hp["p_mean"], hp["p_std"], weight_mask=mask[..., None]
-        )
+        cmask = torch.zeros_like(x0, dtype=torch.bool)
+        cmask[:, 0] = True
+        denoiser = clean_conditioned(self.network.denoiser, cmask, x0)
+        weight = mask[..., None] & ~cmask
+        diff = edm_loss(denoiser, x0, cond, hp["p_mean"], hp["p_std"], weight_mask=weight)
         diff = diff.mean()
         inv = self.network.inverse_dynamics.loss(x0, self._normalizer("action").normalize(actions), mask)
         loss = diff + hp["inverse_weight"] * inv
@@ -197,11 +199,13 @@ class DecisionDiffuser(Planner):
         known[:, 0] = s
         mask = torch.zeros(shape, dtype=torch.bool, device=s.device)
         mask[:, 0] = True
+        guided = self._guided(cond, uncond, sigmas)
         was_training = self.network.training
         self.network.eval()
         try:
             x0 = sample(
-                self._guided(cond, uncond, sigmas), noise.to(s.device, torch.float32) * sigmas[0], sigmas,
+                lambda x, sig: guided(torch.where(mask, known, x), sig),
+                noise.to(s.device, torch.float32) * sigmas[0], sigmas,
                 solver=self.sampler.solver, generator=self._generator, mask=mask, known=known,
                 **self.sampler.options,
             )  # fmt: skip

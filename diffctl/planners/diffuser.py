@@ -23,7 +23,7 @@ from diffctl.kernels.guidance import GradientGuidance
 from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
-from diffctl.planners.base import Plan, Planner, ScaledNoiseNet
+from diffctl.planners.base import Plan, Planner, ScaledNoiseNet, clean_conditioned
 from diffctl.planners.value import ValueNet
 from diffctl.policies.base import SamplerConfig
 
@@ -132,9 +132,11 @@ class Diffuser(Planner):
             [self._normalizer("state").normalize(states), self._normalizer("action").normalize(actions)], -1
         )
         hp = self.hparams
-        diff = edm_loss(
-            self.network.denoiser, x0, None, hp["p_mean"], hp["p_std"], weight_mask=mask[..., None]
-        ).mean()
+        goal = x0[:, -1, hp["goal_dims"]] if self.goal_dim else None
+        cmask = self._cond_mask(x0.shape[0], goal is not None, x0.device)
+        denoiser = clean_conditioned(self.network.denoiser, cmask, x0)
+        weight = mask[..., None] & ~cmask
+        diff = edm_loss(denoiser, x0, None, hp["p_mean"], hp["p_std"], weight_mask=weight).mean()
         info = {"diffusion_loss": float(diff.detach())}
         loss = diff
         if self.network.value is not None:
@@ -146,23 +148,32 @@ class Diffuser(Planner):
         return loss, info
 
     # ----- planning ------------------------------------------------------------------------------------
+    def _cond_mask(self, bsz: int, with_goal: bool, device: torch.device) -> torch.Tensor:
+        mask = torch.zeros(bsz, self.horizon, self.transition_dim, dtype=torch.bool, device=device)
+        mask[:, 0, : self.state_dim] = True
+        if with_goal:
+            mask[:, -1, self.hparams["goal_dims"]] = True
+        return mask
+
     def conditioning(
         self, state: torch.Tensor, goal: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inpainting ``(mask, known)`` ``(B, H, Ds + Da)``: the state at step 0, the goal at H - 1."""
-        bsz, h, ds = state.shape[0], self.horizon, self.state_dim
+        if self.goal_dim and goal is None:
+            raise ValueError(
+                f"goal-conditioned Diffuser (goal_dim={self.goal_dim}) needs a goal: pass goal= or an "
+                f"observation of {self.obs_dim} features"
+            )
+        bsz, ds = state.shape[0], self.state_dim
         norm = self._normalizer("state")
-        known = state.new_zeros(bsz, h, self.transition_dim)
-        mask = torch.zeros(bsz, h, self.transition_dim, dtype=torch.bool, device=state.device)
+        known = state.new_zeros(bsz, self.horizon, self.transition_dim)
         known[:, 0, :ds] = norm.normalize(state)
-        mask[:, 0, :ds] = True
         if goal is not None:
             dims = self.hparams["goal_dims"]
             full = state.new_zeros(bsz, ds)
             full[:, dims] = goal
-            known[:, h - 1, dims] = norm.normalize(full)[:, dims]
-            mask[:, h - 1, dims] = True
-        return mask, known
+            known[:, -1, dims] = norm.normalize(full)[:, dims]
+        return self._cond_mask(bsz, goal is not None, state.device), known
 
     @torch.no_grad()
     def plan(self, obs: Any, goal: Any = None, *, noise: torch.Tensor | None = None) -> Plan:
@@ -182,7 +193,7 @@ class Diffuser(Planner):
         was_training = self.network.training
         self.network.eval()
         try:
-            denoise = functools.partial(self.network.denoiser, cond=None)
+            denoise = functools.partial(clean_conditioned(self.network.denoiser, mask, known), cond=None)
             value = self.network.value
             if value is not None and self.hparams["value_scale"] > 0:
                 denoise = GradientGuidance(
