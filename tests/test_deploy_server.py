@@ -1,0 +1,128 @@
+"""Policy server on 127.0.0.1: replies match the local policy; bad messages get errors, server stays up."""
+
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("websockets")
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from diffctl.deploy import ControlLoop, LoopConfig
+from diffctl.deploy.client import PolicyClient, ServerError
+from diffctl.deploy.server import PolicyServer
+from diffctl.deploy.wire import decode, encode
+from diffctl.policies import DiffusionPolicy
+
+OBS, ACT, GOAL, H, TO = 4, 2, 2, 8, 2
+
+
+def tiny_policy() -> DiffusionPolicy:
+    policy = DiffusionPolicy(OBS, ACT, goal_dim=GOAL, horizon=H, n_obs_steps=TO, n_action_steps=4,
+                             backbone="mlp", backbone_kwargs={"hidden": 32, "depth": 1, "embed_dim": 16},
+                             sampler={"solver": "euler", "steps": 3})  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    policy.fit_normalizers(torch.rand(50, OBS, generator=g) * 2 - 1, torch.rand(50, ACT, generator=g) * 2 - 1,
+                           torch.rand(50, GOAL, generator=g) * 2 - 1)  # fmt: skip
+    return policy
+
+
+@pytest.fixture(scope="module")
+def server():
+    with PolicyServer(tiny_policy(), port=0, max_bytes=4096) as srv:
+        yield srv
+
+
+def test_predict_chunk_and_health(server):
+    hist = np.random.default_rng(0).uniform(-1, 1, (3, TO, OBS + GOAL)).astype(np.float32)
+    with PolicyClient(server.url, timeout=20) as client:
+        assert client.info["status"] == "ok" and client.info["agent"] == "DiffusionPolicy"
+        assert client.n_obs_steps == TO and client.horizon == H
+        server.policy.seed(5)
+        chunk = client.predict_chunk(hist)
+        assert chunk.shape == (3, H, ACT) and chunk.dtype == np.float32
+        server.policy.seed(5)
+        np.testing.assert_array_equal(chunk, server.policy.predict_chunk(hist).numpy())
+        timing = client.last_timing
+        assert {"decode_ms", "queue_ms", "infer_ms", "total_ms", "rtt_ms"} <= set(timing)
+        assert timing["rtt_ms"] >= timing["infer_ms"] >= 0
+        action = client.act(hist[0, -1])
+        assert action.shape == (ACT,)
+        client.reset()
+
+
+def _raw_call(ws, message):
+    ws.send(message)
+    return decode(ws.recv(timeout=20))[0]
+
+
+def test_malformed_messages_get_errors_and_server_keeps_serving(server):
+    good = encode({"op": "predict_chunk", "id": 7}, {"obs_history": np.zeros((1, TO, OBS), np.float32)})
+    bad = {
+        "garbage bytes": b"\x00\x01\x02 not a message",
+        "bad json text": "{not json",
+        "json not object": "[1, 2]",
+        "unknown op": '{"op": "launch_missiles"}',
+        "header past end": b"DCT1" + struct.pack("<I", 10_000) + b"{}",
+        "missing array": encode({"op": "predict_chunk"}),
+        "wrong ndim": encode({"op": "predict_chunk"}, {"obs_history": np.zeros((TO, OBS), np.float32)}),
+        "wrong features": encode({"op": "predict_chunk"}, {"obs_history": np.zeros((1, TO, 3), np.float32)}),
+        "nan": encode({"op": "predict_chunk"}, {"obs_history": np.full((1, TO, OBS), np.nan, np.float32)}),
+        "lying nbytes": good[:-8],
+        "oversized": encode({"op": "predict_chunk"}, {"obs_history": np.zeros((200, TO, OBS), np.float32)}),
+    }
+    with connect(server.url, open_timeout=20) as ws, PolicyClient(server.url, timeout=20) as other:
+        for label, message in bad.items():
+            reply = _raw_call(ws, message)
+            assert reply["ok"] is False, label
+            assert reply["error"], label
+            assert other.health()["status"] == "ok"
+        assert "exceeds the limit" in _raw_call(ws, bad["oversized"])["error"]
+        assert "unknown op" in _raw_call(ws, bad["unknown op"])["error"]
+        reply = _raw_call(ws, good)
+        assert reply["ok"] is True and reply["id"] == 7
+    # a frame over the transport limit closes only that connection
+    with connect(server.url, open_timeout=20) as ws:
+        ws.send(b"\x00" * (4 * server.max_bytes + 10))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=20)
+    with PolicyClient(server.url, timeout=20) as client:
+        assert client.health()["errors"] >= len(bad)
+        with pytest.raises(ServerError, match="obs_history"):
+            client.request("predict_chunk", {})
+
+
+def test_control_loop_drives_remote_policy(server):
+    with PolicyClient(server.url, timeout=20) as client:
+        obs = np.zeros(OBS + GOAL, np.float32)
+        applied = []
+        cfg = LoopConfig(rate_hz=50.0, watchdog_s=20.0)
+        result = ControlLoop(client, lambda: obs, applied.append, cfg).run(ticks=10)
+    assert result.stall is None and len(applied) == len(result.ticks) > 0
+    assert result.latency["count"] >= 1
+
+
+def test_cli_serve_subprocess(tmp_path):
+    ckpt = tiny_policy().save(tmp_path / "agent")
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "diffctl.cli", "serve", str(ckpt), "--port", "0", "--steps", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line, proc.stderr.read() if proc.poll() is not None else line
+        url = line.split(" on ")[1].split()[0]
+        with PolicyClient(url, timeout=20) as client:
+            assert client.info["sampler"]["steps"] == 2
+            assert client.predict_chunk(np.zeros((1, TO, OBS), np.float32)).shape == (1, H, ACT)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    bad = [*cmd[:4], str(tmp_path / "nope"), "--port", "0"]
+    missing = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode == 1 and "not a directory" in missing.stderr
