@@ -192,3 +192,19 @@ def test_load_rejects_bad_directories_and_overrides(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="version 9"):
         Diffuser.load(path)
+
+
+@pytest.mark.parametrize("name", ["diffuser", "decision_diffuser"])
+def test_planner_configs_build_their_planner(name: str) -> None:
+    from omegaconf import OmegaConf
+
+    from diffctl.train.pipeline import CONFIG_DIR
+
+    conf = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "planner" / f"{name}.yaml"))
+    section = dict(conf["planner"])
+    cls = {"Diffuser": Diffuser, "DecisionDiffuser": DecisionDiffuser}[section.pop("class")]
+    for key in ("name", "normalizer"):
+        section.pop(key)
+    planner = cls(STATE + GOAL, ACT, goal_dim=GOAL, horizon=conf["task"]["horizon"], **section,
+                  sampler=conf.get("sampler"))  # fmt: skip
+    assert planner.horizon == conf["task"]["horizon"] and conf["task"]["n_obs_steps"] == "${task.horizon}"
