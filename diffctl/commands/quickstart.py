@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     print(format_table(result["evaluations"]))
     print(f"results:    {result['results_path']}")
     print(f"checkpoint: {result['checkpoint']}")
+    print(f"re-evaluate: diffctl eval {result['checkpoint']} --task {TASK} --solver euler --steps 5")
     print(f"total time: {result['seconds']['total']:.1f} s")
     return 0
 
