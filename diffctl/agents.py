@@ -14,6 +14,8 @@ from typing import Any
 
 AGENT_CLASSES: dict[str, str] = {
     "DiffusionPolicy": "diffctl.policies.diffusion",
+    "Diffuser": "diffctl.planners.diffuser",
+    "DecisionDiffuser": "diffctl.planners.decision_diffuser",
 }
 
 

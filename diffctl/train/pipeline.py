@@ -23,12 +23,12 @@ from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("task", "policy", "sampler")
+GROUPS = ("task", "policy", "sampler", "planner")
 RESERVED_POLICY_KEYS = ("name", "class", "normalizer")
 
 
 def group_options(group: str) -> list[str]:
-    """Names of the configs available in a hydra group (``task``, ``policy``, ``sampler``)."""
+    """Names of the configs available in a hydra group (``task``, ``policy``, ``sampler``, ``planner``)."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
@@ -91,12 +91,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         raise ValueError(f"config does not resolve: {err}") from err
 
 
+def agent_section(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """The section that describes the agent: ``planner`` when one is selected, else ``policy``."""
+    planner = conf.get("planner")
+    if planner is not None and not isinstance(planner, Mapping):
+        raise ValueError(f"config section 'planner' must be a mapping or null, got {planner!r}")
+    return dict(planner or conf["policy"])
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """Train the agent a composed config describes; returns the Trainer summary plus ``run_dir``."""
     conf = to_dict(cfg)
     for key in ("task", "policy", "sampler", "training", "eval"):
         if not isinstance(conf.get(key), Mapping):
             raise ValueError(f"config is missing section {key!r}")
+    agent_section(conf)
     info = init_distributed()
     train_cfg = TrainConfig.from_dict(conf["training"])
     run_dir = resolve_run_dir(conf, info)
@@ -118,11 +127,12 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def resolve_run_dir(conf: Mapping[str, Any], info: DistInfo) -> Path:
-    """``conf['run_dir']`` or ``runs/<task>-<policy>-<time>``, chosen by rank 0 and shared with all ranks."""
+    """``conf['run_dir']`` or ``runs/<task>-<policy or planner>-<time>``, chosen by rank 0 and shared with
+    all ranks."""
     name = conf.get("run_dir")
     if not name:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"runs/{conf['task']['name']}-{conf['policy']['name']}-{stamp}"
+        name = f"runs/{conf['task']['name']}-{agent_section(conf)['name']}-{stamp}"
     if info.enabled:
         name = _broadcast_str(str(name))
     return Path(name)
@@ -168,9 +178,13 @@ def open_dataset(task: Mapping[str, Any], info: DistInfo | None = None) -> Any:
 
 
 def build_dataset(store: Any, task: Mapping[str, Any]) -> Any:
-    """SequenceDataset windows with the task's horizon, observation history and goal mode."""
+    """SequenceDataset windows with the task's horizon, observation history and goal mode (and, when the
+    task sets them, ``pad_before`` / ``pad_after`` and the ``discount`` of returns-to-go)."""
     from diffctl.datasets.sequence import SequenceDataset
 
+    optional = {k: task[k] for k in ("pad_before", "pad_after") if task.get(k) is not None}
+    if task.get("discount") is not None:
+        optional["discount"] = float(task["discount"])
     return SequenceDataset(
         store,
         horizon=int(task["horizon"]),
@@ -179,6 +193,7 @@ def build_dataset(store: Any, task: Mapping[str, Any]) -> Any:
         obs_keys=tuple(task.get("obs_keys", ("observations",))),
         action_key=str(task.get("action_key", "actions")),
         goal=task.get("goal"),
+        **{k: int(v) if k != "discount" else v for k, v in optional.items()},
     )
 
 
@@ -192,9 +207,13 @@ def agent_class(name: str) -> type:
 
 
 def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
-    """Instantiate ``policy.class`` with dimensions read off the data, the sampler section and the seed,
-    then fit its normalizers on the whole dataset."""
-    policy = dict(conf["policy"])
+    """Instantiate ``planner.class`` (when a planner is selected) or ``policy.class`` with dimensions read
+    off the data, the sampler section and the seed, then fit its normalizers on the whole dataset.
+
+    Only the dimensions the class accepts are passed. Planners see the goal as part of the observation
+    (``obs_dim = state_dim + goal_dim``, as the environment emits it); agents with ``uses_returns`` get
+    discounted returns-to-go at their ``discount`` for their return normalizer."""
+    policy = agent_section(conf)
     task = conf["task"]
     cls = agent_class(str(policy.get("class", "DiffusionPolicy")))
     norm_mode = policy.get("normalizer", "limits")
@@ -210,12 +229,17 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         "n_obs_steps": int(task["n_obs_steps"]),
         "n_action_steps": int(task["n_action_steps"]),
     }
-    kwargs.setdefault("seed", int(conf.get("seed", 0)))
     accepted = set(inspect.signature(cls).parameters)
+    if "state_dim" in accepted:
+        dims["state_dim"] = dims["obs_dim"]
+        dims["obs_dim"] += dims["goal_dim"]
+    dims = {k: v for k, v in dims.items() if k in accepted}
+    kwargs.setdefault("seed", int(conf.get("seed", 0)))
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
+        section = "planner" if conf.get("planner") else "policy"
         valid = sorted(accepted - set(dims) - {"sampler", "normalizers"})
-        raise ValueError(f"unknown policy keys {unknown} for {cls.__name__}; valid keys: {valid}")
+        raise ValueError(f"unknown {section} keys {unknown} for {cls.__name__}; valid keys: {valid}")
     agent = cls(**dims, sampler=dict(conf["sampler"]), **kwargs)
     if callable(getattr(agent, "fit_normalizers", None)):
         obs_keys = list(task.get("obs_keys", ("observations",)))
@@ -226,8 +250,20 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
             goal = _rows(store.array("infos/goal"))
         elif task.get("goal") == "hindsight":
             goal = obs
-        agent.fit_normalizers(obs, actions, goal, mode=norm_mode)
+        extra = {}
+        if getattr(agent, "uses_returns", False):
+            discount = float(policy.get("discount", task.get("discount", 0.99)))
+            extra["returns"] = _returns_to_go(store, discount)
+        agent.fit_normalizers(obs, actions, goal, mode=norm_mode, **extra)
     return agent
+
+
+def _returns_to_go(store: Any, discount: float) -> np.ndarray:
+    from diffctl.datasets.sequence import discounted_returns_to_go
+
+    if "rewards" not in store.keys:
+        raise ValueError(f"the agent models returns but the dataset has no 'rewards'; keys: {store.keys}")
+    return discounted_returns_to_go(store.array("rewards"), store.episode_ends, discount)
 
 
 def _rows(array: Any) -> np.ndarray:
