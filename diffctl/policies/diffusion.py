@@ -30,6 +30,8 @@ from diffctl.policies.base import Policy, SamplerConfig, read_agent_dir, write_a
 VERSION = 1
 PARAMETERIZATIONS = ("edm", "vp")
 EDM_NOISE_SCALE = 250.0
+"""EDM's ``c_noise = ln(sigma)/4`` spans about [-1.6, 1.1]; scaling spreads it over the range that the
+sinusoidal embedding resolves, as integer VP timesteps (0..99) do."""
 
 
 class ChunkDenoiserNet(nn.Module):
@@ -308,7 +310,7 @@ class DiffusionPolicy(Policy):
             sigmas = self.sigmas().to(device)
             shape = (bsz, self.horizon, self.action_dim)
             if noise is None:
-                noise = torch.randn(shape, generator=self._generator, device=device)
+                noise = torch.randn(shape, generator=self._generator)
             elif tuple(noise.shape) != shape:
                 raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
             noise = noise.to(device, torch.float32)
