@@ -116,7 +116,9 @@ class RealTimePolicy(Policy):
         if seam not in SEAMS:
             raise ValueError(f"unknown seam {seam!r}; expected one of {SEAMS}")
         if not hasattr(policy, "denoiser") or not hasattr(policy, "sigmas"):
-            raise ValueError(f"{type(policy).__name__} is not a chunk diffusion policy (needs denoiser, sigmas)")
+            raise ValueError(
+                f"{type(policy).__name__} is not a chunk diffusion policy (needs denoiser, sigmas)"
+            )
         self.policy = policy
         self.network = policy.network
         self.n_obs_steps, self.horizon = policy.n_obs_steps, policy.horizon
@@ -166,7 +168,7 @@ class RealTimePolicy(Policy):
         self.step_jumps: list[float] = []
 
     def stats(self) -> dict[str, float]:
-        """NFE per control tick and mean action jumps (L2) at chunk seams and within chunks, since ``reset``."""
+        """NFE per control tick and mean action jumps (L2) at chunk seams and within chunks since reset."""
         return {
             "nfe_per_tick": self.nfe / max(1, self.ticks),
             "seam_jump": float(np.mean(self.seam_jumps)) if self.seam_jumps else float("nan"),
@@ -201,7 +203,10 @@ class RealTimePolicy(Policy):
         norm = pol._normalizer("action")
         if init is not None and self.warm_sigma > 0:
             sigmas = warm_sigmas(self.warm_sigma, self.warm_steps, pol.sampler.sigma_min, pol.sampler.rho)
-            x = norm.normalize(torch.as_tensor(init, dtype=torch.float32, device=device)) + self.warm_sigma * noise
+            x = (
+                norm.normalize(torch.as_tensor(init, dtype=torch.float32, device=device))
+                + self.warm_sigma * noise
+            )
         else:
             sigmas = pol.sigmas().to(device)
             x = noise * sigmas[0]
@@ -209,7 +214,12 @@ class RealTimePolicy(Policy):
         if prefix is not None:
             prefix = torch.as_tensor(prefix, dtype=torch.float32, device=device)
             p = prefix.shape[1]
-            if prefix.ndim != 3 or prefix.shape[0] != bsz or prefix.shape[2] != self.action_dim or p > self.horizon:
+            if (
+                prefix.ndim != 3
+                or prefix.shape[0] != bsz
+                or prefix.shape[2] != self.action_dim
+                or p > self.horizon
+            ):
                 raise ValueError(f"prefix must have shape ({bsz}, P <= {self.horizon}, {self.action_dim})")
             known = torch.zeros(shape, device=device)
             known[:, :p] = norm.normalize(prefix)
@@ -233,7 +243,7 @@ class RealTimePolicy(Policy):
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
     def _plan(self, hist: np.ndarray, upcoming: list[np.ndarray]) -> torch.Tensor:
-        """Sample the chunk whose index ``To - 1`` is this tick; ``upcoming`` actions run before it takes over."""
+        """Sample the chunk whose index ``To - 1`` is this tick; ``upcoming`` actions run before it."""
         past = self.n_obs_steps - 1
         shift = self._tick - self._chunk_tick
         prev = None if self._chunk is None else shift_chunk(self._chunk, shift)
@@ -255,7 +265,7 @@ class RealTimePolicy(Policy):
         return chunk
 
     def act(self, obs: Any) -> np.ndarray:
-        """One observation -> one action; requests the next chunk ``delay`` ticks before the queue runs out."""
+        """One observation -> one action; requests the next chunk ``delay`` ticks before the queue ends."""
         arr = self.policy._check_obs(obs)
         if not self._obs:
             self._obs.extend([arr] * self.n_obs_steps)
@@ -316,10 +326,14 @@ class RealTimePolicy(Policy):
 
         names = ("seam", "delay", "replan_every", "warm_sigma", "warm_steps", "decay_end")
         mine = {k: overrides.pop(k) for k in names if k in overrides}
-        config = json.loads((Path(path) / CONFIG_FILE).read_text()) if (Path(path) / CONFIG_FILE).is_file() else {}
+        config = (
+            json.loads((Path(path) / CONFIG_FILE).read_text()) if (Path(path) / CONFIG_FILE).is_file() else {}
+        )
         saved = dict(config.get("realtime", {}))
         if saved and saved.pop("version", None) != VERSION:
-            raise ValueError(f"{path}/config.json realtime section has an unsupported version; expected {VERSION}")
+            raise ValueError(
+                f"{path}/config.json realtime section has an unsupported version; expected {VERSION}"
+            )
         saved.pop("class", None)
         return cls(load_agent(path, **overrides), **{**saved, **mine})
 
@@ -345,7 +359,7 @@ def _doubles(policy: Any) -> bool:
 
 
 class RTIPolicy(RealTimePolicy):
-    """RTI-DP: warm-start every chunk from the shifted previous one at ``warm_sigma``, ``warm_steps`` steps."""
+    """RTI-DP: warm-start each chunk from the shifted previous one at ``warm_sigma`` (``warm_steps``)."""
 
     def __init__(self, policy: Any, *, warm_sigma: float = 0.2, warm_steps: int = 2, **kwargs: Any) -> None:
         kwargs.setdefault("seam", "naive")
