@@ -62,3 +62,18 @@ def test_encoders():
     assert enc(obs).shape == (5, enc.out_dim) == (5, 32)
     with pytest.raises(ValueError, match="shape"):
         enc(torch.randn(5, 3, 4))
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(5, 1, 2), (3, 2, 1), (1, 1, 0)])
+def test_gemm_conv_matches_conv1d(kernel, stride, padding):
+    from diffctl.nets.unet1d import GemmConv1d
+
+    torch.manual_seed(0)
+    gemm = GemmConv1d(6, 10, kernel, stride=stride, padding=padding)
+    ref = torch.nn.Conv1d(6, 10, kernel, stride=stride, padding=padding)
+    ref.load_state_dict(gemm.state_dict())
+    x = torch.randn(3, 6, 16, requires_grad=True)
+    torch.testing.assert_close(gemm(x), ref(x), atol=1e-5, rtol=1e-5)
+    (g1,) = torch.autograd.grad(gemm(x).square().sum(), x)
+    (g2,) = torch.autograd.grad(ref(x).square().sum(), x)
+    torch.testing.assert_close(g1, g2, atol=1e-4, rtol=1e-4)
