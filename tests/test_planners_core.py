@@ -208,3 +208,38 @@ def test_planner_configs_build_their_planner(name: str) -> None:
     planner = cls(STATE + GOAL, ACT, goal_dim=GOAL, horizon=conf["task"]["horizon"], **section,
                   sampler=conf.get("sampler"))  # fmt: skip
     assert planner.horizon == conf["task"]["horizon"] and conf["task"]["n_obs_steps"] == "${task.horizon}"
+
+
+@pytest.mark.parametrize("cls", [Diffuser, DecisionDiffuser])
+def test_warm_start_renoises_the_shifted_plan_and_runs_only_the_grid_tail(cls) -> None:
+    from diffctl.planners.base import shift_trajectory
+
+    kwargs = {"value": False} if cls is Diffuser else {"condition": "none"}
+    planner = fitted(cls(STATE, ACT, horizon=H, replan_every=2, **kwargs, **SMALL_NET,
+                         sampler={"solver": "euler", "steps": 10, "warm_start": 0.3, "seed": 0}))  # fmt: skip
+    calls: list[float] = []
+    planner.network.denoiser.register_forward_pre_hook(lambda m, args: calls.append(float(args[1][0])))
+    obs = np.array([0.1, 0.2, 0.0, 0.0], dtype=np.float32)
+    cold = planner.plan(obs)
+    assert len(calls) == 10 and cold.trajectory is not None
+    grid = planner.sigmas()
+    calls.clear()
+    init = shift_trajectory(cold.trajectory[:, 0], 1)
+    torch.testing.assert_close(init[:, :-1], cold.trajectory[:, 0, 1:])
+    torch.testing.assert_close(init[:, -1], cold.trajectory[:, 0, -1])
+    warm = planner.plan(obs, init=init)
+    tail = [float(s) for s in grid[:-1] if s < 0.3]
+    assert calls == pytest.approx([0.3, *tail]) and len(calls) < 10
+    # at a small sigma the warm plan stays near the trajectory it started from (first state is inpainted)
+    free = warm.trajectory[0, 0, 1:-1] - init[0, 1:-1]
+    assert float(free.abs().mean()) < 0.5
+    with pytest.raises(ValueError, match="init must be normalized trajectories"):
+        planner.plan(obs, init=init[:, :3])
+
+    planner.reset()
+    seen: list[torch.Tensor | None] = []
+    plan = planner.plan
+    planner.plan = lambda o, init=None: seen.append(init) or plan(o, init=init)  # type: ignore[method-assign]
+    for _ in range(5):
+        planner.act(obs)
+    assert len(seen) == 3 and seen[0] is None and all(s is not None for s in seen[1:])

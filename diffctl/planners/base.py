@@ -35,12 +35,21 @@ class Plan:
 
     ``states`` ``(B, N, H, Ds)``; ``actions`` ``(B, N, H, Da)`` (Diffuser) or ``(B, N, H - 1, Da)`` from
     inverse dynamics (Decision Diffuser: ``actions[..., t, :]`` moves ``states[..., t, :]`` to ``t + 1``);
-    ``values`` ``(B, N)`` predicted returns (None for planners without a value model).
+    ``values`` ``(B, N)`` predicted returns (None for planners without a value model); ``trajectory``
+    ``(B, N, H, D)`` the sampled normalized trajectories (what a warm start re-noises).
     """
 
     states: torch.Tensor
     actions: torch.Tensor
     values: torch.Tensor | None = None
+    trajectory: torch.Tensor | None = None
+
+
+def shift_trajectory(traj: torch.Tensor, steps: int) -> torch.Tensor:
+    """Drop the first ``steps`` entries of ``(B, H, D)`` and repeat the last one to keep length ``H``."""
+    h = traj.shape[1]
+    steps = max(0, min(int(steps), h - 1))
+    return torch.cat([traj[:, steps:], traj[:, -1:].expand(-1, steps, -1)], dim=1)
 
 
 class ScaledNoiseNet(nn.Module):
@@ -222,6 +231,25 @@ class Planner(ABC):
             )
         return schedules.karras(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).float()
 
+    def initial(self, noise: torch.Tensor, init: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling start and grid: ``noise`` at ``sigma_max`` on the full grid, or (warm start) the
+        normalized trajectory ``init`` re-noised to ``sampler.warm_start`` and only the grid below it."""
+        sigmas = self.sigmas().to(noise.device)
+        start = float(self.sampler.warm_start)
+        if init is None or start <= 0 or start >= float(sigmas[0]):
+            return noise * sigmas[0], sigmas
+        init = torch.as_tensor(init).to(noise.device, torch.float32)
+        if init.ndim == 2:
+            init = init[None]
+        n = self.hparams["n_plans"]
+        if init.ndim != 3 or init.shape[1:] != noise.shape[1:] or init.shape[0] * n != noise.shape[0]:
+            raise ValueError(
+                f"init must be normalized trajectories (B, {noise.shape[1]}, {noise.shape[2]}) with "
+                f"B * n_plans = {noise.shape[0]}, got {tuple(init.shape)}"
+            )
+        grid = torch.cat([sigmas.new_tensor([start]), sigmas[sigmas < start]])
+        return init.repeat_interleave(n, 0) + start * noise, grid
+
     def windows(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw batch -> states ``(B, H, Ds)``, actions ``(B, H, Da)``, valid-step mask ``(B, H)`` (bool)."""
         for key in ("obs", "actions"):
@@ -271,8 +299,9 @@ class Planner(ABC):
 
     # ----- the planning interface ----------------------------------------------------------------------
     @abstractmethod
-    def plan(self, obs: Any, goal: Any = None) -> Plan:
-        """Sample ``n_plans`` trajectories per observation starting at its state, ranked best first."""
+    def plan(self, obs: Any, goal: Any = None, *, init: torch.Tensor | None = None) -> Plan:
+        """Sample ``n_plans`` trajectories per observation starting at its state, ranked best first;
+        ``init`` (normalized ``(B, H, D)``) warm-starts sampling when ``sampler.warm_start > 0``."""
 
     @abstractmethod
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -319,7 +348,10 @@ class Planner(ABC):
         state, _ = self.split_obs(arr)
         state_norm = self._normalizer("state").normalize(state)
         if self._needs_plan(state_norm):
-            self._plan = self.plan(arr)
+            init = None
+            if self.sampler.warm_start > 0 and self._plan is not None and self._plan.trajectory is not None:
+                init = shift_trajectory(self._plan.trajectory[:, 0], self._t)
+            self._plan = self.plan(arr, init=init)
             self._plan_norm = self._normalizer("state").normalize(self._plan.states[0, 0])
             self._t = 0
             self.replans += 1

@@ -174,9 +174,17 @@ class DecisionDiffuser(Planner):
         return ClassifierFreeGuidance(model, cond, uncond, scale)
 
     @torch.no_grad()
-    def plan(self, obs: Any, goal: Any = None, *, noise: torch.Tensor | None = None) -> Plan:
+    def plan(
+        self,
+        obs: Any,
+        goal: Any = None,
+        *,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> Plan:
         """Sample ``n_plans`` state sequences per observation under the return/goal condition; actions come
-        from inverse dynamics between consecutive planned states. ``noise`` ``(B * n_plans, H, Ds)``."""
+        from inverse dynamics between consecutive planned states. ``noise`` ``(B * n_plans, H, Ds)``;
+        ``init`` (normalized ``(B, H, Ds)``) warm-starts sampling at ``sampler.warm_start``."""
         state, g = self.split_obs(obs, goal)
         n, bsz = self.hparams["n_plans"], state.shape[0]
         s = self._normalizer("state").normalize(state).repeat_interleave(n, 0)
@@ -189,12 +197,12 @@ class DecisionDiffuser(Planner):
         ones = torch.ones(rows, device=s.device)
         cond = self._cond(value, ones if value is not None else ones * 0)
         uncond = self._cond(None, ones * 0)
-        sigmas = self.sigmas().to(s.device)
         shape = (rows, self.horizon, self.state_dim)
         if noise is None:
             noise = torch.randn(shape, generator=self._generator).to(s.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x, sigmas = self.initial(noise.to(s.device, torch.float32), init)
         known = torch.zeros(shape, device=s.device)
         known[:, 0] = s
         mask = torch.zeros(shape, dtype=torch.bool, device=s.device)
@@ -205,7 +213,7 @@ class DecisionDiffuser(Planner):
         try:
             x0 = sample(
                 lambda x, sig: guided(torch.where(mask, known, x), sig),
-                noise.to(s.device, torch.float32) * sigmas[0], sigmas,
+                x, sigmas,
                 solver=self.sampler.solver, generator=self._generator, mask=mask, known=known,
                 **self.sampler.options,
             )  # fmt: skip
@@ -214,7 +222,8 @@ class DecisionDiffuser(Planner):
             self.network.train(was_training)
         states = self._normalizer("state").unnormalize(x0).reshape(bsz, n, self.horizon, self.state_dim)
         actions = self._normalizer("action").unnormalize(a).reshape(bsz, n, self.horizon - 1, self.action_dim)
-        return Plan(states=states, actions=actions, values=None)
+        traj = x0.reshape(bsz, n, self.horizon, self.state_dim)
+        return Plan(states=states, actions=actions, values=None, trajectory=traj)
 
     def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
         assert self._plan is not None and self._plan_norm is not None

@@ -176,20 +176,29 @@ class Diffuser(Planner):
         return self._cond_mask(bsz, goal is not None, state.device), known
 
     @torch.no_grad()
-    def plan(self, obs: Any, goal: Any = None, *, noise: torch.Tensor | None = None) -> Plan:
+    def plan(
+        self,
+        obs: Any,
+        goal: Any = None,
+        *,
+        noise: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+    ) -> Plan:
         """Sample ``n_plans`` trajectories per observation (goal from ``goal`` or the observation), ranked
-        by value when the planner has one. ``noise`` ``(B * n_plans, H, Ds + Da)`` fixes the start."""
+        by value when the planner has one. ``noise`` ``(B * n_plans, H, Ds + Da)`` fixes the start;
+        ``init`` (normalized ``(B, H, Ds + Da)``, e.g. the shifted previous plan) warm-starts sampling at
+        ``sampler.warm_start``."""
         state, g = self.split_obs(obs, goal)
         n, bsz = self.hparams["n_plans"], state.shape[0]
         state = state.repeat_interleave(n, 0)
         g = None if g is None else g.repeat_interleave(n, 0)
         mask, known = self.conditioning(state, g)
-        sigmas = self.sigmas().to(state.device)
         shape = (bsz * n, self.horizon, self.transition_dim)
         if noise is None:
             noise = torch.randn(shape, generator=self._generator).to(state.device)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x, sigmas = self.initial(noise.to(state.device, torch.float32), init)
         was_training = self.network.training
         self.network.eval()
         try:
@@ -201,7 +210,7 @@ class Diffuser(Planner):
                     sigma_min=self.hparams["value_sigma_min"],
                 )  # fmt: skip
             x0 = sample(
-                denoise, noise.to(state.device, torch.float32) * sigmas[0], sigmas,
+                denoise, x, sigmas,
                 solver=self.sampler.solver, generator=self._generator, mask=mask, known=known,
                 **self.sampler.options,
             )  # fmt: skip
@@ -219,7 +228,7 @@ class Diffuser(Planner):
         act_norm = self._normalizer("action")
         a = x0[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x0[..., ds:]
         actions = act_norm.unnormalize(a)
-        return Plan(states=states, actions=actions, values=values)
+        return Plan(states=states, actions=actions, values=values, trajectory=x0)
 
     def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
         assert self._plan is not None
