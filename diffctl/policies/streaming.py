@@ -1,0 +1,320 @@
+"""StreamingDiffusionPolicy: an action buffer whose noise level rises along the horizon (Streaming DP).
+
+The buffer holds the next ``Hb = H - To + 1`` actions (index 0 = this tick). With ``N = k Hb`` levels of a
+Karras grid, entry ``j`` sits at grid index ``N - k (j + 1)`` at the start of a tick. Each tick runs ``k``
+per-entry Euler steps (every entry moves ``k`` levels down), so entry 0 becomes clean and is executed, the
+buffer shifts, and fresh noise at ``sigma_max`` enters at the end: ``k = N / Hb`` network evaluations per
+tick instead of ``N`` per chunk. The denoiser therefore takes one noise level per timestep: the network gets a
+per-timestep noise embedding, and training mixes staircase noise levels (at a random phase), independent
+per-timestep levels and ordinary shared levels (so ``predict_chunk`` can also sample a whole chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffctl.kernels import schedules
+from diffctl.kernels.samplers import sample
+from diffctl.nets.layers import SinusoidalEmbedding
+from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.Mish(), nn.Linear(2 * hidden, hidden)
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.net(h)
+
+
+class PerStepMLP(nn.Module):
+    """``forward(x (B, H, Da), c_noise (B, H), cond (B, Dc)) -> (B, H, Da)``: flattened-chunk residual MLP
+    with one sinusoidal+linear noise embedding per timestep."""
+
+    def __init__(
+        self,
+        action_dim: int,
+        horizon: int,
+        cond_dim: int,
+        hidden: int = 256,
+        depth: int = 3,
+        embed_dim: int = 16,
+    ) -> None:
+        super().__init__()
+        self.horizon, self.cond_dim = horizon, cond_dim
+        self.noise_emb = nn.Sequential(
+            SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.Mish()
+        )
+        self.inp = nn.Linear(horizon * (action_dim + embed_dim) + cond_dim, hidden)
+        self.blocks = nn.Sequential(*[_Block(hidden) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, horizon * action_dim))
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        b = x.shape[0]
+        if c_noise.shape != x.shape[:2]:
+            raise ValueError(f"c_noise must have shape {tuple(x.shape[:2])}, got {tuple(c_noise.shape)}")
+        emb = self.noise_emb(c_noise.reshape(-1)).reshape(b, -1)
+        parts = [x.flatten(1), emb] + ([cond] if self.cond_dim else [])
+        return self.out(self.blocks(self.inp(torch.cat(parts, dim=-1)))).reshape(x.shape)
+
+
+class PerStepEDMDenoiser(nn.Module):
+    """EDM preconditioning with one sigma per timestep: ``sigma`` of shape ``(B,)`` or ``(B, H)``."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5) -> None:
+        super().__init__()
+        self.net, self.sigma_data = net, float(sigma_data)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        s = s.reshape(-1, 1).expand(x.shape[:2]) if s.ndim <= 1 else s
+        if s.shape != x.shape[:2]:
+            raise ValueError(
+                f"sigma must have shape ({x.shape[0]},) or {tuple(x.shape[:2])}, got {tuple(s.shape)}"
+            )
+        sd2 = self.sigma_data**2
+        norm = (s**2 + sd2).rsqrt().unsqueeze(-1)
+        c_skip = sd2 * norm**2
+        c_out = s.unsqueeze(-1) * self.sigma_data * norm
+        return c_skip * x + c_out * self.net(norm * x, s.clamp_min(1e-20).log() / 4, cond)
+
+
+def karras_at(index: torch.Tensor, n: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """Karras sigma at a (fractional) level index in [0, n - 1] of an ``n``-level grid."""
+    ramp = (index / max(1, n - 1)).clamp(0, 1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+class StreamingDiffusionPolicy(DiffusionPolicy):
+    """Streaming Diffusion Policy; ``steps_per_tick`` = k NFE per control tick (see the module docstring).
+
+    ``staircase_prob`` / ``independent_prob``: shares of training samples with staircase or independent
+    per-timestep noise levels (the rest share one level). Other arguments as ``DiffusionPolicy``; the
+    backbone is always the per-timestep MLP, configured by ``backbone_kwargs`` (hidden, depth, embed_dim).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        *,
+        steps_per_tick: int = 1,
+        staircase_prob: float = 0.6,
+        independent_prob: float = 0.2,
+        backbone: str = "per_step_mlp",
+        backbone_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(steps_per_tick, int) or steps_per_tick < 1:
+            raise ValueError(f"steps_per_tick must be a positive integer, got {steps_per_tick!r}")
+        if not (staircase_prob >= 0 and independent_prob >= 0 and staircase_prob + independent_prob <= 1):
+            raise ValueError(
+                f"need staircase_prob, independent_prob >= 0 with sum <= 1; got {staircase_prob}, "
+                f"{independent_prob}"
+            )
+        if backbone != "per_step_mlp":
+            raise ValueError(f"StreamingDiffusionPolicy backbone must be 'per_step_mlp', got {backbone!r}")
+        if kwargs.get("parameterization", "edm") != "edm":
+            raise ValueError(
+                "StreamingDiffusionPolicy needs parameterization='edm' (continuous per-step sigma)"
+            )
+        bk = {"hidden": 256, "depth": 3, "embed_dim": 16, **dict(backbone_kwargs or {})}
+        super().__init__(
+            obs_dim,
+            action_dim,
+            backbone="mlp",
+            backbone_kwargs={"hidden": 8, "depth": 1, "embed_dim": 8},
+            **kwargs,
+        )
+        self.buffer_len = self.horizon - self.n_obs_steps + 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.hparams["seed"] + 1)
+            enc = self.network.encoder
+            cond_dim = enc.out_dim + (self.goal_dim + 1 if self.goal_dim else 0)
+            net = PerStepMLP(action_dim, self.buffer_len, cond_dim, **bk)
+        self.network = ChunkDenoiserNet(enc, net, self.goal_dim, self.network.noise_scale)
+        self.hparams.update(
+            backbone=backbone, backbone_kwargs=bk, steps_per_tick=steps_per_tick,
+            staircase_prob=staircase_prob, independent_prob=independent_prob,
+        )  # fmt: skip
+        self.steps_per_tick = steps_per_tick
+        self.reset()
+
+    @property
+    def levels(self) -> int:
+        """Number of noise levels N = steps_per_tick * buffer length."""
+        return self.steps_per_tick * self.buffer_len
+
+    def denoiser(self) -> nn.Module:
+        return PerStepEDMDenoiser(self.network, self.hparams["sigma_data"])
+
+    def stream_sigmas(self) -> torch.Tensor:
+        """The N-level Karras grid of the buffer (descending, ends in 0)."""
+        cfg = self.sampler
+        return schedules.karras(self.levels, cfg.sigma_min, cfg.sigma_max, cfg.rho).float()
+
+    # ----- training ------------------------------------------------------------------------------------
+    def _train_sigmas(self, bsz: int, device: torch.device) -> torch.Tensor:
+        """Per-timestep sigmas (B, Hb): staircase at a random phase, independent, or shared log-normal."""
+        hp, cfg = self.hparams, self.sampler
+        hb, k, n = self.buffer_len, self.steps_per_tick, self.levels
+
+        def lognormal(*shape: int) -> torch.Tensor:
+            return (torch.randn(*shape, device=device) * hp["p_std"] + hp["p_mean"]).exp()
+
+        u = torch.rand(bsz, 1, device=device) * k
+        j = torch.arange(hb, device=device).reshape(1, -1)
+        stair = karras_at(n - k * (j + 1) + u, n, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+        kind = torch.rand(bsz, 1, device=device)
+        pick_stair = kind < hp["staircase_prob"]
+        pick_ind = (kind >= hp["staircase_prob"]) & (kind < hp["staircase_prob"] + hp["independent_prob"])
+        shared = lognormal(bsz, 1).expand(bsz, hb)
+        return torch.where(pick_stair, stair, torch.where(pick_ind, lognormal(bsz, hb), shared))
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-timestep EDM loss on the buffer part ``actions[:, To-1:]`` of each window."""
+        for key in ("obs", "actions"):
+            if key not in batch:
+                raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
+        device = next(self.network.parameters()).device
+        obs, goal_in_obs = self._split_obs(batch["obs"].to(device, torch.float32))
+        if obs.shape[1] != self.n_obs_steps:
+            raise ValueError(f"batch 'obs' has {obs.shape[1]} steps; expected n_obs_steps={self.n_obs_steps}")
+        actions = batch["actions"].to(device, torch.float32)
+        if actions.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(
+                f"batch 'actions' has shape {tuple(actions.shape)}; "
+                f"expected (B, {self.horizon}, {self.action_dim})"
+            )
+        bsz, start = actions.shape[0], self.n_obs_steps - 1
+        mask = batch.get("action_mask")
+        mask = (
+            torch.ones(bsz, self.horizon, device=device) if mask is None else mask.to(device, torch.float32)
+        )
+        a = self._normalizer("action").normalize(actions)[:, start:]
+        o = self._normalizer("obs").normalize(obs)
+        g = keep = None
+        if self.goal_dim:
+            goal = batch["goal"].to(device, torch.float32) if "goal" in batch else goal_in_obs
+            if goal is None:
+                raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
+            g = self._normalizer("goal").normalize(goal)
+            keep = (torch.rand(bsz, device=device) >= self.hparams["goal_dropout"]).float()
+        cond = self.network.condition(o, g, keep)
+        sigma = self._train_sigmas(bsz, device)
+        sd = self.hparams["sigma_data"]
+        denoised = self.denoiser()(a + sigma.unsqueeze(-1) * torch.randn_like(a), sigma, cond)
+        weight = ((sigma**2 + sd**2) / (sigma * sd) ** 2).unsqueeze(-1)
+        m = mask[:, start:].unsqueeze(-1)
+        loss = (weight * (denoised - a) ** 2 * m).sum() / (m.sum() * self.action_dim).clamp_min(1.0)
+        return loss, {"loss": float(loss.detach())}
+
+    # ----- inference -----------------------------------------------------------------------------------
+    def _conditioned(self, hist: np.ndarray) -> Any:
+        h = torch.as_tensor(hist, dtype=torch.float32, device=next(self.network.parameters()).device)
+        obs, goal = self._split_obs(h)
+        o = self._normalizer("obs").normalize(obs)
+        uncond = None
+        if self.goal_dim and goal is not None:
+            cond = self.network.condition(
+                o, self._normalizer("goal").normalize(goal), torch.ones(h.shape[0], device=h.device)
+            )
+            uncond = self.network.condition(o, None, None)
+        else:
+            cond = self.network.condition(o, None, None)
+        return self._guided(self.denoiser(), cond, uncond)
+
+    @torch.no_grad()
+    def predict_chunk(
+        self, obs_history: Any, *, noise: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Whole chunks with one shared noise level (the policy's sampler); the ``To - 1`` past entries repeat
+        the first planned action. ``prefix``/``init`` are not supported."""
+        if kwargs.get("prefix") is not None or kwargs.get("init") is not None:
+            raise ValueError("StreamingDiffusionPolicy.predict_chunk does not take prefix or init")
+        hist = torch.as_tensor(np.asarray(obs_history) if not torch.is_tensor(obs_history) else obs_history)
+        if hist.ndim != 3 or hist.shape[1] != self.n_obs_steps:
+            raise ValueError(
+                f"obs_history must have shape (B, {self.n_obs_steps}, D), got {tuple(hist.shape)}"
+            )
+        if not torch.isfinite(hist.float()).all():
+            raise ValueError("obs_history contains NaN or inf")
+        device = next(self.network.parameters()).device
+        shape = (hist.shape[0], self.buffer_len, self.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=self._generator)
+        noise = noise.to(device, torch.float32)
+        if noise.shape[1] == self.horizon:
+            noise = noise[:, self.n_obs_steps - 1 :]
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        was = self.network.training
+        self.network.eval()
+        try:
+            sigmas = self.sigmas().to(device)
+            x0 = sample(
+                self._conditioned(hist), noise * sigmas[0], sigmas, solver=self.sampler.solver,
+                generator=self._generator, **self.sampler.options,
+            )  # fmt: skip
+        finally:
+            self.network.train(was)
+        buf = self._normalizer("action").unnormalize(x0.clamp(-1.0, 1.0))
+        return torch.cat([buf[:, :1].expand(-1, self.n_obs_steps - 1, -1), buf], dim=1)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode: empty history and buffer (the first tick fills it, about N NFE)."""
+        super().reset(seed)
+        self._buffer: torch.Tensor | None = None
+        self.nfe = 0
+        self.ticks = 0
+
+    def _euler(self, denoise: Any, x: torch.Tensor, idx: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Move every entry from grid index ``idx[j]`` to ``idx[j] + 1`` (entries with equal indices stay)."""
+        s0 = grid[idx].reshape(1, -1)
+        s1 = grid[(idx + 1).clamp(max=len(grid) - 1)].reshape(1, -1)
+        x0 = denoise(x, s0.expand(x.shape[0], -1))
+        self.nfe += 1
+        ratio = (s1 / s0).unsqueeze(-1)
+        return x0 + ratio * (x - x0)
+
+    @torch.no_grad()
+    def act(self, obs: Any) -> np.ndarray:
+        """One observation -> one action with ``steps_per_tick`` NFE (about N on the first tick)."""
+        arr = self._check_obs(obs)
+        if not self._obs:
+            self._obs.extend([arr] * self.n_obs_steps)
+        else:
+            self._obs.append(arr)
+        was = self.network.training
+        self.network.eval()
+        try:
+            denoise = self._conditioned(np.stack(self._obs)[None])
+            grid = self.stream_sigmas()
+            n, k, hb = self.levels, self.steps_per_tick, self.buffer_len
+            start = n - k * (torch.arange(hb) + 1)
+            if self._buffer is None:
+                shape = (1, hb, self.action_dim)
+                x = torch.randn(shape, generator=self._generator) * grid[0]
+                for i in range(n - k):
+                    idx = torch.minimum(torch.full_like(start, i), start)
+                    x = torch.where((idx < start).reshape(1, -1, 1), self._euler(denoise, x, idx, grid), x)
+            else:
+                x = self._buffer
+            for r in range(k):
+                x = self._euler(denoise, x, start + r, grid)
+        finally:
+            self.network.train(was)
+        action = self._normalizer("action").unnormalize(x[0, 0].clamp(-1.0, 1.0)).numpy().astype(np.float32)
+        fresh = torch.randn((1, 1, self.action_dim), generator=self._generator) * grid[0]
+        self._buffer = torch.cat([x[:, 1:], fresh], dim=1)
+        self.ticks += 1
+        return action
