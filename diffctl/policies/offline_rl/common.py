@@ -1,0 +1,472 @@
+"""``OfflineRLAgent``: what DiffusionQL, IDQL and EDP share — normalizers, the diffusion actor, twin critics
+with target networks, acting by ranking N sampled candidates with Q, and the agent directory format.
+
+Training goes through the ordinary ``Trainer``: ``network`` holds the actor, the critics and (IQL) the
+value net as trainable parameters and the target networks as frozen ones, and ``loss`` returns the sum of
+the actor and critic losses with stop-gradients placed so that each term only trains its own part (the
+actor's Q term sees the critic's weights detached). The target networks take their Polyak step at the start
+of every training ``loss`` call, i.e. once per optimizer step, so no Trainer hook is needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from abc import abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from diffctl.datasets.normalizer import Normalizer
+from diffctl.policies.base import Policy, SamplerConfig, read_agent_dir, write_agent_dir
+from diffctl.policies.offline_rl.actor import DiffusionActor, softmax_pick
+from diffctl.policies.offline_rl.critics import (
+    TwinQ,
+    ValueNet,
+    frozen_copy,
+    polyak_update,
+    returns_reward_scale,
+)
+
+VERSION = 1
+SELECTIONS = ("argmax", "softmax")
+ACT_KEYS = ("n_candidates", "selection", "temperature")
+DEFAULT_SAMPLER = {"solver": "ddpm", "steps": 5, "schedule": "vp"}
+
+
+class OfflineRLNet(nn.Module):
+    """Container the Trainer optimizes: actor, critic, optional value; frozen target copies."""
+
+    def __init__(self, actor: DiffusionActor, critic: TwinQ, value: ValueNet | None, target_actor: bool):
+        super().__init__()
+        self.actor, self.critic, self.value = actor, critic, value
+        self.critic_target = frozen_copy(critic)
+        self.actor_target = frozen_copy(actor) if target_actor else None
+
+
+class Transitions:
+    """A normalized batch: states ``s``, ``s2`` (goal appended), actions ``a``, rewards ``r``, ``done``."""
+
+    def __init__(
+        self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, s2: torch.Tensor, done: torch.Tensor
+    ):
+        self.s, self.a, self.r, self.s2, self.done = s, a, r, s2, done
+
+
+class OfflineRLAgent(Policy):
+    """Base of the diffusion offline RL agents; subclasses define ``critic_loss`` and ``actor_loss``."""
+
+    uses_value: bool = False
+    uses_target_actor: bool = False
+    extra_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        *,
+        goal_dim: int = 0,
+        hidden: int = 256,
+        depth: int = 3,
+        critic_hidden: int = 256,
+        critic_depth: int = 3,
+        num_train_timesteps: int = 5,
+        beta_schedule: str = "dql_vp",
+        discount: float = 0.99,
+        tau: float = 0.005,
+        reward_scale: float = 1.0,
+        reward_bias: float = 0.0,
+        reward_normalization: str = "none",
+        n_candidates: int = 50,
+        selection: str = "argmax",
+        temperature: float = 1.0,
+        seed: int = 0,
+        sampler: SamplerConfig | Mapping[str, Any] | None = None,
+        normalizers: Mapping[str, Normalizer] | None = None,
+        **extra: Any,
+    ) -> None:
+        name = type(self).__name__
+        unknown = sorted(set(extra) - set(self.extra_keys))
+        if unknown:
+            raise ValueError(
+                f"unknown {name} arguments {unknown}; method-specific ones: {list(self.extra_keys)}"
+            )
+        for key, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("hidden", hidden),
+                           ("depth", depth), ("critic_hidden", critic_hidden), ("critic_depth", critic_depth),
+                           ("num_train_timesteps", num_train_timesteps)):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} {key} must be a positive integer, got {value!r}")
+        if not isinstance(goal_dim, int) or goal_dim < 0:
+            raise ValueError(f"{name} goal_dim must be an integer >= 0, got {goal_dim!r}")
+        if not 0.0 <= discount < 1.0:
+            raise ValueError(f"{name} discount must be in [0, 1), got {discount}")
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"{name} tau (target update rate) must be in (0, 1], got {tau}")
+        if reward_normalization not in ("none", "returns"):
+            raise ValueError(
+                f"{name} reward_normalization must be 'none' or 'returns', got {reward_normalization!r}"
+            )
+        if not np.isfinite(reward_scale) or not np.isfinite(reward_bias):
+            raise ValueError(
+                f"{name} reward_scale/reward_bias must be finite, got {reward_scale}, {reward_bias}"
+            )
+        self.hparams: dict[str, Any] = {
+            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "hidden": hidden,
+            "depth": depth, "critic_hidden": critic_hidden, "critic_depth": critic_depth,
+            "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
+            "discount": float(discount), "tau": float(tau), "reward_scale": float(reward_scale),
+            "reward_bias": float(reward_bias), "reward_normalization": reward_normalization, "seed": seed,
+            **extra,
+        }  # fmt: skip
+        self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
+        self.state_dim = obs_dim + goal_dim
+        sampler_cfg = (
+            sampler
+            if isinstance(sampler, SamplerConfig)
+            else SamplerConfig.from_dict(
+                {**DEFAULT_SAMPLER, "steps": num_train_timesteps, **dict(sampler or {})}
+            )
+        )
+        self.normalizers: dict[str, Normalizer] = dict(normalizers or {})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            actor = DiffusionActor(
+                self.state_dim, action_dim, num_train_timesteps, beta_schedule, hidden, depth
+            )
+            critic = TwinQ(self.state_dim, action_dim, critic_hidden, critic_depth)
+            value = ValueNet(self.state_dim, critic_hidden, critic_depth) if self.uses_value else None
+            self.network: nn.Module = OfflineRLNet(actor, critic, value, self.uses_target_actor)
+        self.sampler = sampler_cfg
+        self.configure_act(n_candidates=n_candidates, selection=selection, temperature=temperature)
+        self.check_sampler()
+        self.seed(self.sampler.seed)
+        self.reset()
+
+    # ----- settings ------------------------------------------------------------------------------------
+    def configure_act(self, **settings: Any) -> None:
+        """Change ``n_candidates``, ``selection`` (argmax | softmax) or ``temperature`` without retraining."""
+        unknown = sorted(set(settings) - set(ACT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown act settings {unknown}; valid: {list(ACT_KEYS)}")
+        current = getattr(self, "act_settings", {})
+        merged = {**current, **settings}
+        n = merged["n_candidates"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n_candidates must be a positive integer, got {n!r}")
+        if merged["selection"] not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {merged['selection']!r}")
+        if not float(merged["temperature"]) > 0:
+            raise ValueError(f"temperature must be > 0, got {merged['temperature']!r}")
+        merged["temperature"] = float(merged["temperature"])
+        self.act_settings = merged
+
+    def check_sampler(self) -> None:
+        """The sampler must walk the actor's VP timesteps: schedule 'vp' or 'auto', steps <= T."""
+        if self.sampler.schedule not in ("vp", "auto"):
+            raise ValueError(
+                f"{type(self).__name__} samples its VP actor on its training timesteps; sampler schedule "
+                f"must be 'vp' or 'auto', got {self.sampler.schedule!r}"
+            )
+        self.actor.sigmas(self.sampler.steps, self.sampler.spacing)
+
+    @property
+    def actor(self) -> DiffusionActor:
+        return self.network.actor
+
+    @property
+    def critic(self) -> TwinQ:
+        return self.network.critic
+
+    # ----- normalization -------------------------------------------------------------------------------
+    def fit_normalizers(
+        self, obs: Any, actions: Any, goal: Any = None, mode: str = "limits", **_: Any
+    ) -> None:
+        """Fit observation (``mode``), action (always ``limits``: the actor lives in [-1, 1]) and goal
+        normalizers from raw arrays with features on the last axis."""
+        obs = np.asarray(obs, dtype=np.float64)[..., : self.obs_dim]
+        self.normalizers = {
+            "obs": Normalizer.fit(obs, mode, name="observations"),
+            "action": Normalizer.fit(actions, "limits", name="actions"),
+        }
+        if self.goal_dim:
+            if goal is None:
+                raise ValueError(
+                    f"goal-conditioned agent (goal_dim={self.goal_dim}) needs goals to fit normalizers"
+                )
+            self.normalizers["goal"] = Normalizer.fit(goal, mode, name="goals")
+
+    def fit(self, dataset: Any, mode: str = "limits") -> None:
+        """Fit normalizers (and the reward scale when ``reward_normalization='returns'``) from a
+        ``TransitionDataset``; checks its dimensions against the agent's."""
+        if dataset.action_dim != self.action_dim:
+            raise ValueError(
+                f"dataset actions have {dataset.action_dim} dimensions; {type(self).__name__} was built "
+                f"with action_dim={self.action_dim}"
+            )
+        if dataset.obs_dim != self.obs_dim or dataset.goal_dim != self.goal_dim:
+            raise ValueError(
+                f"dataset has obs_dim={dataset.obs_dim}, goal_dim={dataset.goal_dim}; the agent expects "
+                f"obs_dim={self.obs_dim}, goal_dim={self.goal_dim}"
+            )
+        goal = dataset.array("goal") if self.goal_dim else None
+        self.fit_normalizers(dataset.array("obs"), dataset.array("actions"), goal, mode=mode)
+        if self.hparams["reward_normalization"] == "returns":
+            self.hparams["reward_scale"] = returns_reward_scale(
+                dataset.array("rewards"), dataset.episode_ends.tolist()
+            )
+
+    def _normalizer(self, key: str) -> Normalizer:
+        if key not in self.normalizers:
+            raise ValueError(f"{type(self).__name__} has no {key!r} normalizer; call fit(...) first")
+        return self.normalizers[key]
+
+    def _state(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Raw ``obs (B, Do)`` and ``goal (B, Dg)`` -> normalized state ``(B, Do + Dg)``."""
+        s = self._normalizer("obs").normalize(obs)
+        if not self.goal_dim:
+            return s
+        if goal is None:
+            raise ValueError(f"goal-conditioned agent (goal_dim={self.goal_dim}) needs a goal")
+        return torch.cat([s, self._normalizer("goal").normalize(goal)], dim=-1)
+
+    # ----- training ------------------------------------------------------------------------------------
+    def transitions(self, batch: Mapping[str, torch.Tensor]) -> Transitions:
+        """Validate a raw batch (TransitionDataset or SequenceDataset with ``next_obs``) and normalize it."""
+        need = ("obs", "actions", "rewards", "next_obs", "terminals")
+        missing = [k for k in need if k not in batch]
+        if missing:
+            hint = ""
+            if "rewards" in missing:
+                hint = " (offline RL needs a dataset with rewards)"
+            elif "next_obs" in missing:
+                hint = " (build batches with TransitionDataset or SequenceDataset(next_obs=True))"
+            raise ValueError(f"batch is missing key(s) {missing}{hint}; got keys {sorted(batch)}")
+        device = next(self.network.parameters()).device
+
+        def step0(key: str, width: int | None) -> torch.Tensor:
+            x = batch[key].to(device, torch.float32)
+            x = x[:, 0] if x.ndim >= 2 and (width is None or x.ndim == 3) else x
+            if width is not None and (x.ndim != 2 or x.shape[1] != width):
+                raise ValueError(
+                    f"batch {key!r} has shape {tuple(batch[key].shape)}; expected (B, 1, {width}) for "
+                    f"{type(self).__name__} with {key.split('_')[0]} dimension {width}"
+                )
+            return x
+
+        obs, nxt = step0("obs", self.obs_dim), step0("next_obs", self.obs_dim)
+        actions = step0("actions", self.action_dim)
+        rewards = step0("rewards", None).reshape(-1)
+        done = step0("terminals", None).reshape(-1)
+        goal = batch["goal"].to(device, torch.float32) if "goal" in batch else None
+        if self.goal_dim and goal is None:
+            raise ValueError(
+                f"batch is missing key 'goal' (goal_dim={self.goal_dim}); got keys {sorted(batch)}"
+            )
+        if not (torch.isfinite(rewards).all() and torch.isfinite(actions).all()):
+            raise ValueError("batch rewards or actions contain NaN or inf")
+        hp = self.hparams
+        return Transitions(
+            self._state(obs, goal),
+            self._normalizer("action").normalize(actions).clamp(-1.0, 1.0),
+            rewards * hp["reward_scale"] + hp["reward_bias"],
+            self._state(nxt, goal),
+            done,
+        )
+
+    def update_targets(self) -> None:
+        """One Polyak step of the target networks toward the online ones."""
+        net, tau = self.network, self.hparams["tau"]
+        polyak_update(net.critic_target, net.critic, tau)
+        if net.actor_target is not None:
+            polyak_update(net.actor_target, net.actor, tau)
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Critic (+ value) loss + actor loss of a raw batch; in training mode first moves the targets."""
+        if self.network.training and torch.is_grad_enabled():
+            self.update_targets()
+        tr = self.transitions(batch)
+        critic_loss, info = self.critic_loss(tr)
+        actor_loss, actor_info = self.actor_loss(tr)
+        total = critic_loss + actor_loss
+        return total, {**info, **actor_info, "loss": float(total.detach())}
+
+    @abstractmethod
+    def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss that trains the critics (and value net), with targets under stop-gradient."""
+
+    @abstractmethod
+    def actor_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss that trains the actor only."""
+
+    def q_detached(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online twin Q with the critic weights cut from the graph: gradients reach ``action`` only."""
+        critic = self.network.critic
+        params = {k: v.detach() for k, v in critic.named_parameters()}
+        return functional_call(critic, params, (state, action))
+
+    def sample_actions(
+        self,
+        state: torch.Tensor,
+        actor: DiffusionActor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Normalized actions from ``actor`` (default: the online one) with the agent's sampler."""
+        cfg = self.sampler
+        net = actor if actor is not None else self.actor
+        return net.sample(state, net.sigmas(cfg.steps, cfg.spacing), cfg.solver, generator, **cfg.options)
+
+    # ----- acting --------------------------------------------------------------------------------------
+    def _split(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        width = self.obs_dim + self.goal_dim
+        if obs.shape[-1] != width:
+            raise ValueError(
+                f"observation has {obs.shape[-1]} features; expected {width}"
+                + (f" ({self.obs_dim} state + {self.goal_dim} goal)" if self.goal_dim else "")
+            )
+        return obs[..., : self.obs_dim], (obs[..., self.obs_dim :] if self.goal_dim else None)
+
+    @torch.no_grad()
+    def select_actions(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw observations ``(B, Do [+ Dg])`` -> raw actions ``(B, Da)``: sample ``n_candidates`` per
+        observation, score them with the target critic's ``min(Q1, Q2)`` and pick by ``selection``."""
+        device = next(self.network.parameters()).device
+        obs = obs.to(device, torch.float32)
+        if not torch.isfinite(obs).all():
+            raise ValueError("observation contains NaN or inf")
+        o, g = self._split(obs)
+        bsz, n = obs.shape[0], self.act_settings["n_candidates"]
+        state = self._state(o, g).repeat_interleave(n, dim=0)
+        if noise is not None:
+            if tuple(noise.shape) != (bsz, n, self.action_dim):
+                raise ValueError(
+                    f"noise must have shape {(bsz, n, self.action_dim)}, got {tuple(noise.shape)}"
+                )
+            noise = noise.reshape(bsz * n, self.action_dim)
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            cfg = self.sampler
+            cand = self.actor.sample(
+                state,
+                self.actor.sigmas(cfg.steps, cfg.spacing),
+                cfg.solver,
+                self._generator,
+                noise,
+                **cfg.options,
+            )
+            q = self.network.critic_target.q_min(state, cand).reshape(bsz, n)
+        finally:
+            self.network.train(was_training)
+        if self.act_settings["selection"] == "argmax":
+            pick = q.argmax(dim=-1)
+        else:
+            pick = softmax_pick(q, self.act_settings["temperature"], self._generator)
+        best = cand.reshape(bsz, n, self.action_dim)[torch.arange(bsz, device=device), pick]
+        return self._normalizer("action").unnormalize(best)
+
+    def predict_chunk(
+        self, obs_history: Any, *, noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Chunks of one action ``(B, 1, Da)`` for histories ``(B, To, D)`` (only the last step is used)."""
+        if prefix is not None:
+            raise ValueError(
+                f"{type(self).__name__} acts one step at a time; prefix inpainting is not supported"
+            )
+        hist = obs_history if torch.is_tensor(obs_history) else torch.as_tensor(np.asarray(obs_history))
+        if hist.ndim != 3:
+            raise ValueError(f"obs_history must have shape (B, To, D), got {tuple(hist.shape)}")
+        return self.select_actions(hist[:, -1], noise).unsqueeze(1)
+
+    def act(self, obs: Any) -> np.ndarray:
+        """One observation (state, then goal when the task has one) -> one action in [-1, 1]."""
+        arr = np.asarray(obs, dtype=np.float32)
+        if arr.ndim != 1:
+            raise ValueError(f"act() takes one observation of shape ({self.state_dim},), got {arr.shape}")
+        action = self.select_actions(torch.from_numpy(arr)[None])[0]
+        return action.cpu().numpy().astype(np.float32)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode (the agent is memoryless); ``seed`` reseeds the sampling generator."""
+        if seed is not None:
+            self.seed(seed)
+
+    def seed(self, seed: int | None) -> None:
+        """Seed the generator of candidate noise and softmax picks (None: torch's global RNG)."""
+        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+
+    # ----- persistence ---------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the agent (the content of ``config.json``)."""
+        return {
+            "class": type(self).__name__,
+            "version": VERSION,
+            "hyperparameters": self.hparams,
+            "act": dict(self.act_settings),
+            "normalizers": {k: v.to_dict() for k, v in self.normalizers.items()},
+            "sampler": self.sampler.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return write_agent_dir(path, self.config(), self.network.state_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> OfflineRLAgent:
+        """Rebuild a saved agent; overrides are ``n_candidates``/``selection``/``temperature`` or
+        ``SamplerConfig`` fields (solver, steps, ...)."""
+        config, state = read_agent_dir(path)
+        if config.get("class") != cls.__name__:
+            raise ValueError(
+                f"{path}/config.json has class {config.get('class')!r}; expected {cls.__name__!r}"
+            )
+        if config.get("version") != VERSION:
+            raise ValueError(
+                f"{path}/config.json has version {config.get('version')!r}; supported: {VERSION}"
+            )
+        for key in ("hyperparameters", "act", "normalizers", "sampler"):
+            if key not in config:
+                raise ValueError(f"{path}/config.json is missing key {key!r}")
+        act = {**config["act"], **{k: v for k, v in overrides.items() if k in ACT_KEYS}}
+        sampler = SamplerConfig.from_dict(config["sampler"]).replace(
+            **{k: v for k, v in overrides.items() if k not in ACT_KEYS}
+        )
+        hp = dict(config["hyperparameters"])
+        normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
+        agent = cls(
+            hp.pop("obs_dim"), hp.pop("action_dim"), **hp, **act, sampler=sampler, normalizers=normalizers
+        )
+        try:
+            agent.network.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path}/model.safetensors does not match the network in config.json: {err}"
+            ) from err
+        return agent
+
+    @classmethod
+    def merge_signature(cls) -> None:
+        """Expose the base keyword arguments in the subclass ``__init__`` signature (the train pipeline
+        validates config keys against it)."""
+        sub = inspect.signature(cls.__init__)
+        base = inspect.signature(OfflineRLAgent.__init__)
+        own = [p for p in sub.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        rest = [p for n, p in base.parameters.items() if n not in sub.parameters and p.kind is p.KEYWORD_ONLY]
+        cls.__init__.__signature__ = sub.replace(parameters=own + rest)  # type: ignore[attr-defined]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        gen = state.pop("_generator")
+        state["_generator_state"] = None if gen is None else gen.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        gen_state = state.pop("_generator_state")
+        self.__dict__.update(state)
+        self._generator = None
+        if gen_state is not None:
+            self._generator = torch.Generator().manual_seed(0)
+            self._generator.set_state(gen_state)

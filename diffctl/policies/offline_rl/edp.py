@@ -1,0 +1,22 @@
+"""EDP, efficient diffusion policies (Kang et al. 2023): Diffusion-QL's objective with the policy action
+replaced by the one-step reconstruction of a noised dataset action,
+``a0_hat = (a_t - sqrt(1 - abar_t) eps(a_t, t, s)) / sqrt(abar_t)``. The BC loss and ``a0_hat`` come from
+the same network call, so the actor update never runs the sampling chain.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffctl.policies.offline_rl.common import Transitions
+from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL
+
+
+class EDP(DiffusionQL):
+    """Diffusion-QL with EDP's action approximation in the actor's Q term."""
+
+    def policy_actions(self, tr: Transitions) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor.denoise_step(tr.s, tr.a)
+
+
+EDP.merge_signature()
