@@ -14,6 +14,9 @@ from typing import Any
 
 AGENT_CLASSES: dict[str, str] = {
     "DiffusionPolicy": "diffctl.policies.diffusion",
+    "DiffusionQL": "diffctl.policies.offline_rl.diffusion_ql",
+    "IDQL": "diffctl.policies.offline_rl.idql",
+    "EDP": "diffctl.policies.offline_rl.edp",
     "Diffuser": "diffctl.planners.diffuser",
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",
 }
