@@ -148,3 +148,21 @@ def test_trainer_trains_a_planner_that_dc_load_and_act_use(tmp_path, monkeypatch
     assert isinstance(agent, Diffuser) and agent.sampler.steps == 3
     agent.reset()
     assert agent.act(store.array("observations")[0]).shape == (ACT,)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planner", ["diffuser", "decision_diffuser"])
+def test_diffctl_train_maze2d_umaze_planner_reaches_the_goal(planner, tmp_path) -> None:
+    """The real recipe: `diffctl train task=maze2d-umaze planner=...` on the generated small dataset, then
+    the fast setting (3-step DPM-Solver++, warm-started replans) in closed loop. About an hour on 2 CPUs."""
+    from diffctl.cli import main
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    args = ["train", "task=maze2d-umaze", f"planner={planner}", f"task.dataset.path={tmp_path / 'd.zarr'}",
+            "training.steps=4000", "training.batch_size=64", "training.lr=1e-3", "training.warmup_steps=100",
+            "training.progress=false", "eval.episodes=10", f"run_dir={run}"]  # fmt: skip
+    assert main(args) == 0
+    agent = dc.load(run / "checkpoint", solver="dpmpp_2m", steps=3, warm_start=0.5, replan_every=8)
+    result = dc.evaluate(agent, "maze2d-umaze", episodes=20, seed=0)
+    assert result["success_rate"] >= 0.5, result

@@ -1,0 +1,313 @@
+"""Benchmark planners on CPU: planning rate (Hz, batch 1, one torch thread) and, for trained checkpoints,
+maze2d normalized scores with the slow recipe and the fast settings side by side.
+
+Rates: ``plan()`` of diffctl's Diffuser (maze: no value model; locomotion-style: value guidance) and
+DecisionDiffuser (goal CFG) at maze2d-umaze shapes (state 4, goal 2, action 2) and horizon 64, for the slow
+recipe (DDPM, 64 steps), few-step solvers and warm starts (the shifted previous plan re-noised to
+``warm_start`` and finished with the grid tail), next to diffusers' ``ValueGuidedRLPipeline`` (UNet1DModel +
+ValueFunction + DDPMScheduler) at the same horizon and U-Net widths. Weights are random: cost does not depend
+on them. Scores: each ``--checkpoint NAME=DIR`` is loaded with every setting and run through
+``dc.evaluate`` on ``--task``.
+
+    python benchmarks/planners.py [--checkpoint diffuser=runs/x/checkpoint ...] [--episodes 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffctl.planners import DecisionDiffuser, Diffuser
+from diffctl.planners.base import Planner, shift_trajectory
+
+STATE, GOAL, ACT, H = 4, 2, 2, 64
+UNET = {"down_dims": [32, 64, 128], "kernel_size": 5, "n_groups": 8, "embed_dim": 64}
+# name -> (sampler overrides, planner overrides); "warm" settings also report the warm-started plan rate
+SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "slow: ddpm 64": ({"solver": "ddpm", "steps": 64, "warm_start": 0.0}, {"replan_every": 0}),
+    "dpmpp_2m 10": ({"solver": "dpmpp_2m", "steps": 10, "warm_start": 0.0}, {"replan_every": 0}),
+    "fast: dpmpp_2m 3": ({"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0}, {"replan_every": 0}),
+    "fast: dpmpp_2m 3 + warm 0.5, replan 8": (
+        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.5},
+        {"replan_every": 8},
+    ),
+}
+
+
+def nfe(planner: Planner, warm: bool) -> int:
+    """Network evaluations of one plan (CFG doubles each; warm plans run only the grid below warm_start)."""
+    sigmas = planner.sigmas()
+    if warm and planner.sampler.warm_start > 0:
+        sigmas = torch.cat(
+            [sigmas.new_tensor([planner.sampler.warm_start]), sigmas[sigmas < planner.sampler.warm_start]]
+        )
+    steps = int((sigmas[:-1] > 0).sum())
+    if planner.sampler.solver == "heun":
+        steps = 2 * steps - 1
+    cfg = isinstance(planner, DecisionDiffuser) and planner.sampler.guidance_scale != 1.0
+    return steps * (2 if cfg else 1)
+
+
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def plan_rates(planner: Planner, obs: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Cold ``plan`` latency and, with ``warm_start``, the latency of a plan warm-started from the last."""
+    planner.reset(seed=0)
+    cold = median_ms(lambda: planner.plan(obs), repeats)
+    row = {"nfe": nfe(planner, False), "plan_ms": round(cold, 2), "plan_hz": round(1e3 / cold, 1)}
+    if planner.sampler.warm_start > 0:
+        prev = planner.plan(obs)
+        assert prev.trajectory is not None
+        init = shift_trajectory(prev.trajectory[:, 0], 8)
+        warm = median_ms(lambda: planner.plan(obs, init=init), repeats)
+        row.update(
+            warm_nfe=nfe(planner, True), warm_plan_ms=round(warm, 2), warm_plan_hz=round(1e3 / warm, 1)
+        )
+    return row
+
+
+def fitted(planner: Planner) -> Planner:
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-2, 2, (1000, STATE + GOAL))
+    returns = rng.uniform(0, 100, 1000) if planner.uses_returns else None
+    planner.fit_normalizers(obs, rng.uniform(-1, 1, (1000, ACT)), obs[:, STATE:], returns=returns)
+    return planner
+
+
+def random_planners() -> dict[str, Planner]:
+    common = {"goal_dim": GOAL, "horizon": H, "backbone_kwargs": UNET}
+    return {
+        "Diffuser (maze, goal inpainting)": fitted(Diffuser(STATE + GOAL, ACT, **common)),
+        "Diffuser (value guidance 0.1)": fitted(Diffuser(STATE + GOAL, ACT, value=True, **common)),
+        "DecisionDiffuser (goal CFG 1.2)": fitted(
+            DecisionDiffuser(STATE + GOAL, ACT, **common, sampler={"guidance_scale": 1.2})
+        ),
+    }
+
+
+def rate_rows(
+    repeats: int, settings: dict[str, tuple[dict[str, Any], dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    rows = []
+    obs = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 2.0], dtype=np.float32)
+    for name, planner in random_planners().items():
+        params = sum(p.numel() for p in planner.network.parameters())
+        for setting, (sampler, _) in settings.items():
+            planner.sampler = planner.sampler.replace(**sampler)
+            reps = max(3, repeats // 8) if sampler["steps"] >= 32 else repeats
+            row = {"impl": "diffctl", "model": name, "params": params, "setting": setting}
+            rows.append({**row, **plan_rates(planner, obs, reps)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def diffusers_rows(repeats: int, steps_list: list[int]) -> list[dict[str, Any]]:
+    """diffusers' value-guided Diffuser at batch 1: the time of its denoising loop ``run_diffusion``.
+
+    Its ``__call__`` fails at ``batch_size=1`` (``argsort(...).squeeze()`` drops the batch axis), so the
+    loop the call wraps is timed directly; its per-step ``tqdm`` is silenced.
+    """
+    try:
+        import gymnasium as gym
+        from diffusers import DDPMScheduler, UNet1DModel
+        from diffusers.experimental import ValueGuidedRLPipeline
+        from diffusers.experimental.rl import value_guided_sampling
+    except ImportError as err:
+        print(f"diffusers side by side skipped: {err}")
+        return []
+    value_guided_sampling.tqdm.tqdm = lambda it, *a, **k: it  # type: ignore[assignment]
+    dim = STATE + ACT
+    common = {
+        "sample_size": H, "in_channels": dim, "extra_in_channels": 0, "time_embedding_type": "positional",
+        "flip_sin_to_cos": False, "use_timestep_embedding": True, "freq_shift": 1, "act_fn": "mish",
+        "layers_per_block": 1,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    unet = UNet1DModel(
+        **common, out_channels=dim, down_block_types=("DownResnetBlock1D",) * 3,
+        up_block_types=("UpResnetBlock1D",) * 2, mid_block_type="MidResTemporalBlock1D",
+        out_block_type="OutConv1DBlock", block_out_channels=(32, 64, 128), downsample_each_block=False,
+    )  # fmt: skip
+    # the value head needs the horizon pooled to length 1: four halving blocks for H = 64
+    value = UNet1DModel(
+        **common, out_channels=1, down_block_types=("DownResnetBlock1D",) * 4, up_block_types=(),
+        mid_block_type="ValueFunctionMidBlock1D", out_block_type="ValueFunction",
+        block_out_channels=(32, 64, 128, 256), downsample_each_block=True,
+    )  # fmt: skip
+    scheduler = DDPMScheduler(num_train_timesteps=64, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                              variance_type="fixed_small_log")  # fmt: skip
+    rng = np.random.default_rng(0)
+
+    class Env:
+        observation_space = gym.spaces.Box(-1, 1, (STATE,))
+        action_space = gym.spaces.Box(-1, 1, (ACT,))
+
+        def get_dataset(self) -> dict[str, np.ndarray]:
+            return {"observations": rng.normal(size=(1000, STATE)), "actions": rng.normal(size=(1000, ACT))}
+
+    pipe = ValueGuidedRLPipeline(value_function=value, unet=unet, scheduler=scheduler, env=Env())
+    cond = {0: torch.zeros(1, STATE)}
+    params = {
+        "unet": sum(p.numel() for p in unet.parameters()),
+        "value": sum(p.numel() for p in value.parameters()),
+    }
+    rows = []
+    for steps in steps_list:
+        scheduler.set_timesteps(steps)
+        for guide in (2, 0):
+            x = pipe.reset_x0(torch.randn(1, H, dim), cond, ACT)
+            reps = max(3, repeats // 8) if steps >= 32 else repeats
+            ms = median_ms(lambda x=x, guide=guide: pipe.run_diffusion(x.clone(), cond, guide, 0.1), reps)
+            rows.append({
+                "impl": "diffusers", "model": f"ValueGuidedRLPipeline (n_guide_steps={guide})",
+                "params": params["unet"] + (params["value"] if guide else 0), "setting": f"ddpm {steps}",
+                "nfe": steps * (1 + guide), "plan_ms": round(ms, 2), "plan_hz": round(1e3 / ms, 1),
+            })  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | None) -> list[dict[str, Any]]:
+    import diffctl as dc
+
+    rows = []
+    obs = None
+    for spec in checkpoints:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise ValueError(f"--checkpoint expects NAME=DIR, got {spec!r}")
+        for setting, (sampler, planner_keys) in SETTINGS.items():
+            agent = dc.load(path, **sampler, **planner_keys)
+            if obs is None:
+                from diffctl.envs.registry import make_env
+
+                obs = make_env(task, seed=0).reset(seed=0)[0]
+            rate = plan_rates(agent, obs, 10 if sampler["steps"] < 32 else 3)
+            start = time.perf_counter()
+            result = dc.evaluate(agent, task, episodes=episodes, seed=0, n_workers=workers)
+            row = {
+                "checkpoint": name, "setting": setting, **rate,
+                "normalized_score": round(float(result["normalized_score"]), 1),
+                "success_rate": round(float(result["success_rate"]), 3),
+                "act_latency_ms_p50": round(float(result["act_latency_ms_p50"]), 2),
+                "act_latency_ms_p99": round(float(result["act_latency_ms_p99"]), 2),
+                "act_latency_ms_mean": round(float(result["act_latency_ms_mean"]), 2),
+                "episodes": episodes, "eval_seconds": round(time.perf_counter() - start, 1),
+            }  # fmt: skip
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", action="append", default=[], help="NAME=DIR of a trained planner")
+    parser.add_argument("--task", default="maze2d-umaze")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--skip-rates", action="store_true", help="only the checkpoint scores")
+    parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = Path("/tmp/diffctl-bench" if args.quick else args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    repeats = 2 if args.quick else args.repeats
+    settings = dict(list(SETTINGS.items())[2:]) if args.quick else SETTINGS
+    rates = (
+        []
+        if args.skip_rates
+        else rate_rows(repeats, settings) + diffusers_rows(repeats, [8] if args.quick else [64, 8])
+    )
+    scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
+    meta = {
+        "command": "python benchmarks/planners.py " + " ".join(f"--checkpoint {c}" for c in args.checkpoint),
+        "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
+        "horizon": H, "task": args.task,
+    }  # fmt: skip
+    result = {"meta": meta, "rates": rates, "scores": scores}
+    json_path = out / "planners.json"
+    if args.skip_rates and json_path.exists():
+        result["rates"] = json.loads(json_path.read_text()).get("rates", [])
+    md = [
+        "# Planners on CPU (batch 1, 1 thread)",
+        "",
+        f"`{meta['command']}` on {meta['machine']}. Horizon {H}, maze2d shapes (state 4, goal 2, action 2).",
+        "",
+        "## Planning rate (random weights; cost does not depend on them)",
+        "",
+        table(
+            result["rates"],
+            [
+                "impl",
+                "model",
+                "params",
+                "setting",
+                "nfe",
+                "plan_ms",
+                "plan_hz",
+                "warm_nfe",
+                "warm_plan_ms",
+                "warm_plan_hz",
+            ],
+        ),
+    ]
+    if result["scores"]:
+        md += [
+            "",
+            f"## {args.task}: trained checkpoints, slow vs fast settings ({args.episodes} episodes, seed 0)",
+            "",
+            table(
+                result["scores"],
+                [
+                    "checkpoint",
+                    "setting",
+                    "nfe",
+                    "plan_hz",
+                    "warm_nfe",
+                    "warm_plan_hz",
+                    "normalized_score",
+                    "success_rate",
+                    "act_latency_ms_p50",
+                    "act_latency_ms_p99",
+                    "act_latency_ms_mean",
+                ],
+            ),
+        ]
+    write_atomic(json_path, json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "planners.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
