@@ -17,6 +17,9 @@ AGENT_CLASSES: dict[str, str] = {
     "DiffusionQL": "diffctl.policies.offline_rl.diffusion_ql",
     "IDQL": "diffctl.policies.offline_rl.idql",
     "EDP": "diffctl.policies.offline_rl.edp",
+    "StreamingDiffusionPolicy": "diffctl.policies.streaming",
+    "ConsistencyPolicy": "diffctl.policies.consistency",
+    "FlowPolicy": "diffctl.policies.flow",
     "Diffuser": "diffctl.planners.diffuser",
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",
 }

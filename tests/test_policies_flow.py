@@ -86,3 +86,17 @@ def test_save_load(trained, tmp_path):
 def test_bad_settings():
     with pytest.raises(ValueError, match="t_sampling"):
         FlowPolicy(OBS, ACT, horizon=H, n_obs_steps=TO, n_action_steps=TA, t_sampling="beta")
+
+
+@pytest.mark.parametrize("name", ["flow_mlp", "streaming_mlp", "consistency_mlp"])
+def test_policy_configs_build_their_class(name):
+    from diffctl.agents import AGENT_CLASSES
+    from diffctl.train.pipeline import RESERVED_POLICY_KEYS, agent_class, compose_config
+
+    conf = compose_config([f"policy={name}"])
+    section = dict(conf["policy"])
+    assert section["class"] in AGENT_CLASSES
+    kwargs = {k: v for k, v in section.items() if k not in RESERVED_POLICY_KEYS}
+    dims = {"goal_dim": GOAL, "horizon": H, "n_obs_steps": TO, "n_action_steps": TA}
+    agent = agent_class(section["class"])(OBS, ACT, **dims, **kwargs)
+    assert type(agent).__name__ == section["class"]

@@ -10,7 +10,8 @@ parameterization (``D(x, sigma_min) = x``). Training (consistency distillation) 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -65,6 +66,18 @@ def split_batch(
         keep = (torch.rand(bsz, device=device) >= policy.hparams["goal_dropout"]).float()
     o = policy._normalizer("obs").normalize(obs)
     return policy._normalizer("action").normalize(actions), (o, g, keep), mask.unsqueeze(-1)
+
+
+def merge_signature(init: Callable[..., None], parent: Callable[..., None]) -> None:
+    """Give a subclass ``__init__(..., **kwargs)`` the full keyword list of its parent's, so
+    ``inspect.signature`` (the train pipeline's key check) sees every accepted argument."""
+    own = inspect.signature(init).parameters
+    params = [p for p in own.values() if p.kind != p.VAR_KEYWORD]
+    extra = [
+        p for name, p in inspect.signature(parent).parameters.items()
+        if name not in own and p.kind == p.KEYWORD_ONLY
+    ]  # fmt: skip
+    init.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
 
 
 def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
@@ -165,3 +178,6 @@ class ConsistencyPolicy(DiffusionPolicy):
         state["teacher"] = None
         state["_target"] = None
         return state
+
+
+merge_signature(ConsistencyPolicy.__init__, DiffusionPolicy.__init__)

@@ -21,7 +21,7 @@ from diffctl.kernels.denoisers import FlowDenoiser
 from diffctl.kernels.losses import flow_matching_loss, masked_mse
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import SamplerConfig
-from diffctl.policies.consistency import RawCondNet, split_batch
+from diffctl.policies.consistency import RawCondNet, merge_signature, split_batch
 from diffctl.policies.diffusion import DiffusionPolicy
 
 T_SAMPLING = ("uniform", "logit_normal")
@@ -95,3 +95,6 @@ class FlowPolicy(DiffusionPolicy):
         actions = self._normalizer("action").unnormalize(x0.clamp(-1, 1))
         out = {k: v for k, v in batch.items() if k != "action_mask"}
         return {**out, "actions": actions, "noise": noise}
+
+
+merge_signature(FlowPolicy.__init__, DiffusionPolicy.__init__)

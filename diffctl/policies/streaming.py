@@ -21,6 +21,7 @@ from torch import nn
 from diffctl.kernels import schedules
 from diffctl.kernels.samplers import sample
 from diffctl.nets.layers import SinusoidalEmbedding
+from diffctl.policies.consistency import merge_signature
 from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy
 
 
@@ -318,3 +319,6 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         self._buffer = torch.cat([x[:, 1:], fresh], dim=1)
         self.ticks += 1
         return action
+
+
+merge_signature(StreamingDiffusionPolicy.__init__, DiffusionPolicy.__init__)
