@@ -22,9 +22,15 @@ TASK = "maze2d-umaze"
 
 @dataclass(frozen=True)
 class Budget:
-    """The sizes that set the quickstart's run time and quality."""
+    """The sizes that set the quickstart's run time and quality.
+
+    ``goal_radius``: the expert gets its next goal once it is this close to the current one. At 0.1 (the
+    generator's default is 0.25) the data shows the expert settling at its goal, so the policy learns to stay
+    there: normalized score about 120 instead of about 65, at the same success rate.
+    """
 
     data_episodes: int = 300
+    goal_radius: float = 0.1
     train_steps: int = 3000
     batch_size: int = 256
     lr: float = 1e-3
@@ -92,8 +98,9 @@ def quickstart(out: Path, budget: Budget, seed: int = 0, workers: int | None = N
     start = time.perf_counter()
     print(f"[1/3] generating {budget.data_episodes} expert episodes of {TASK}")
     store = generate(
-        TASK, out / "data" / f"{TASK}.zarr", episodes=budget.data_episodes, seed=seed, force=True
-    )
+        TASK, out / "data" / f"{TASK}.zarr", episodes=budget.data_episodes, seed=seed, force=True,
+        goal_radius=budget.goal_radius,
+    )  # fmt: skip
     seconds["data"] = time.perf_counter() - start
 
     t = time.perf_counter()
