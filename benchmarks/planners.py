@@ -203,7 +203,7 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
             start = time.perf_counter()
             result = dc.evaluate(agent, task, episodes=episodes, seed=0, n_workers=workers)
             row = {
-                "checkpoint": name, "setting": setting, **rate,
+                "checkpoint": name, "horizon": agent.horizon, "setting": setting, **rate,
                 "normalized_score": round(float(result["normalized_score"]), 1),
                 "success_rate": round(float(result["success_rate"]), 3),
                 "act_latency_ms_p50": round(float(result["act_latency_ms_p50"]), 2),
@@ -228,41 +228,25 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", default=[], help="NAME=DIR of a trained planner")
-    parser.add_argument("--task", default="maze2d-umaze")
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--skip-rates", action="store_true", help="only the checkpoint scores")
-    parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    out = Path("/tmp/diffctl-bench" if args.quick else args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    repeats = 2 if args.quick else args.repeats
-    settings = dict(list(SETTINGS.items())[2:]) if args.quick else SETTINGS
-    rates = (
-        []
-        if args.skip_rates
-        else rate_rows(repeats, settings) + diffusers_rows(repeats, [8] if args.quick else [64, 8])
-    )
-    scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
-    meta = {
-        "command": "python benchmarks/planners.py " + " ".join(f"--checkpoint {c}" for c in args.checkpoint),
-        "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
-        "horizon": H, "task": args.task,
-    }  # fmt: skip
-    result = {"meta": meta, "rates": rates, "scores": scores}
-    json_path = out / "planners.json"
-    if args.skip_rates and json_path.exists():
-        result["rates"] = json.loads(json_path.read_text()).get("rates", [])
+NOTES = """Notes: rates are the median ``plan()`` time at batch 1 with one torch thread on a machine shared
+with other jobs, so they move by tens of percent between runs. ``nfe`` is per plan (classifier-free
+guidance counts 2 per step; ``warm_nfe`` is a plan warm-started from the shifted previous one, what
+every replan after the first costs in the warm setting). diffusers rows time
+``ValueGuidedRLPipeline.run_diffusion`` (its ``__call__`` fails at batch 1:
+``argsort(...).squeeze()`` drops the batch axis); with ``n_guide_steps=2`` each step runs the value
+function forward + backward twice, and its value function is a 4-level U-Net encoder (H=64 must pool
+to 1), larger than diffctl's MLP value head. Score rows differ in replanning as well as in the
+solver: the slow and cold settings plan once and track until the plan is used up (H - 1 steps), the
+warm setting replans every 8 steps."""
+
+
+def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
+    """The markdown report of a result dict (rates, and scores when checkpoints were evaluated)."""
     md = [
         "# Planners on CPU (batch 1, 1 thread)",
         "",
-        f"`{meta['command']}` on {meta['machine']}. Horizon {H}, maze2d shapes (state 4, goal 2, action 2).",
+        f"`{result['meta']['command']}` on {result['meta']['machine']}.",
+        f"Horizon {H} for the rates, maze2d shapes (state 4, goal 2, action 2).",
         "",
         "## Planning rate (random weights; cost does not depend on them)",
         "",
@@ -285,12 +269,13 @@ def main() -> None:
     if result["scores"]:
         md += [
             "",
-            f"## {args.task}: trained checkpoints, slow vs fast settings ({args.episodes} episodes, seed 0)",
+            f"## {task}: trained checkpoints, slow vs fast settings ({episodes} episodes, seed 0)",
             "",
             table(
                 result["scores"],
                 [
                     "checkpoint",
+                    "horizon",
                     "setting",
                     "nfe",
                     "plan_hz",
@@ -304,6 +289,53 @@ def main() -> None:
                 ],
             ),
         ]
+    note = result["meta"].get("note")
+    return [*md, "", NOTES, *(["", f"Checkpoints: {note}"] if note else [])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", action="append", default=[], help="NAME=DIR of a trained planner")
+    parser.add_argument("--task", default="maze2d-umaze")
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--skip-rates", action="store_true", help="only the checkpoint scores")
+    parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
+    parser.add_argument("--note", default=None, help="how the checkpoints were trained (kept in the report)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite planners.md from planners.json")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = Path("/tmp/diffctl-bench" if args.quick else args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        result = json.loads((out / "planners.json").read_text())
+        if args.note:
+            result["meta"]["note"] = args.note
+            write_atomic(out / "planners.json", json.dumps(result, indent=2) + "\n")
+        md = render(result, result["meta"]["task"], int(result["meta"].get("episodes", args.episodes)))
+        write_atomic(out / "planners.md", "\n".join(md) + "\n")
+        print("\n".join(md))
+        return
+    repeats = 2 if args.quick else args.repeats
+    settings = dict(list(SETTINGS.items())[2:]) if args.quick else SETTINGS
+    rates = (
+        []
+        if args.skip_rates
+        else rate_rows(repeats, settings) + diffusers_rows(repeats, [8] if args.quick else [64, 8])
+    )
+    scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
+    meta = {
+        "command": "python benchmarks/planners.py " + " ".join(f"--checkpoint {c}" for c in args.checkpoint),
+        "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
+        "horizon": H, "task": args.task, "episodes": args.episodes, "note": args.note,
+    }  # fmt: skip
+    result = {"meta": meta, "rates": rates, "scores": scores}
+    json_path = out / "planners.json"
+    if args.skip_rates and json_path.exists():
+        result["rates"] = json.loads(json_path.read_text()).get("rates", [])
+    md = render(result, args.task, args.episodes)
     write_atomic(json_path, json.dumps(result, indent=2) + "\n")
     write_atomic(out / "planners.md", "\n".join(md) + "\n")
     print("\n".join(md))
