@@ -94,6 +94,7 @@ def train_throughput(policy: DiffusionPolicy, batch_size: int, steps: int) -> fl
 
 def run(quick: bool) -> dict[str, Any]:
     torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
     cycles, train_steps, batch_size = (5, 5, 256) if quick else (20, 30, 256)
     latency, training = [], []
     for backbone in BACKBONES:
@@ -130,6 +131,7 @@ def run(quick: bool) -> dict[str, Any]:
             "processor": platform.processor(),
             "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
+            "load_average_1min": [load_start, os.getloadavg()[0]],
         },
         "latency": latency,
         "training": training,
@@ -141,7 +143,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         "# DiffusionPolicy on CPU (batch 1, 1 thread)",
         "",
         f"`{result['command']}` on {result['machine']['platform']} ({result['machine']['cpu_count']} CPUs, "
-        f"torch {result['machine']['torch']}). Maze2d shapes: To=2, H=16, Ta=8, goal-conditioned.",
+        f"torch {result['machine']['torch']}). Maze2d shapes: To=2, H=16, Ta=8, goal-conditioned. "
+        "1-minute load average at start/end: {:.1f}/{:.1f} (other jobs share the cores).".format(
+            *result["machine"]["load_average_1min"]
+        ),
         "",
         "## act latency (ms; p99 is the replanning tick, p50 a queue pop)",
         "",
