@@ -2,6 +2,12 @@
 
 ``diffctl train`` (and ``diffctl quickstart``) are thin wrappers around ``compose_config`` and ``run``.
 Policies, datasets and simulators are imported lazily so ``diffctl.train`` itself stays light.
+
+An agent class steers its own training through optional hooks, so the pipeline has no per-class cases:
+``make_dataset(store, task)`` (classmethod) builds its training data instead of the task's
+``SequenceDataset``; ``fit(dataset, mode)`` replaces ``fit_normalizers`` on the store; and a ``Builder``
+registered with ``register_builder`` (for classes whose construction needs more than the config, e.g. a
+consistency student distilled from a teacher checkpoint) builds the agent and may consume extra config keys.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +120,7 @@ def run(cfg: Any) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_yaml(run_dir / "config.yaml", conf)
     store = open_dataset(conf["task"], info)
-    dataset = build_dataset(store, conf["task"])
+    dataset = make_dataset(agent_class(_class_name(conf)), store, conf["task"])
     agent = build_agent(conf, dataset, store)
     eval_fn = make_eval_fn(conf)
 
@@ -127,12 +134,13 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def resolve_run_dir(conf: Mapping[str, Any], info: DistInfo) -> Path:
-    """``conf['run_dir']`` or ``runs/<task>-<policy or planner>-<time>``, chosen by rank 0 and shared with
-    all ranks."""
+    """``conf['run_dir']`` or ``runs/<dataset>-<policy or planner>-<time>`` (dataset: ``task.dataset.name``,
+    else the task name), chosen by rank 0 and shared with all ranks."""
     name = conf.get("run_dir")
     if not name:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"runs/{conf['task']['name']}-{agent_section(conf)['name']}-{stamp}"
+        data = (conf["task"].get("dataset") or {}).get("name") or conf["task"]["name"]
+        name = f"runs/{data}-{agent_section(conf)['name']}-{stamp}"
     if info.enabled:
         name = _broadcast_str(str(name))
     return Path(name)
@@ -197,6 +205,45 @@ def build_dataset(store: Any, task: Mapping[str, Any]) -> Any:
     )
 
 
+def make_dataset(cls: type, store: Any, task: Mapping[str, Any]) -> Any:
+    """The training data of agent class ``cls``: its ``make_dataset(store, task)`` hook when it has one
+    (e.g. single-step transitions for offline RL), else the task's ``SequenceDataset`` windows."""
+    hook = getattr(cls, "make_dataset", None)
+    return hook(store, task) if callable(hook) else build_dataset(store, task)
+
+
+@dataclass(frozen=True)
+class Builder:
+    """How the pipeline constructs one agent class: ``build(cls, dims, kwargs, sampler) -> agent`` and the
+    config keys it consumes on top of the class's constructor arguments."""
+
+    build: Callable[[type, dict[str, int], dict[str, Any], dict[str, Any]], Any]
+    keys: tuple[str, ...] = ()
+
+
+def _construct(cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any]) -> Any:
+    return cls(**dims, sampler=sampler, **kwargs)
+
+
+DEFAULT_BUILDER = Builder(_construct)
+BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(class_name: str, builder: Builder) -> None:
+    """Make the pipeline build agents of ``class_name`` with ``builder`` instead of the constructor."""
+    BUILDERS[class_name] = builder
+
+
+def config_keys(cls: type) -> set[str]:
+    """Keys a policy/planner section may set for ``cls`` (besides name, class and normalizer): the
+    constructor's arguments plus those its ``Builder`` consumes."""
+    return set(inspect.signature(cls).parameters) | set(BUILDERS.get(cls.__name__, DEFAULT_BUILDER).keys)
+
+
+def _class_name(conf: Mapping[str, Any]) -> str:
+    return str(agent_section(conf).get("class", "DiffusionPolicy"))
+
+
 def agent_class(name: str) -> type:
     """The agent class registered in ``diffctl.agents`` under ``name``."""
     from diffctl.agents import AGENT_CLASSES
@@ -208,14 +255,17 @@ def agent_class(name: str) -> type:
 
 def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     """Instantiate ``planner.class`` (when a planner is selected) or ``policy.class`` with dimensions read
-    off the data, the sampler section and the seed, then fit its normalizers on the whole dataset.
+    off the data, the sampler section and the seed (through the class's ``Builder``), then fit it: the
+    agent's ``fit(dataset, mode)`` when it has one, else ``fit_normalizers`` on the whole store (skipped
+    when the builder already gave the agent normalizers, e.g. a teacher's).
 
     Only the dimensions the class accepts are passed. Planners see the goal as part of the observation
     (``obs_dim = state_dim + goal_dim``, as the environment emits it); agents with ``uses_returns`` get
     discounted returns-to-go at their ``discount`` for their return normalizer."""
     policy = agent_section(conf)
     task = conf["task"]
-    cls = agent_class(str(policy.get("class", "DiffusionPolicy")))
+    cls = agent_class(_class_name(conf))
+    builder = BUILDERS.get(cls.__name__, DEFAULT_BUILDER)
     norm_mode = policy.get("normalizer", "limits")
     kwargs = {k: v for k, v in policy.items() if k not in RESERVED_POLICY_KEYS}
     sample = dataset.get_batch(np.array([0]))
@@ -235,13 +285,16 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         dims["obs_dim"] += dims["goal_dim"]
     dims = {k: v for k, v in dims.items() if k in accepted}
     kwargs.setdefault("seed", int(conf.get("seed", 0)))
-    unknown = sorted(set(kwargs) - accepted)
+    valid_keys = accepted | set(builder.keys)
+    unknown = sorted(set(kwargs) - valid_keys)
     if unknown:
         section = "planner" if conf.get("planner") else "policy"
-        valid = sorted(accepted - set(dims) - {"sampler", "normalizers"})
+        valid = sorted(valid_keys - set(dims) - {"sampler", "normalizers"})
         raise ValueError(f"unknown {section} keys {unknown} for {cls.__name__}; valid keys: {valid}")
-    agent = cls(**dims, sampler=dict(conf["sampler"]), **kwargs)
-    if callable(getattr(agent, "fit_normalizers", None)):
+    agent = builder.build(cls, dims, kwargs, dict(conf["sampler"]))
+    if callable(getattr(agent, "fit", None)):
+        agent.fit(dataset, mode=norm_mode)
+    elif callable(getattr(agent, "fit_normalizers", None)) and not getattr(agent, "normalizers", None):
         obs_keys = list(task.get("obs_keys", ("observations",)))
         obs = np.concatenate([_rows(store.array(k)) for k in obs_keys], axis=1)
         actions = _rows(store.array(str(task.get("action_key", "actions"))))
@@ -256,6 +309,39 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
             extra["returns"] = _returns_to_go(store, discount)
         agent.fit_normalizers(obs, actions, goal, mode=norm_mode, **extra)
     return agent
+
+
+def _consistency_from_teacher(
+    cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any]
+) -> Any:
+    """A consistency student (``cls.from_teacher``) of the EDM ``DiffusionPolicy`` saved at ``teacher``;
+    the student takes the teacher's architecture and normalizers, the config's other keys override."""
+    kwargs = dict(kwargs)
+    path = kwargs.pop("teacher", None)
+    if not path:
+        raise ValueError(
+            f"{cls.__name__} distills a trained EDM DiffusionPolicy: set policy.teacher=PATH to its agent "
+            "directory (e.g. runs/<run>/checkpoint of `diffctl train policy=diffusion_mlp`)"
+        )
+    from diffctl.agents import load
+
+    teacher = load(str(path))
+    if type(teacher).__name__ != "DiffusionPolicy":
+        kind = type(teacher).__name__
+        raise ValueError(f"policy.teacher {path} holds a {kind}; expected a DiffusionPolicy")
+    for key, value in dims.items():
+        have = getattr(teacher, key, value)
+        if have != value:
+            raise ValueError(f"policy.teacher {path} has {key}={have} but the task data gives {key}={value}")
+    try:
+        return cls.from_teacher(teacher, sampler=sampler, **kwargs)
+    except RuntimeError as err:
+        raise ValueError(
+            f"policy keys {sorted(kwargs)} change the architecture of teacher {path}: {err}"
+        ) from err
+
+
+register_builder("ConsistencyPolicy", Builder(_consistency_from_teacher, keys=("teacher",)))
 
 
 def _returns_to_go(store: Any, discount: float) -> np.ndarray:

@@ -32,6 +32,7 @@ from diffctl.policies.offline_rl.critics import (
     polyak_update,
     returns_reward_scale,
 )
+from diffctl.policies.offline_rl.transitions import TransitionDataset
 
 VERSION = 1
 SELECTIONS = ("argmax", "softmax")
@@ -199,6 +200,17 @@ class OfflineRLAgent(Policy):
                     f"goal-conditioned agent (goal_dim={self.goal_dim}) needs goals to fit normalizers"
                 )
             self.normalizers["goal"] = Normalizer.fit(goal, mode, name="goals")
+
+    @classmethod
+    def make_dataset(cls, store: Any, task: Mapping[str, Any]) -> TransitionDataset:
+        """Training data for the train pipeline: single-step transitions of ``store`` with the task
+        section's ``obs_keys``, ``action_key`` and ``goal`` mode (not the task's action windows)."""
+        return TransitionDataset(
+            store,
+            obs_keys=tuple(task.get("obs_keys", ("observations",))),
+            action_key=str(task.get("action_key", "actions")),
+            goal=task.get("goal"),
+        )
 
     def fit(self, dataset: Any, mode: str = "limits") -> None:
         """Fit normalizers (and the reward scale when ``reward_normalization='returns'``) from a
