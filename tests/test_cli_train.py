@@ -1,9 +1,8 @@
-"""Hydra config composition, `diffctl train` / `diffctl eval` end to end on a tiny generated maze dataset,
-and the CLI's error messages."""
+"""Hydra config composition, `diffctl train` / `diffctl eval` end to end on a tiny generated maze dataset
+(diffusion, consistency-distilled, offline RL and planner agents), and the CLI's error messages."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -12,41 +11,101 @@ from omegaconf import OmegaConf
 
 from diffctl.agents import load
 from diffctl.cli import main
+from diffctl.datasets.generators import LOCOMOTION_DATASETS, MAZE_DATASETS
 from diffctl.envs.registry import TASKS
-from diffctl.policies import DiffusionPolicy, SamplerConfig
+from diffctl.policies import SamplerConfig
 from diffctl.train import TrainConfig
 from diffctl.train.distributed import DistInfo
 from diffctl.train.metrics import read_metrics
 from diffctl.train.pipeline import (
+    CONFIG_DIR,
     RESERVED_POLICY_KEYS,
+    agent_class,
     compose_config,
+    config_keys,
     group_options,
     resolve_run_dir,
     to_dict,
 )
 
+POLICY_DEFAULT_SAMPLERS = {"consistency_mlp": "consistency", "diffusion_ql": "ddpm_vp5", "edp": "ddpm_vp5",
+                           "idql": "ddpm_vp5"}  # fmt: skip
+TINY_MAZE = ["task=maze2d-umaze", "task.dataset.generate.episodes=2", "eval.episodes=0",
+             "training.batch_size=16", "training.warmup_steps=1", "training.progress=false",
+             "training.log_every=1"]  # fmt: skip
+
 
 def test_groups_list_the_expected_options() -> None:
-    assert group_options("task") == sorted(TASKS)
-    assert group_options("policy") == ["diffusion_mlp", "diffusion_transformer", "diffusion_unet"]
-    assert group_options("sampler") == ["ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
+    tasks = group_options("task")
+    assert set(tasks) == set(TASKS) | set(LOCOMOTION_DATASETS) and len(tasks) == len(set(tasks))
+    assert group_options("policy") == [
+        "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer", "diffusion_unet", "edp",
+        "flow_mlp", "idql", "streaming_mlp",
+    ]  # fmt: skip
+    assert group_options("sampler") == [
+        "consistency",
+        "ddim",
+        "ddpm",
+        "ddpm_vp5",
+        "dpmpp_2m",
+        "euler",
+        "heun",
+    ]
+
+
+def _sampler_file(option: str) -> dict:
+    return to_dict(OmegaConf.load(CONFIG_DIR / "sampler" / f"{option}.yaml"))
 
 
 @pytest.mark.parametrize("group", ["task", "policy", "sampler"])
 def test_every_group_option_composes(group: str) -> None:
-    accepted = set(inspect.signature(DiffusionPolicy).parameters)
     for option in group_options(group):
         conf = to_dict(compose_config([f"{group}={option}"]))
         TrainConfig.from_dict(conf["training"])
-        sampler = SamplerConfig.from_dict(conf["sampler"])
-        assert set(conf["policy"]) - set(RESERVED_POLICY_KEYS) <= accepted
+        SamplerConfig.from_dict(conf["sampler"])
+        policy = conf["policy"]
+        cls = agent_class(policy["class"])
+        unknown = set(policy) - set(RESERVED_POLICY_KEYS) - config_keys(cls)
+        assert not unknown, f"policy={policy['name']} sets keys {unknown} that {cls.__name__} does not take"
         task = conf["task"]
         assert task["name"] in TASKS and task["n_action_steps"] <= task["horizon"] - task["n_obs_steps"] + 1
         assert conf["eval"]["episodes"] == task["eval"]["episodes"]
         if group == "sampler":
-            assert sampler.solver == option
+            assert conf["sampler"] == _sampler_file(option)
+        elif group == "policy":
+            assert policy["name"] == option
+            assert conf["sampler"] == _sampler_file(POLICY_DEFAULT_SAMPLERS.get(option, "dpmpp_2m"))
         else:
-            assert conf[group]["name"] == option
+            assert task["dataset"]["name"] in (*MAZE_DATASETS, *LOCOMOTION_DATASETS, "pusht")
+            assert option in (task["name"], task["dataset"]["name"])
+
+
+def test_locomotion_dataset_tasks_reuse_the_env_task() -> None:
+    base = to_dict(compose_config(["task=hopper"]))["task"]
+    for kind in ("medium", "medium-replay", "medium-expert", "expert"):
+        conf = to_dict(compose_config([f"task=hopper-{kind}", "policy=idql"]))
+        task = conf["task"]
+        assert task["name"] == "hopper" and task["dataset"]["name"] == f"hopper-{kind}"
+        assert task["dataset"]["path"] == f"data/hopper-{kind}.zarr"
+        assert {k: v for k, v in task.items() if k != "dataset"} == {
+            k: v for k, v in base.items() if k != "dataset"
+        }
+        assert task["dataset"]["generate"] == base["dataset"]["generate"]
+    run_dir = resolve_run_dir(
+        to_dict(compose_config(["task=walker2d-medium-replay", "policy=edp"])), DistInfo()
+    )
+    assert run_dir.name.startswith("walker2d-medium-replay-edp-")
+
+
+def test_policy_default_sampler_yields_to_an_explicit_one() -> None:
+    assert to_dict(compose_config(["policy=idql"]))["sampler"] == {
+        "solver": "ddpm",
+        "steps": 5,
+        "schedule": "vp",
+    }
+    for order in (["sampler=ddim", "policy=idql"], ["policy=idql", "sampler=ddim"]):
+        assert to_dict(compose_config([*order, "sampler.steps=3"]))["sampler"]["solver"] == "ddim"
+    assert to_dict(compose_config(["policy=diffusion_mlp"]))["sampler"]["solver"] == "dpmpp_2m"
 
 
 def test_overrides_reach_the_config_and_default_run_dir() -> None:
@@ -62,9 +121,9 @@ def test_overrides_reach_the_config_and_default_run_dir() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "task=nope"], "unknown task 'nope'; available: halfcheetah, hopper, maze2d-large"),
-        (["train", "policy=cnn"], "unknown policy 'cnn'; available: diffusion_mlp"),
-        (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: ddim, ddpm"),
+        (["train", "task=nope"], "unknown task 'nope'; available: halfcheetah, halfcheetah-expert, "),
+        (["train", "policy=cnn"], "unknown policy 'cnn'; available: consistency_mlp, diffusion_mlp"),
+        (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: consistency, ddim, ddpm"),
         (["train", "training.stepz=3"], "valid keys of training: ['adam_eps'"),
         (["train", "policy.depth=3"], "valid keys of policy: ['backbone'"),
         (["train", "training.steps=abc"], "training.steps must be of type int, got 'abc'"),
@@ -121,6 +180,53 @@ def test_train_resume_and_eval_end_to_end(tmp_path: Path, capsys: pytest.Capture
     bad = [*common, "+policy.widht=3", "training.steps=2", f"run_dir={tmp_path / 'bad'}"]
     assert main(["train", *bad]) == 1
     assert "unknown policy keys ['widht'] for DiffusionPolicy" in capsys.readouterr().err
+
+    student = tmp_path / "student"
+    distill = [*common[:2], *common[4:], "policy=consistency_mlp", "training.steps=2"]
+    assert main(["train", *distill, f"policy.teacher={run / 'checkpoint'}", f"run_dir={student}"]) == 0
+    agent = load(student / "checkpoint")
+    assert type(agent).__name__ == "ConsistencyPolicy" and agent.sampler.solver == "consistency"
+    assert agent.hparams["backbone_kwargs"]["hidden"] == 32  # the teacher's architecture
+    agent.reset()
+    assert agent.act([0.0] * 6).shape == (2,)
+    capsys.readouterr()
+    assert main(["train", *distill, f"policy.teacher={run / 'checkpoint'}", "task.horizon=8",
+                 f"run_dir={tmp_path / 'bad2'}"]) == 1  # fmt: skip
+    assert "has horizon=16 but the task data gives horizon=8" in capsys.readouterr().err
+
+
+def test_consistency_policy_needs_a_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", *TINY_MAZE, "policy=consistency_mlp", f"task.dataset.path={tmp_path / 'umaze.zarr'}",
+            "training.steps=1", f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    assert main(args) == 1
+    assert "ConsistencyPolicy distills a trained EDM DiffusionPolicy: set policy.teacher=PATH" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, f"policy.teacher={tmp_path / 'nope'}"]) == 1
+    assert f"no agent at {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+def test_train_an_offline_rl_agent_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    args = ["train", *TINY_MAZE, "policy=idql", "policy.hidden=32", "policy.critic_hidden=32",
+            "policy.n_candidates=4", f"task.dataset.path={tmp_path / 'umaze.zarr'}", "training.steps=3",
+            "eval.episodes=1", "eval.n_workers=0"]  # fmt: skip
+    assert main([*args, f"run_dir={run}"]) == 0
+    records = read_metrics(run)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert all(
+        k in records[0] for k in ("critic_loss", "value_loss", "bc_loss")
+    )  # IDQL's loss on transitions
+    assert any("eval/normalized_score" in r for r in records)
+    agent = load(run / "checkpoint")
+    assert type(agent).__name__ == "IDQL" and agent.obs_dim == 4 and agent.goal_dim == 2
+    sampler = agent.sampler
+    assert (sampler.solver, sampler.steps, sampler.schedule) == ("ddpm", 5, "vp")
+    assert agent.act_settings["n_candidates"] == 4 and set(agent.normalizers) == {"obs", "action", "goal"}
+    assert agent.act([0.0] * 6).shape == (2,)
+    capsys.readouterr()
+    assert main([*args, "sampler=ddpm", f"run_dir={tmp_path / 'bad'}"]) == 1
+    assert "sampler steps=100 exceeds the actor's num_train_timesteps=5" in capsys.readouterr().err
 
 
 def test_planner_group_composes_over_the_policy() -> None:
