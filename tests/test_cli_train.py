@@ -204,6 +204,8 @@ def test_consistency_policy_needs_a_teacher(tmp_path: Path, capsys: pytest.Captu
     )
     assert main([*args, f"policy.teacher={tmp_path / 'nope'}"]) == 1
     assert f"no agent at {tmp_path / 'nope'}" in capsys.readouterr().err
+    assert main([*args, "policy=diffusion_mlp", "+policy.teacher=x"]) == 1
+    assert "unknown policy keys ['teacher'] for DiffusionPolicy" in capsys.readouterr().err
 
 
 def test_train_an_offline_rl_agent_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

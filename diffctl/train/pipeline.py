@@ -31,7 +31,9 @@ from diffctl.train.distributed import DistInfo, barrier, collective_device, init
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("task", "policy", "sampler", "planner")
-RESERVED_POLICY_KEYS = ("name", "class", "normalizer")
+# Keys of a policy/planner section that are not constructor arguments; ``teacher`` is read by the builders
+# that declare it (e.g. ConsistencyPolicy's) and refused by the others.
+RESERVED_POLICY_KEYS = ("name", "class", "normalizer", "teacher")
 
 
 def group_options(group: str) -> list[str]:
@@ -214,14 +216,17 @@ def make_dataset(cls: type, store: Any, task: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True)
 class Builder:
-    """How the pipeline constructs one agent class: ``build(cls, dims, kwargs, sampler) -> agent`` and the
-    config keys it consumes on top of the class's constructor arguments."""
+    """How the pipeline constructs one agent class: ``build(cls, dims, kwargs, sampler, options) -> agent``
+    where ``options`` holds the section's values of ``keys`` (config keys that are not constructor
+    arguments)."""
 
-    build: Callable[[type, dict[str, int], dict[str, Any], dict[str, Any]], Any]
+    build: Callable[[type, dict[str, int], dict[str, Any], dict[str, Any], dict[str, Any]], Any]
     keys: tuple[str, ...] = ()
 
 
-def _construct(cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any]) -> Any:
+def _construct(
+    cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any], options: dict[str, Any]
+) -> Any:
     return cls(**dims, sampler=sampler, **kwargs)
 
 
@@ -285,13 +290,14 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         dims["obs_dim"] += dims["goal_dim"]
     dims = {k: v for k, v in dims.items() if k in accepted}
     kwargs.setdefault("seed", int(conf.get("seed", 0)))
-    valid_keys = accepted | set(builder.keys)
-    unknown = sorted(set(kwargs) - valid_keys)
+    options = {k: policy.get(k) for k in builder.keys}
+    stray = [k for k in RESERVED_POLICY_KEYS[3:] if k in policy and k not in builder.keys]
+    unknown = sorted(set(kwargs) - accepted) + stray
     if unknown:
         section = "planner" if conf.get("planner") else "policy"
-        valid = sorted(valid_keys - set(dims) - {"sampler", "normalizers"})
+        valid = sorted((accepted | set(builder.keys)) - set(dims) - {"sampler", "normalizers"})
         raise ValueError(f"unknown {section} keys {unknown} for {cls.__name__}; valid keys: {valid}")
-    agent = builder.build(cls, dims, kwargs, dict(conf["sampler"]))
+    agent = builder.build(cls, dims, kwargs, dict(conf["sampler"]), options)
     if callable(getattr(agent, "fit", None)):
         agent.fit(dataset, mode=norm_mode)
     elif callable(getattr(agent, "fit_normalizers", None)) and not getattr(agent, "normalizers", None):
@@ -312,12 +318,11 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
 
 
 def _consistency_from_teacher(
-    cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any]
+    cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any], options: dict[str, Any]
 ) -> Any:
     """A consistency student (``cls.from_teacher``) of the EDM ``DiffusionPolicy`` saved at ``teacher``;
     the student takes the teacher's architecture and normalizers, the config's other keys override."""
-    kwargs = dict(kwargs)
-    path = kwargs.pop("teacher", None)
+    path = options.get("teacher")
     if not path:
         raise ValueError(
             f"{cls.__name__} distills a trained EDM DiffusionPolicy: set policy.teacher=PATH to its agent "
