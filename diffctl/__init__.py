@@ -13,7 +13,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "kernels", "nets", "datasets", "envs", "policies", "planners", "world_models", "images", "deploy", "train",
+    "kernels",
+    "nets",
+    "datasets",
+    "envs",
+    "policies",
+    "planners",
+    "world_models",
+    "images",
+    "deploy",
+    "train",
 }
 _ATTRIBUTES = {
     "load": "diffctl.agents",

@@ -4,6 +4,6 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
