@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from diffctl.datasets.normalizer import Normalizer
-from diffctl.policies.base import SamplerConfig, read_agent_dir, write_agent_dir
+from diffctl.policies.base import (
+    SamplerConfig,
+    SeededSampler,
+    agent_config,
+    build_agent,
+    read_agent_config,
+    write_agent_dir,
+)
 
 VERSION = 1
 EDM_NOISE_SCALE = 250.0
@@ -86,7 +93,7 @@ def check_positive(owner: str, **values: Any) -> None:
             raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
 
 
-class Planner(ABC):
+class Planner(SeededSampler, ABC):
     """Base of trajectory planners; subclasses build ``network`` and implement ``plan``, ``loss`` and the
     tracking action ``_track_action``. Hyperparameters live in ``self.hparams`` (saved in ``config.json``)."""
 
@@ -324,10 +331,6 @@ class Planner(ABC):
         if seed is not None:
             self.seed(seed)
 
-    def seed(self, seed: int | None) -> None:
-        """Seed the generator that draws sampling noise (None: torch's global RNG)."""
-        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-
     def _needs_plan(self, state_norm: torch.Tensor) -> bool:
         if self._plan is None or self._plan_norm is None:
             return True
@@ -371,13 +374,7 @@ class Planner(ABC):
     # ----- persistence ---------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this planner (the content of ``config.json``)."""
-        return {
-            "class": type(self).__name__,
-            "version": VERSION,
-            "hyperparameters": dict(self.hparams),
-            "normalizers": {k: n.to_dict() for k, n in self.normalizers.items()},
-            "sampler": self.sampler.to_dict(),
-        }
+        return agent_config(self, VERSION)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into the directory ``path`` atomically."""
@@ -387,46 +384,11 @@ class Planner(ABC):
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> Planner:
         """Rebuild from a directory written by ``save``. Overrides are ``SamplerConfig`` fields or the
         inference keys ``INFERENCE_KEYS`` (e.g. ``n_plans``, ``replan_every``); anything else is an error."""
-        config, state = read_agent_dir(path)
-        if config.get("class") != cls.__name__:
-            raise ValueError(
-                f"{path}/config.json has class {config.get('class')!r}; expected {cls.__name__!r}"
-            )
-        if config.get("version") != VERSION:
-            raise ValueError(
-                f"{path}/config.json has version {config.get('version')!r}; supported: {VERSION}"
-            )
-        for key in ("hyperparameters", "normalizers", "sampler"):
-            if key not in config:
-                raise ValueError(f"{path}/config.json is missing key {key!r}")
-        hp = dict(config["hyperparameters"])
+        config, state = read_agent_config(path, cls.__name__, VERSION)
         planner_overrides = {k: v for k, v in overrides.items() if k in cls.INFERENCE_KEYS}
         sampler_overrides = {k: v for k, v in overrides.items() if k not in cls.INFERENCE_KEYS}
         try:
             sampler = SamplerConfig.from_dict(config["sampler"]).replace(**sampler_overrides)
         except ValueError as err:
             raise ValueError(f"{err}; planner inference keys: {list(cls.INFERENCE_KEYS)}") from err
-        hp.update(planner_overrides)
-        normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
-        planner = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, sampler=sampler, normalizers=normalizers)
-        try:
-            planner.network.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{path}/model.safetensors does not match the network in config.json: {err}"
-            ) from err
-        return planner
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        gen = state.pop("_generator")
-        state["_generator_state"] = None if gen is None else gen.get_state()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        gen_state = state.pop("_generator_state")
-        self.__dict__.update(state)
-        self._generator = None
-        if gen_state is not None:
-            self._generator = torch.Generator()
-            self._generator.set_state(gen_state)
+        return build_agent(cls, path, config, state, sampler, planner_overrides)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffctl.datasets.normalizer import Normalizer
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+AGENT_KEYS = ("hyperparameters", "normalizers", "sampler")
 
 
 @dataclass
@@ -80,7 +83,38 @@ class SamplerConfig:
         return SamplerConfig.from_dict({**self.to_dict(), **overrides})
 
 
-class Policy(ABC):
+class SeededSampler:
+    """The sampling-noise generator of an agent (``seed``), kept across pickling (worker processes, copies).
+
+    ``torch.Generator`` cannot be pickled, so its state travels as a tensor under ``_generator_state``.
+    """
+
+    _generator: torch.Generator | None
+
+    def seed(self, seed: int | None) -> None:
+        """Seed the generator that draws sampling noise (None: torch's global RNG)."""
+        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if "_generator" in state:
+            gen = state.pop("_generator")
+            state["_generator_state"] = None if gen is None else gen.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        has_generator = "_generator_state" in state
+        gen_state = state.pop("_generator_state", None)
+        self.__dict__.update(state)
+        if has_generator:
+            self._generator = None
+            if gen_state is not None:
+                self._generator = torch.Generator()
+                self._generator.set_state(gen_state)
+
+
+class Policy(SeededSampler, ABC):
     """Observation -> action agent backed by one trainable ``network`` (an ``nn.Module``)."""
 
     network: nn.Module
@@ -157,3 +191,54 @@ def read_agent_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     except Exception as err:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from err
     return config, state
+
+
+def agent_config(agent: Any, version: int, **sections: Any) -> dict[str, Any]:
+    """The ``config.json`` content of an agent with ``hparams``, ``normalizers`` and ``sampler`` (class name,
+    format ``version``, those three) plus any extra top-level ``sections``."""
+    return {
+        "class": type(agent).__name__,
+        "version": version,
+        "hyperparameters": dict(agent.hparams),
+        "normalizers": {k: n.to_dict() for k, n in agent.normalizers.items()},
+        "sampler": agent.sampler.to_dict(),
+        **sections,
+    }
+
+
+def read_agent_config(
+    path: str | os.PathLike[str], cls_name: str, version: int, keys: Sequence[str] = AGENT_KEYS
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``read_agent_dir`` plus the checks every ``load`` makes: the saved class is ``cls_name``, the format
+    version is ``version`` and the top-level ``keys`` are present."""
+    config, state = read_agent_dir(path)
+    if config.get("class") != cls_name:
+        raise ValueError(f"{path}/config.json has class {config.get('class')!r}; expected {cls_name!r}")
+    if config.get("version") != version:
+        raise ValueError(f"{path}/config.json has version {config.get('version')!r}; supported: {version}")
+    for key in keys:
+        if key not in config:
+            raise ValueError(f"{path}/config.json is missing key {key!r}")
+    return config, state
+
+
+def build_agent(
+    cls: Any,
+    path: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    sampler: SamplerConfig,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """``cls(obs_dim, action_dim, **hyperparameters)`` (saved ones updated by ``overrides``) with the saved
+    normalizers and ``sampler``, then the saved weights (a mismatch is a ValueError naming the file)."""
+    hp = {**config["hyperparameters"], **dict(overrides or {})}
+    normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
+    agent = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, sampler=sampler, normalizers=normalizers)
+    try:
+        agent.network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}/model.safetensors does not match the network in config.json: {err}"
+        ) from err
+    return agent

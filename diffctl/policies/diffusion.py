@@ -25,7 +25,14 @@ from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import EDMDenoiser, VPDenoiser
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone, build_encoder
-from diffctl.policies.base import Policy, SamplerConfig, read_agent_dir, write_agent_dir
+from diffctl.policies.base import (
+    Policy,
+    SamplerConfig,
+    agent_config,
+    build_agent,
+    read_agent_config,
+    write_agent_dir,
+)
 
 VERSION = 1
 PARAMETERIZATIONS = ("edm", "vp")
@@ -356,10 +363,6 @@ class DiffusionPolicy(Policy):
         if seed is not None:
             self.seed(seed)
 
-    def seed(self, seed: int | None) -> None:
-        """Seed the generator that draws sampling noise (None: use torch's global RNG)."""
-        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-
     def _check_obs(self, obs: Any) -> np.ndarray:
         arr = np.asarray(obs, dtype=np.float32)
         valid = {(self.obs_dim,), (self.obs_dim + self.goal_dim,)}
@@ -398,13 +401,7 @@ class DiffusionPolicy(Policy):
     # ----- persistence ---------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this policy (the content of ``config.json``)."""
-        return {
-            "class": type(self).__name__,
-            "version": VERSION,
-            "hyperparameters": self.hparams,
-            "normalizers": {k: n.to_dict() for k, n in self.normalizers.items()},
-            "sampler": self.sampler.to_dict(),
-        }
+        return agent_config(self, VERSION)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_agent_dir(path, self.config(), self.network.state_dict())
@@ -412,39 +409,6 @@ class DiffusionPolicy(Policy):
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> DiffusionPolicy:
         """Rebuild from a directory written by ``save``; keyword overrides change ``SamplerConfig`` fields."""
-        config, state = read_agent_dir(path)
-        name = config.get("class")
-        if name != cls.__name__:
-            raise ValueError(f"{path}/config.json has class {name!r}; expected {cls.__name__!r}")
-        if config.get("version") != VERSION:
-            raise ValueError(
-                f"{path}/config.json has version {config.get('version')!r}; supported: {VERSION}"
-            )
-        for key in ("hyperparameters", "normalizers", "sampler"):
-            if key not in config:
-                raise ValueError(f"{path}/config.json is missing key {key!r}")
+        config, state = read_agent_config(path, cls.__name__, VERSION)
         sampler = SamplerConfig.from_dict(config["sampler"]).replace(**overrides)
-        normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
-        hp = dict(config["hyperparameters"])
-        policy = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, sampler=sampler, normalizers=normalizers)
-        try:
-            policy.network.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{path}/model.safetensors does not match the network in config.json: {err}"
-            ) from err
-        return policy
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        gen = state.pop("_generator")
-        state["_generator_state"] = None if gen is None else gen.get_state()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        gen_state = state.pop("_generator_state")
-        self.__dict__.update(state)
-        self._generator = None
-        if gen_state is not None:
-            self._generator = torch.Generator()
-            self._generator.set_state(gen_state)
+        return build_agent(cls, path, config, state, sampler)

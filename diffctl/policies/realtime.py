@@ -149,7 +149,7 @@ class RealTimePolicy(Policy):
     def seed(self, seed: int | None) -> None:
         """Seed the generator of sampling noise (None: torch's global RNG)."""
         self._seed = seed
-        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        super().seed(seed)
         if hasattr(self.policy, "seed"):
             self.policy.seed(seed)
 
@@ -336,20 +336,6 @@ class RealTimePolicy(Policy):
             )
         saved.pop("class", None)
         return cls(load_agent(path, **overrides), **{**saved, **mine})
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        gen = state.pop("_generator")
-        state["_generator_state"] = None if gen is None else gen.get_state()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        gen_state = state.pop("_generator_state")
-        self.__dict__.update(state)
-        self._generator = None
-        if gen_state is not None:
-            self._generator = torch.Generator()
-            self._generator.set_state(gen_state)
 
 
 def _doubles(policy: Any) -> bool:

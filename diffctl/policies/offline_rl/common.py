@@ -23,7 +23,14 @@ from torch import nn
 from torch.func import functional_call
 
 from diffctl.datasets.normalizer import Normalizer
-from diffctl.policies.base import Policy, SamplerConfig, read_agent_dir, write_agent_dir
+from diffctl.policies.base import (
+    Policy,
+    SamplerConfig,
+    agent_config,
+    build_agent,
+    read_agent_config,
+    write_agent_dir,
+)
 from diffctl.policies.offline_rl.actor import DiffusionActor, softmax_pick
 from diffctl.policies.offline_rl.critics import (
     TwinQ,
@@ -35,6 +42,7 @@ from diffctl.policies.offline_rl.critics import (
 from diffctl.policies.offline_rl.transitions import TransitionDataset
 
 VERSION = 1
+AGENT_KEYS = ("hyperparameters", "act", "normalizers", "sampler")
 SELECTIONS = ("argmax", "softmax")
 ACT_KEYS = ("n_candidates", "selection", "temperature")
 DEFAULT_SAMPLER = {"solver": "ddpm", "steps": 5, "schedule": "vp"}
@@ -407,21 +415,10 @@ class OfflineRLAgent(Policy):
         if seed is not None:
             self.seed(seed)
 
-    def seed(self, seed: int | None) -> None:
-        """Seed the generator of candidate noise and softmax picks (None: torch's global RNG)."""
-        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-
     # ----- persistence ---------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild the agent (the content of ``config.json``)."""
-        return {
-            "class": type(self).__name__,
-            "version": VERSION,
-            "hyperparameters": self.hparams,
-            "act": dict(self.act_settings),
-            "normalizers": {k: v.to_dict() for k, v in self.normalizers.items()},
-            "sampler": self.sampler.to_dict(),
-        }
+        return agent_config(self, VERSION, act=dict(self.act_settings))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_agent_dir(path, self.config(), self.network.state_dict())
@@ -430,34 +427,12 @@ class OfflineRLAgent(Policy):
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> OfflineRLAgent:
         """Rebuild a saved agent; overrides are ``n_candidates``/``selection``/``temperature`` or
         ``SamplerConfig`` fields (solver, steps, ...)."""
-        config, state = read_agent_dir(path)
-        if config.get("class") != cls.__name__:
-            raise ValueError(
-                f"{path}/config.json has class {config.get('class')!r}; expected {cls.__name__!r}"
-            )
-        if config.get("version") != VERSION:
-            raise ValueError(
-                f"{path}/config.json has version {config.get('version')!r}; supported: {VERSION}"
-            )
-        for key in ("hyperparameters", "act", "normalizers", "sampler"):
-            if key not in config:
-                raise ValueError(f"{path}/config.json is missing key {key!r}")
+        config, state = read_agent_config(path, cls.__name__, VERSION, AGENT_KEYS)
         act = {**config["act"], **{k: v for k, v in overrides.items() if k in ACT_KEYS}}
         sampler = SamplerConfig.from_dict(config["sampler"]).replace(
             **{k: v for k, v in overrides.items() if k not in ACT_KEYS}
         )
-        hp = dict(config["hyperparameters"])
-        normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
-        agent = cls(
-            hp.pop("obs_dim"), hp.pop("action_dim"), **hp, **act, sampler=sampler, normalizers=normalizers
-        )
-        try:
-            agent.network.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{path}/model.safetensors does not match the network in config.json: {err}"
-            ) from err
-        return agent
+        return build_agent(cls, path, config, state, sampler, act)
 
     @classmethod
     def merge_signature(cls) -> None:
@@ -468,17 +443,3 @@ class OfflineRLAgent(Policy):
         own = [p for p in sub.parameters.values() if p.kind is not p.VAR_KEYWORD]
         rest = [p for n, p in base.parameters.items() if n not in sub.parameters and p.kind is p.KEYWORD_ONLY]
         cls.__init__.__signature__ = sub.replace(parameters=own + rest)  # type: ignore[attr-defined]
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        gen = state.pop("_generator")
-        state["_generator_state"] = None if gen is None else gen.get_state()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        gen_state = state.pop("_generator_state")
-        self.__dict__.update(state)
-        self._generator = None
-        if gen_state is not None:
-            self._generator = torch.Generator().manual_seed(0)
-            self._generator.set_state(gen_state)
