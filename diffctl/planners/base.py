@@ -257,6 +257,21 @@ class Planner(SeededSampler, ABC):
         grid = torch.cat([sigmas.new_tensor([start]), sigmas[sigmas < start]])
         return init.repeat_interleave(n, 0) + start * noise, grid
 
+    def _start(
+        self,
+        shape: tuple[int, int, int],
+        noise: torch.Tensor | None,
+        init: torch.Tensor | None,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``initial`` for ``shape`` normalized trajectories from ``noise`` (drawn from the planner's
+        generator when None, else shape-checked)."""
+        if noise is None:
+            noise = torch.randn(shape, generator=self._generator).to(device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        return self.initial(noise.to(device, torch.float32), init)
+
     def windows(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw batch -> states ``(B, H, Ds)``, actions ``(B, H, Da)``, valid-step mask ``(B, H)`` (bool)."""
         for key in ("obs", "actions"):

@@ -198,11 +198,7 @@ class DecisionDiffuser(Planner):
         cond = self._cond(value, ones if value is not None else ones * 0)
         uncond = self._cond(None, ones * 0)
         shape = (rows, self.horizon, self.state_dim)
-        if noise is None:
-            noise = torch.randn(shape, generator=self._generator).to(s.device)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x, sigmas = self.initial(noise.to(s.device, torch.float32), init)
+        x, sigmas = self._start(shape, noise, init, s.device)
         known = torch.zeros(shape, device=s.device)
         known[:, 0] = s
         mask = torch.zeros(shape, dtype=torch.bool, device=s.device)

@@ -194,11 +194,7 @@ class Diffuser(Planner):
         g = None if g is None else g.repeat_interleave(n, 0)
         mask, known = self.conditioning(state, g)
         shape = (bsz * n, self.horizon, self.transition_dim)
-        if noise is None:
-            noise = torch.randn(shape, generator=self._generator).to(state.device)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x, sigmas = self.initial(noise.to(state.device, torch.float32), init)
+        x, sigmas = self._start(shape, noise, init, state.device)
         was_training = self.network.training
         self.network.eval()
         try:

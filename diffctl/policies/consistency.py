@@ -21,7 +21,7 @@ from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import ConsistencyDenoiser, EDMDenoiser
 from diffctl.kernels.losses import consistency_distillation_loss
 from diffctl.policies.base import SamplerConfig
-from diffctl.policies.diffusion import DiffusionPolicy
+from diffctl.policies.diffusion import DiffusionPolicy, split_batch
 
 
 class RawCondNet(nn.Module):
@@ -34,38 +34,6 @@ class RawCondNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, raw: tuple[Any, Any, Any]) -> torch.Tensor:
         return self.net(x, c_noise, self.net.condition(*raw))
-
-
-def split_batch(
-    policy: DiffusionPolicy, batch: Mapping[str, torch.Tensor]
-) -> tuple[torch.Tensor, tuple, Any]:
-    """Normalized actions (B, H, Da), raw conditioning ``(obs, goal, keep)`` (goal dropout drawn) and the
-    ``(B, H, 1)`` padding mask of a raw batch."""
-    for key in ("obs", "actions"):
-        if key not in batch:
-            raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
-    device = next(policy.network.parameters()).device
-    obs, goal_in_obs = policy._split_obs(batch["obs"].to(device, torch.float32))
-    if obs.shape[1] != policy.n_obs_steps:
-        raise ValueError(f"batch 'obs' has {obs.shape[1]} steps; expected n_obs_steps={policy.n_obs_steps}")
-    actions = batch["actions"].to(device, torch.float32)
-    if actions.shape[1:] != (policy.horizon, policy.action_dim):
-        raise ValueError(
-            f"batch 'actions' has shape {tuple(actions.shape)}; "
-            f"expected (B, {policy.horizon}, {policy.action_dim})"
-        )
-    bsz = actions.shape[0]
-    mask = batch.get("action_mask")
-    mask = torch.ones(bsz, policy.horizon, device=device) if mask is None else mask.to(device, torch.float32)
-    g = keep = None
-    if policy.goal_dim:
-        goal = batch["goal"].to(device, torch.float32) if "goal" in batch else goal_in_obs
-        if goal is None:
-            raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
-        g = policy._normalizer("goal").normalize(goal)
-        keep = (torch.rand(bsz, device=device) >= policy.hparams["goal_dropout"]).float()
-    o = policy._normalizer("obs").normalize(obs)
-    return policy._normalizer("action").normalize(actions), (o, g, keep), mask.unsqueeze(-1)
 
 
 def merge_signature(init: Callable[..., None], parent: Callable[..., None]) -> None:

@@ -66,6 +66,39 @@ class ChunkDenoiserNet(nn.Module):
         return self.backbone(x, c_noise * self.noise_scale, cond)
 
 
+def split_batch(
+    policy: DiffusionPolicy, batch: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, tuple, Any]:
+    """Normalized actions (B, H, Da), raw conditioning ``(obs, goal, keep)`` (goal dropout drawn) and the
+    ``(B, H, 1)`` padding mask of a raw batch."""
+    for key in ("obs", "actions"):
+        if key not in batch:
+            raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
+    device = next(policy.network.parameters()).device
+    obs, goal_in_obs = policy._split_obs(batch["obs"].to(device, torch.float32))
+    if obs.shape[1] != policy.n_obs_steps:
+        raise ValueError(f"batch 'obs' has {obs.shape[1]} steps; expected n_obs_steps={policy.n_obs_steps}")
+    actions = batch["actions"].to(device, torch.float32)
+    if actions.shape[1:] != (policy.horizon, policy.action_dim):
+        raise ValueError(
+            f"batch 'actions' has shape {tuple(actions.shape)}; "
+            f"expected (B, {policy.horizon}, {policy.action_dim})"
+        )
+    bsz = actions.shape[0]
+    mask = batch.get("action_mask")
+    mask = torch.ones(bsz, policy.horizon, device=device) if mask is None else mask.to(device, torch.float32)
+    o = policy._normalizer("obs").normalize(obs)
+    a = policy._normalizer("action").normalize(actions)
+    g = keep = None
+    if policy.goal_dim:
+        goal = batch["goal"].to(device, torch.float32) if "goal" in batch else goal_in_obs
+        if goal is None:
+            raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
+        g = policy._normalizer("goal").normalize(goal)
+        keep = (torch.rand(bsz, device=device) >= policy.hparams["goal_dropout"]).float()
+    return a, (o, g, keep), mask.unsqueeze(-1)
+
+
 class DiffusionPolicy(Policy):
     """Diffusion policy over action chunks: ``fit_normalizers``, train ``network`` on ``loss``, ``act``."""
 
@@ -207,36 +240,8 @@ class DiffusionPolicy(Policy):
     # ----- training ------------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising loss of a raw batch (``obs``, ``actions``, optional ``action_mask`` and ``goal``)."""
-        for key in ("obs", "actions"):
-            if key not in batch:
-                raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
-        device = next(self.network.parameters()).device
-        obs_raw = batch["obs"].to(device, torch.float32)
-        obs, goal_in_obs = self._split_obs(obs_raw)
-        if obs.shape[1] != self.n_obs_steps:
-            raise ValueError(
-                f"batch 'obs' has {obs.shape[1]} steps; the policy uses n_obs_steps={self.n_obs_steps}"
-            )
-        actions = batch["actions"].to(device, torch.float32)
-        if actions.shape[1:] != (self.horizon, self.action_dim):
-            raise ValueError(
-                f"batch 'actions' has shape {tuple(actions.shape)}; "
-                f"expected (B, {self.horizon}, {self.action_dim})"
-            )
-        bsz = actions.shape[0]
-        mask = batch.get("action_mask")
-        mask = (
-            torch.ones(bsz, self.horizon, device=device) if mask is None else mask.to(device, torch.float32)
-        )
-        o = self._normalizer("obs").normalize(obs)
-        a = self._normalizer("action").normalize(actions)
-        g = keep = None
-        if self.goal_dim:
-            goal = batch["goal"].to(device, torch.float32) if "goal" in batch else goal_in_obs
-            if goal is None:
-                raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
-            g = self._normalizer("goal").normalize(goal)
-            keep = (torch.rand(bsz, device=device) >= self.hparams["goal_dropout"]).float()
+        a, (o, g, keep), m = split_batch(self, batch)
+        bsz, device = a.shape[0], a.device
         cond = self.network.condition(o, g, keep)
         noise = torch.randn_like(a)
         if self.parameterization == "edm":
@@ -254,7 +259,6 @@ class DiffusionPolicy(Policy):
             pred = self.hparams["prediction"]
             target = {"eps": noise, "x0": a, "v": abar.sqrt() * noise - (1 - abar).sqrt() * a}[pred]
             err = (out - target) ** 2
-        m = mask.unsqueeze(-1)
         loss = (err * m).sum() / (m.sum() * self.action_dim).clamp_min(1.0)
         return loss, {"loss": float(loss.detach())}
 

@@ -22,7 +22,7 @@ from diffctl.kernels import schedules
 from diffctl.kernels.samplers import sample
 from diffctl.nets.layers import SinusoidalEmbedding
 from diffctl.policies.consistency import merge_signature
-from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy
+from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy, split_batch
 
 
 class _Block(nn.Module):
@@ -183,39 +183,15 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-timestep EDM loss on the buffer part ``actions[:, To-1:]`` of each window."""
-        for key in ("obs", "actions"):
-            if key not in batch:
-                raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
-        device = next(self.network.parameters()).device
-        obs, goal_in_obs = self._split_obs(batch["obs"].to(device, torch.float32))
-        if obs.shape[1] != self.n_obs_steps:
-            raise ValueError(f"batch 'obs' has {obs.shape[1]} steps; expected n_obs_steps={self.n_obs_steps}")
-        actions = batch["actions"].to(device, torch.float32)
-        if actions.shape[1:] != (self.horizon, self.action_dim):
-            raise ValueError(
-                f"batch 'actions' has shape {tuple(actions.shape)}; "
-                f"expected (B, {self.horizon}, {self.action_dim})"
-            )
-        bsz, start = actions.shape[0], self.n_obs_steps - 1
-        mask = batch.get("action_mask")
-        mask = (
-            torch.ones(bsz, self.horizon, device=device) if mask is None else mask.to(device, torch.float32)
-        )
-        a = self._normalizer("action").normalize(actions)[:, start:]
-        o = self._normalizer("obs").normalize(obs)
-        g = keep = None
-        if self.goal_dim:
-            goal = batch["goal"].to(device, torch.float32) if "goal" in batch else goal_in_obs
-            if goal is None:
-                raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
-            g = self._normalizer("goal").normalize(goal)
-            keep = (torch.rand(bsz, device=device) >= self.hparams["goal_dropout"]).float()
+        a, (o, g, keep), mask = split_batch(self, batch)
+        bsz, device, start = a.shape[0], a.device, self.n_obs_steps - 1
+        a = a[:, start:]
         cond = self.network.condition(o, g, keep)
         sigma = self._train_sigmas(bsz, device)
         sd = self.hparams["sigma_data"]
         denoised = self.denoiser()(a + sigma.unsqueeze(-1) * torch.randn_like(a), sigma, cond)
         weight = ((sigma**2 + sd**2) / (sigma * sd) ** 2).unsqueeze(-1)
-        m = mask[:, start:].unsqueeze(-1)
+        m = mask[:, start:]
         loss = (weight * (denoised - a) ** 2 * m).sum() / (m.sum() * self.action_dim).clamp_min(1.0)
         return loss, {"loss": float(loss.detach())}
 
