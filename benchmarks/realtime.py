@@ -9,7 +9,7 @@ delay 0 is the plain DiffusionPolicy queue) so every row reports NFE per tick an
 chunk seams. No locomotion row: no locomotion dataset is generated here (the SAC generator takes far longer
 than this budget).
 
-    PYTHONPATH=. nice -n 19 python benchmarks/realtime.py [--fast]
+    PYTHONPATH=. python benchmarks/realtime.py [--fast]
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def main() -> None:
         "task": TASK, "budget": asdict(budget), "fast": args.fast, "results": results, "seconds": seconds,
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "command": "PYTHONPATH=. nice -n 19 python benchmarks/realtime.py",
+        "command": "PYTHONPATH=. python benchmarks/realtime.py",
     }  # fmt: skip
     out = Path(args.out) if args.out else (work if args.fast else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Real-time control on {report['task']} (CPU, batch 1, {report['torch_threads']} thread)",
         "",
         f"`{report['command']}` on {report['platform']} ({report['cpu_count']} CPUs shared with other jobs, "
-        f"niced), torch {report['torch']}. Budget: {b['data_episodes']} expert episodes, teacher "
+        f"when measured), torch {report['torch']}. Budget: {b['data_episodes']} expert episodes, teacher "
         f"{b['teacher_steps']} steps, consistency distillation {b['distill_steps']} steps, streaming "
         f"{b['streaming_steps']} steps (batch {b['batch_size']}, MLP {b['hidden']}x{b['depth']}), "
         f"{b['episodes']} evaluation episodes per row. No locomotion row (no locomotion dataset in this "
