@@ -21,13 +21,16 @@ class GemmConv1d(nn.Conv1d):
     """``nn.Conv1d`` (same parameters) computed as unfold + one matrix product.
 
     On CPU, PyTorch runs short 1-D convolutions at small batch through a slow fallback kernel; for action
-    chunks (length <= 64) one GEMM is about twice as fast at batch 1 (benchmarks/policy.py).
+    chunks (length <= 64) one GEMM is about twice as fast at batch 1 (benchmarks/policy.py). ONNX has no
+    unfold, so an ONNX export traces the plain convolution instead (same parameters, same result).
     """
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
         super().__init__(c_in, c_out, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return super().forward(x)
         (k,), (s,), (p,) = self.kernel_size, self.stride, self.padding
         xp = F.pad(x, (p, p)) if p else x
         cols = xp.unfold(2, k, s)
