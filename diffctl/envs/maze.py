@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from diffctl.envs.registry import TaskSpec, get_task
+from diffctl.envs.registry import TaskSpec, get_task, register_robotics_envs
 
 VELOCITY_LIMIT = 5.0
 POSITION_NOISE = 0.25
@@ -125,6 +125,7 @@ def maze_layout(task: str | TaskSpec) -> MazeLayout:
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if not spec.is_maze or spec.maze_map is None:
         raise ValueError(f"task {spec.name!r} is not a maze task")
+    register_robotics_envs()
     from gymnasium_robotics.envs.maze import maps
 
     raw = getattr(maps, spec.maze_map)
@@ -136,9 +137,8 @@ def build_model(task: str | TaskSpec) -> Any:
     """The compiled MuJoCo model of a maze task, built by gymnasium-robotics itself (walls, target site)."""
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    register_robotics_envs()
     env = gym.make(spec.gym_id, continuing_task=True, reset_target=False)
     model = env.unwrapped.model
     env.close()

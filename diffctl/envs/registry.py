@@ -6,6 +6,8 @@ first use so ``import diffctl.envs`` stays light.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +141,17 @@ def _require(spec: TaskSpec) -> None:
     raise ImportError(
         f"task {spec.name!r} needs {', '.join(missing)}: install it with `pip install diffctl[{extra}]`"
     )
+
+
+def register_robotics_envs() -> None:
+    """Register gymnasium-robotics' environments with gymnasium. Its import prints a notice about Adroit
+    hand rewards (envs diffctl does not use) in every process; that notice is swallowed."""
+    import gymnasium as gym
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
 
 
 def make_env(name: str, seed: int | None = None, render_mode: str | None = None, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from diffctl.envs.registry import TaskSpec
+from diffctl.envs.registry import TaskSpec, register_robotics_envs
 
 RENDER_SIZE = 256
 
@@ -98,9 +98,7 @@ def _unit_actions(env: gym.Env) -> gym.Env:
 
 
 def make_maze_env(spec: TaskSpec, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
+    register_robotics_envs()
     if render_mode is not None:
         kwargs.setdefault("width", RENDER_SIZE)
         kwargs.setdefault("height", RENDER_SIZE)
