@@ -41,6 +41,7 @@ class Budget:
     episodes: int = 20
     hidden: int = 256
     depth: int = 3
+    goal_radius: float = 0.1
 
 
 FAST = Budget(
@@ -101,7 +102,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rt-bench-"))
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    store = generate(TASK, work / "data.zarr", episodes=budget.data_episodes, seed=0, force=True)
+    store = generate(
+        TASK, work / "data.zarr", episodes=budget.data_episodes, seed=0, force=True,
+        goal_radius=budget.goal_radius,
+    )  # fmt: skip
     dataset = SequenceDataset(store, horizon=16, n_obs_steps=2, n_action_steps=8, goal="task")
     obs, actions, goals = store.array("observations"), store.array("actions"), store.array("infos/goal")
     seconds["data"] = time.perf_counter() - t0
@@ -217,8 +221,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"when measured), torch {report['torch']}. Budget: {b['data_episodes']} expert episodes, teacher "
         f"{b['teacher_steps']} steps, consistency distillation {b['distill_steps']} steps, streaming "
         f"{b['streaming_steps']} steps (batch {b['batch_size']}, MLP {b['hidden']}x{b['depth']}), "
-        f"{b['episodes']} evaluation episodes per row. No locomotion row (no locomotion dataset in this "
-        "budget).",
+        f"{b['episodes']} evaluation episodes per row; expert data with goal_radius "
+        f"{b.get('goal_radius', 0.25)} (as `diffctl quickstart`). No locomotion row (no locomotion dataset "
+        "in this budget).",
         "",
         "| method | success | score | act p50 ms | act p99 ms | act mean ms | NFE/tick | seam jump | "
         "in-chunk jump | p99 vs DDPM-100 | p99 / forward |",

@@ -28,7 +28,7 @@ def validate_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
         raise ValueError(f"sigmas must be 1-D, got shape {tuple(sig.shape)}")
     if sig.numel() < 2:
         raise ValueError(f"sigmas needs at least 2 entries (one step), got {sig.numel()}")
-    values = [float(v) for v in sig.to("cpu", torch.float64)]
+    values = sig.to("cpu", torch.float64).tolist()
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(f"sigmas must be finite and non-negative, got {values}")
     if any(b >= a for a, b in itertools.pairwise(values)):

@@ -102,7 +102,9 @@ class ConsistencyPolicy(DiffusionPolicy):
 
     def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         cfg = sampler or self.sampler
-        return consistency_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+        key = ("consistency_sigmas", cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+        grid = self._cached(key, lambda: consistency_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
+        return grid.clone()
 
     @torch.no_grad()
     def _update_target(self) -> nn.Module:

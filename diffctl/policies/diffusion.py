@@ -30,6 +30,8 @@ from diffctl.policies.base import (
     SamplerConfig,
     agent_config,
     build_agent,
+    eval_mode,
+    param_device,
     read_agent_config,
     write_agent_dir,
 )
@@ -97,6 +99,28 @@ def split_batch(
         g = policy._normalizer("goal").normalize(goal)
         keep = (torch.rand(bsz, device=device) >= policy.hparams["goal_dropout"]).float()
     return a, (o, g, keep), mask.unsqueeze(-1)
+
+
+def history_tensor(policy: Any, obs_history: Any) -> torch.Tensor:
+    """Validated raw history ``(B, To, D)``, float32 on the policy's device (numpy input checked in numpy:
+    a quarter of the cost of the torch checks at batch 1)."""
+    device = param_device(policy.network)
+    if torch.is_tensor(obs_history):
+        hist = obs_history.to(device, torch.float32)
+    else:
+        arr = np.asarray(obs_history, dtype=np.float32)
+        if arr.ndim != 3 or arr.shape[1] != policy.n_obs_steps:
+            raise ValueError(
+                f"obs_history must have shape (B, {policy.n_obs_steps}, D), got {tuple(arr.shape)}"
+            )
+        if not np.isfinite(arr).all():
+            raise ValueError("obs_history contains NaN or inf")
+        return torch.from_numpy(arr).to(device)
+    if hist.ndim != 3 or hist.shape[1] != policy.n_obs_steps:
+        raise ValueError(f"obs_history must have shape (B, {policy.n_obs_steps}, D), got {tuple(hist.shape)}")
+    if not torch.isfinite(hist).all():
+        raise ValueError("obs_history contains NaN or inf")
+    return hist
 
 
 class DiffusionPolicy(Policy):
@@ -221,9 +245,40 @@ class DiffusionPolicy(Policy):
             self.network, self.alphas_cumprod, prediction=hp["prediction"], clip_x0=hp["clip_sample"]
         )
 
+    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """``build()`` memoized under ``key`` (grids, denoiser wrappers: rebuilt per call they cost as much
+        as a forward pass at batch 1). Keys hold every input of ``build``; the memo is not pickled."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
+    def _denoiser(self) -> nn.Module:
+        """``denoiser()`` memoized per network and ``sigma_min`` (the inputs it depends on)."""
+        return self._cached(("denoiser", id(self.network), self.sampler.sigma_min), self.denoiser)
+
+    def _condition_pair(
+        self, o: torch.Tensor, goal: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(cond, uncond)`` for ``_guided`` from normalized obs and a raw goal, skipping the conditioning
+        that the guidance scale does not use."""
+        net, w = self.network, self.sampler.guidance_scale
+        if not self.goal_dim or goal is None:
+            return net.condition(o, None, None), None
+        g = self._normalizer("goal").normalize(goal)
+        if w == 0.0:
+            uncond = net.condition(o, None, None)
+            return uncond, uncond
+        cond = net.condition(o, g, torch.ones(o.shape[0], device=o.device))
+        return cond, (None if w == 1.0 else net.condition(o, None, None))
+
     def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """The descending sigma grid of the current sampler settings (float32, ends in 0)."""
         cfg = sampler or self.sampler
+        key = ("sigmas", cfg.schedule, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.spacing)
+        return self._cached(key, lambda: self._build_sigmas(cfg)).clone()
+
+    def _build_sigmas(self, cfg: SamplerConfig) -> torch.Tensor:
         kind = cfg.schedule
         if kind == "auto":
             kind = "karras" if self.parameterization == "edm" else "vp"
@@ -293,31 +348,13 @@ class DiffusionPolicy(Policy):
         ``prefix`` (B, P, Da) raw actions are inpainted as the first P entries of the chunk;
         ``init`` (B, H, Da) raw actions warm-start sampling at ``sampler.warm_start``.
         """
-        hist = torch.as_tensor(np.asarray(obs_history) if not torch.is_tensor(obs_history) else obs_history)
-        device = next(self.network.parameters()).device
-        hist = hist.to(device, torch.float32)
-        if hist.ndim != 3 or hist.shape[1] != self.n_obs_steps:
-            raise ValueError(
-                f"obs_history must have shape (B, {self.n_obs_steps}, D), got {tuple(hist.shape)}"
-            )
-        if not torch.isfinite(hist).all():
-            raise ValueError("obs_history contains NaN or inf")
+        hist = history_tensor(self, obs_history)
+        device = hist.device
         obs, goal = self._split_obs(hist)
         bsz = hist.shape[0]
         o = self._normalizer("obs").normalize(obs)
-        cond = uncond = None
-        was_training = self.network.training
-        self.network.eval()
-        try:
-            if self.goal_dim:
-                uncond = self.network.condition(o, None, None)
-                if goal is not None:
-                    g = self._normalizer("goal").normalize(goal)
-                    cond = self.network.condition(o, g, torch.ones(bsz, device=device))
-                else:
-                    cond, uncond = uncond, None
-            else:
-                cond = self.network.condition(o, None, None)
+        with eval_mode(self.network):
+            cond, uncond = self._condition_pair(o, goal)
             sigmas = self.sigmas().to(device)
             shape = (bsz, self.horizon, self.action_dim)
             if noise is None:
@@ -350,13 +387,11 @@ class DiffusionPolicy(Policy):
                 known[:, :p] = act_norm.normalize(prefix)
                 mask = torch.zeros(shape, dtype=torch.bool, device=device)
                 mask[:, :p] = True
-            denoise = self._guided(self.denoiser(), cond, uncond)
+            denoise = self._guided(self._denoiser(), cond, uncond)
             x0 = sample(
                 denoise, x, sigmas, solver=self.sampler.solver, generator=self._generator,
                 mask=mask, known=known, **self.sampler.options,
             )  # fmt: skip
-        finally:
-            self.network.train(was_training)
         return act_norm.unnormalize(x0.clamp(-1.0, 1.0))
 
     def reset(self, seed: int | None = None) -> None:

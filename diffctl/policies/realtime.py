@@ -19,9 +19,8 @@ chunk seams.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ import torch
 from diffctl.kernels import schedules
 from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
-from diffctl.policies.base import CONFIG_FILE, Policy
+from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
+from diffctl.policies.diffusion import history_tensor
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -39,42 +39,16 @@ VERSION = 1
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@contextlib.contextmanager
-def _eval_mode(net: torch.nn.Module) -> Iterator[None]:
-    was = net.training
-    net.eval()
-    try:
-        yield
-    finally:
-        net.train(was)
-
-
-def history_tensor(policy: Any, obs_history: Any) -> torch.Tensor:
-    """Validated raw history ``(B, To, D)`` on the policy's device."""
-    hist = obs_history if torch.is_tensor(obs_history) else torch.as_tensor(np.asarray(obs_history))
-    device = next(policy.network.parameters()).device
-    hist = hist.to(device, torch.float32)
-    if hist.ndim != 3 or hist.shape[1] != policy.n_obs_steps:
-        raise ValueError(f"obs_history must have shape (B, {policy.n_obs_steps}, D), got {tuple(hist.shape)}")
-    if not torch.isfinite(hist).all():
-        raise ValueError("obs_history contains NaN or inf")
-    return hist
-
-
 def conditioned_denoiser(policy: Any, obs_history: Any) -> Denoise:
     """``denoise(x, sigma)`` on normalized chunks, conditioned on raw histories (goal guidance included)."""
-    hist = history_tensor(policy, obs_history)
+    return _conditioned(policy, history_tensor(policy, obs_history))
+
+
+def _conditioned(policy: Any, hist: torch.Tensor) -> Denoise:
+    """``conditioned_denoiser`` of an already validated history tensor."""
     obs, goal = policy._split_obs(hist)
-    net = policy.network
     o = policy._normalizer("obs").normalize(obs)
-    uncond = None
-    if policy.goal_dim and goal is not None:
-        g = policy._normalizer("goal").normalize(goal)
-        cond = net.condition(o, g, torch.ones(hist.shape[0], device=hist.device))
-        uncond = net.condition(o, None, None)
-    else:
-        cond = net.condition(o, None, None)
-    return policy._guided(policy.denoiser(), cond, uncond)
+    return policy._guided(policy._denoiser(), *policy._condition_pair(o, goal))
 
 
 def shift_chunk(chunk: torch.Tensor, shift: int) -> torch.Tensor:
@@ -202,7 +176,7 @@ class RealTimePolicy(Policy):
         noise = noise.to(device, torch.float32)
         norm = pol._normalizer("action")
         if init is not None and self.warm_sigma > 0:
-            sigmas = warm_sigmas(self.warm_sigma, self.warm_steps, pol.sampler.sigma_min, pol.sampler.rho)
+            sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
             x = (
                 norm.normalize(torch.as_tensor(init, dtype=torch.float32, device=device))
                 + self.warm_sigma * noise
@@ -233,14 +207,21 @@ class RealTimePolicy(Policy):
                 w = w.clone()
                 w[p:] = 0.0
                 mask = w.reshape(1, -1, 1).expand(shape)
-        with torch.no_grad(), _eval_mode(pol.network):
-            denoise = conditioned_denoiser(pol, hist)
+        with torch.no_grad(), eval_mode(pol.network):
+            denoise = _conditioned(pol, hist)
             x0, info = sample(
                 denoise, x, sigmas, solver=pol.sampler.solver, generator=self._generator,
                 mask=mask, known=known, return_info=True, **pol.sampler.options,
             )  # fmt: skip
         self.nfe += info["nfe"] * (2 if _doubles(pol) else 1)
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
+
+    def _warm_grid(self, sigma_min: float, rho: float) -> torch.Tensor:
+        """``warm_sigmas`` of this wrapper's settings, memoized (a Karras grid costs ~30 us per tick)."""
+        key = (self.warm_sigma, self.warm_steps, sigma_min, rho)
+        if getattr(self, "_warm", (None,))[0] != key:
+            self._warm = (key, warm_sigmas(self.warm_sigma, self.warm_steps, sigma_min, rho))
+        return self._warm[1]
 
     def _plan(self, hist: np.ndarray, upcoming: list[np.ndarray]) -> torch.Tensor:
         """Sample the chunk whose index ``To - 1`` is this tick; ``upcoming`` actions run before it."""

@@ -21,6 +21,7 @@ from torch import nn
 from diffctl.kernels import schedules
 from diffctl.kernels.samplers import sample
 from diffctl.nets.layers import SinusoidalEmbedding
+from diffctl.policies.base import eval_mode, param_device
 from diffctl.policies.consistency import merge_signature
 from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy, split_batch
 
@@ -160,8 +161,31 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
 
     def stream_sigmas(self) -> torch.Tensor:
         """The N-level Karras grid of the buffer (descending, ends in 0)."""
+        return self._stream_grid().clone()
+
+    def _stream_grid(self) -> torch.Tensor:
         cfg = self.sampler
-        return schedules.karras(self.levels, cfg.sigma_min, cfg.sigma_max, cfg.rho).float()
+        key = ("stream_sigmas", self.levels, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+        return self._cached(
+            key, lambda: schedules.karras(self.levels, cfg.sigma_min, cfg.sigma_max, cfg.rho).float()
+        )
+
+    def _tick_steps(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-entry ``(sigma (1, Hb), next/current ratio (1, Hb, 1))`` of each of the k steady-state Euler
+        steps of a tick (fixed by the grid, so computed once)."""
+        grid = self._stream_grid()
+
+        def build() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            start = self.levels - self.steps_per_tick * (torch.arange(self.buffer_len) + 1)
+            return [self._levels(start + r, grid) for r in range(self.steps_per_tick)]
+
+        return self._cached(("tick_steps", id(grid)), build)
+
+    @staticmethod
+    def _levels(idx: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = grid[idx].reshape(1, -1)
+        s1 = grid[(idx + 1).clamp(max=len(grid) - 1)].reshape(1, -1)
+        return s0, (s1 / s0).unsqueeze(-1)
 
     # ----- training ------------------------------------------------------------------------------------
     def _train_sigmas(self, bsz: int, device: torch.device) -> torch.Tensor:
@@ -197,18 +221,10 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
 
     # ----- inference -----------------------------------------------------------------------------------
     def _conditioned(self, hist: np.ndarray) -> Any:
-        h = torch.as_tensor(hist, dtype=torch.float32, device=next(self.network.parameters()).device)
+        h = torch.as_tensor(hist, dtype=torch.float32, device=param_device(self.network))
         obs, goal = self._split_obs(h)
         o = self._normalizer("obs").normalize(obs)
-        uncond = None
-        if self.goal_dim and goal is not None:
-            cond = self.network.condition(
-                o, self._normalizer("goal").normalize(goal), torch.ones(h.shape[0], device=h.device)
-            )
-            uncond = self.network.condition(o, None, None)
-        else:
-            cond = self.network.condition(o, None, None)
-        return self._guided(self.denoiser(), cond, uncond)
+        return self._guided(self._denoiser(), *self._condition_pair(o, goal))
 
     @torch.no_grad()
     def predict_chunk(
@@ -225,7 +241,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             )
         if not torch.isfinite(hist.float()).all():
             raise ValueError("obs_history contains NaN or inf")
-        device = next(self.network.parameters()).device
+        device = param_device(self.network)
         shape = (hist.shape[0], self.buffer_len, self.action_dim)
         if noise is None:
             noise = torch.randn(shape, generator=self._generator)
@@ -234,16 +250,12 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             noise = noise[:, self.n_obs_steps - 1 :]
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        was = self.network.training
-        self.network.eval()
-        try:
+        with eval_mode(self.network):
             sigmas = self.sigmas().to(device)
             x0 = sample(
                 self._conditioned(hist), noise * sigmas[0], sigmas, solver=self.sampler.solver,
                 generator=self._generator, **self.sampler.options,
             )  # fmt: skip
-        finally:
-            self.network.train(was)
         buf = self._normalizer("action").unnormalize(x0.clamp(-1.0, 1.0))
         return torch.cat([buf[:, :1].expand(-1, self.n_obs_steps - 1, -1), buf], dim=1)
 
@@ -254,13 +266,14 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         self.nfe = 0
         self.ticks = 0
 
-    def _euler(self, denoise: Any, x: torch.Tensor, idx: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """Move every entry from grid index ``idx[j]`` to ``idx[j] + 1`` (entries with equal indices stay)."""
-        s0 = grid[idx].reshape(1, -1)
-        s1 = grid[(idx + 1).clamp(max=len(grid) - 1)].reshape(1, -1)
+    def _euler(
+        self, denoise: Any, x: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """Move every entry one level down its grid: ``levels`` = ``_levels(idx, grid)`` (entries whose
+        next index equals the current one stay)."""
+        s0, ratio = levels
         x0 = denoise(x, s0.expand(x.shape[0], -1))
         self.nfe += 1
-        ratio = (s1 / s0).unsqueeze(-1)
         return x0 + ratio * (x - x0)
 
     @torch.no_grad()
@@ -271,25 +284,22 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             self._obs.extend([arr] * self.n_obs_steps)
         else:
             self._obs.append(arr)
-        was = self.network.training
-        self.network.eval()
-        try:
+        with eval_mode(self.network):
             denoise = self._conditioned(np.stack(self._obs)[None])
-            grid = self.stream_sigmas()
+            grid = self._stream_grid()
             n, k, hb = self.levels, self.steps_per_tick, self.buffer_len
-            start = n - k * (torch.arange(hb) + 1)
             if self._buffer is None:
+                start = n - k * (torch.arange(hb) + 1)
                 shape = (1, hb, self.action_dim)
                 x = torch.randn(shape, generator=self._generator) * grid[0]
                 for i in range(n - k):
                     idx = torch.minimum(torch.full_like(start, i), start)
-                    x = torch.where((idx < start).reshape(1, -1, 1), self._euler(denoise, x, idx, grid), x)
+                    moved = self._euler(denoise, x, self._levels(idx, grid))
+                    x = torch.where((idx < start).reshape(1, -1, 1), moved, x)
             else:
                 x = self._buffer
-            for r in range(k):
-                x = self._euler(denoise, x, start + r, grid)
-        finally:
-            self.network.train(was)
+            for levels in self._tick_steps():
+                x = self._euler(denoise, x, levels)
         action = self._normalizer("action").unnormalize(x[0, 0].clamp(-1.0, 1.0)).numpy().astype(np.float32)
         fresh = torch.randn((1, 1, self.action_dim), generator=self._generator) * grid[0]
         self._buffer = torch.cat([x[:, 1:], fresh], dim=1)
