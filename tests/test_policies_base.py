@@ -63,3 +63,25 @@ def test_read_agent_config_names_class_version_and_missing_key(tmp_path) -> None
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="missing key 'sampler'"):
         DiffusionPolicy.load(path)
+
+
+def test_eval_mode_flips_and_restores_flags() -> None:
+    from diffctl.policies.base import eval_mode, param_device
+
+    calls = []
+
+    class Custom(torch.nn.Linear):
+        def train(self, mode: bool = True) -> "Custom":
+            calls.append(mode)
+            return super().train(mode)
+
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Dropout(0.5)))
+    plain[1].eval()
+    with eval_mode(plain):
+        assert not any(m.training for m in plain.modules())
+    assert plain.training and plain[0].training and not plain[1].training and not plain[1][0].training
+    custom = torch.nn.Sequential(Custom(2, 2))
+    with eval_mode(custom):
+        assert not custom[0].training
+    assert custom[0].training and calls == [False, True]  # overridden train() is honoured
+    assert param_device(plain) == torch.device("cpu") and param_device(torch.nn.ReLU()).type == "cpu"

@@ -126,3 +126,44 @@ def test_save_load_roundtrip(policy, tmp_path):
     assert isinstance(plain, DiffusionPolicy)
     a, b = rollout(agent, 10, seed=3), rollout(RealTimePolicy.load(tmp_path / "agent"), 10, seed=3)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_naive_wrapper_acts_like_the_plain_policy(policy):
+    a = rollout(policy, ticks=3 * TA, seed=4)
+    b = rollout(RealTimePolicy(policy, seam="naive"), ticks=3 * TA, seed=4)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # same noise draws, grid, conditioning and solver
+
+
+def test_act_runs_in_eval_mode_and_restores_each_modules_mode(policy):
+    net = policy.network
+    seen = []
+    hook = net.register_forward_pre_hook(lambda m, args: seen.append([x.training for x in m.modules()]))
+    try:
+        net.train()
+        net.encoder.eval()
+        RealTimePolicy(policy, warm_sigma=0.5).act(np.zeros(OBS, np.float32))
+        assert seen and not any(any(flags) for flags in seen)
+        assert net.training and net.backbone.training and not net.encoder.training
+    finally:
+        hook.remove()
+        net.train()
+
+
+def test_grid_memo_follows_the_sampler(policy):
+    grid = policy.sigmas()
+    grid.mul_(0)
+    assert float(policy.sigmas()[0]) == pytest.approx(policy.sampler.sigma_max)
+    assert len(policy.sigmas(policy.sampler.replace(steps=3))) == 4
+    assert len(policy.sigmas()) == policy.sampler.steps + 1
+
+
+def test_non_finite_histories_raise(policy):
+    bad = np.zeros((1, TO, OBS), np.float32)
+    bad[0, 0, 1] = np.nan
+    for agent in (policy, RealTimePolicy(policy)):
+        with pytest.raises(ValueError, match="NaN"):
+            agent.predict_chunk(bad)
+        with pytest.raises(ValueError, match="NaN"):
+            agent.predict_chunk(torch.as_tensor(bad))
+        with pytest.raises(ValueError, match="obs_history"):
+            agent.predict_chunk(np.zeros((TO, OBS)))

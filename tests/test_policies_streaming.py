@@ -119,3 +119,64 @@ def test_bad_settings_raise():
         make(parameterization="vp")
     with pytest.raises(ValueError, match="prefix"):
         make().predict_chunk(np.zeros((1, TO, OBS)), prefix=torch.zeros(1, 2, ACT))
+
+
+def reference_stream(pol: StreamingDiffusionPolicy, observations: np.ndarray, seed: int) -> np.ndarray:
+    """The streaming algorithm written out from public pieces: entry j starts a tick at grid index
+    N - k (j + 1), k per-entry Euler steps per tick, then the buffer shifts in fresh sigma_max noise."""
+    gen = torch.Generator().manual_seed(seed)
+    grid, n, k, hb = pol.stream_sigmas(), pol.levels, pol.steps_per_tick, pol.buffer_len
+    start = n - k * (torch.arange(hb) + 1)
+    denoise, norm = pol.denoiser(), pol.normalizers
+    hist, buf, out = [], None, []
+    for o in observations:
+        hist = [o] * TO if not hist else [*hist[1:], o]
+        h = torch.as_tensor(np.stack(hist))[None]
+        cond = pol.network.condition(
+            norm["obs"].normalize(h[..., :OBS]), norm["goal"].normalize(h[:, -1, OBS:]), torch.ones(1)
+        )
+
+        def euler(x, idx, cond=cond):
+            s0, s1 = grid[idx], grid[(idx + 1).clamp(max=n)]
+            x0 = denoise(x, s0[None], cond)
+            return x0 + (s1 / s0)[None, :, None] * (x - x0)
+
+        if buf is None:
+            x = torch.randn((1, hb, ACT), generator=gen) * grid[0]
+            for i in range(n - k):
+                idx = torch.minimum(torch.full_like(start, i), start)
+                x = torch.where((idx < start)[None, :, None], euler(x, idx), x)
+        else:
+            x = buf
+        for r in range(k):
+            x = euler(x, start + r)
+        out.append(norm["action"].unnormalize(x[0, 0].clamp(-1, 1)).numpy())
+        buf = torch.cat([x[:, 1:], torch.randn((1, 1, ACT), generator=gen) * grid[0]], dim=1)
+    return np.stack(out)
+
+
+def test_act_matches_the_written_out_algorithm(trained):
+    rng = np.random.default_rng(0)
+    observations = rng.uniform(-1, 1, (12, OBS + GOAL)).astype(np.float32)
+    trained.reset(seed=3)
+    acts = np.stack([trained.act(o) for o in observations])
+    with torch.no_grad():
+        np.testing.assert_allclose(acts, reference_stream(trained, observations, 3), atol=1e-6)
+
+
+def test_memoized_grids_follow_the_sampler_and_resist_mutation(trained):
+    obs = np.zeros(OBS + GOAL, np.float32)
+    trained.reset(seed=1)
+    before = [trained.act(obs) for _ in range(3)]
+    trained.stream_sigmas().mul_(0)  # a caller's copy: the policy's own grid is untouched
+    trained.reset(seed=1)
+    np.testing.assert_array_equal(before, [trained.act(obs) for _ in range(3)])
+    saved = trained.sampler
+    try:
+        trained.sampler = saved.replace(sigma_max=5.0)
+        assert float(trained.stream_sigmas()[0]) == pytest.approx(5.0)
+        trained.reset(seed=1)
+        assert not np.allclose(before, [trained.act(obs) for _ in range(3)])
+    finally:
+        trained.sampler = saved
+    assert "_cache" not in trained.__getstate__()

@@ -326,9 +326,15 @@ def _doubles(policy: Any) -> bool:
 
 
 class RTIPolicy(RealTimePolicy):
-    """RTI-DP: warm-start each chunk from the shifted previous one at ``warm_sigma`` (``warm_steps``)."""
+    """RTI-DP: warm-start each chunk from the shifted previous one at ``warm_sigma`` (``warm_steps``).
 
-    def __init__(self, policy: Any, *, warm_sigma: float = 0.2, warm_steps: int = 2, **kwargs: Any) -> None:
+    The default sigma 2.0 (normalized actions, sigma_data 0.5) comes from maze2d-umaze sweeps: at 0.2 one
+    denoiser call cannot remove the re-noising, the residual noise accumulates chunk after chunk (in-chunk
+    action jumps 0.35 vs 0.13) and success drops to about 0.8; from 1.0 up success matches cold sampling and
+    seams stay smoother than cold chunks.
+    """
+
+    def __init__(self, policy: Any, *, warm_sigma: float = 2.0, warm_steps: int = 2, **kwargs: Any) -> None:
         kwargs.setdefault("seam", "naive")
         super().__init__(policy, warm_sigma=warm_sigma, warm_steps=warm_steps, **kwargs)
 
