@@ -9,7 +9,12 @@ ValueFunction + DDPMScheduler) at the same horizon and U-Net widths. Weights are
 on them. Scores: each ``--checkpoint NAME=DIR`` is loaded with every setting and run through
 ``dc.evaluate`` on ``--task``.
 
+With ``--train DIR`` the checkpoints are made here, reproducibly: maze2d-umaze expert data with
+``goal_radius=0.1`` (as ``diffctl quickstart``: the expert settles at its goal), then Diffuser and
+DecisionDiffuser trained through ``diffctl.train.pipeline`` (the ``diffctl train`` path), ``TRAIN_BUDGET``.
+
     python benchmarks/planners.py [--checkpoint diffuser=runs/x/checkpoint ...] [--episodes 20] [--quick]
+    python benchmarks/planners.py --train runs/planners-bench --episodes 20
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,53 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"replan_every": 8},
     ),
 }
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """Data and training sizes of ``--train``: each planner about 8 minutes on one shared CPU core (a
+    Diffuser step costs about 0.3 s at batch 64, a Decision Diffuser step, on states only, about 0.19 s)."""
+
+    data_episodes: int = 300
+    goal_radius: float = 0.1
+    steps: tuple[int, int] = (1500, 2500)
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    down_dims: tuple[int, ...] = (32, 64, 128)
+
+
+TRAIN_BUDGET = TrainBudget()
+QUICK_BUDGET = TrainBudget(data_episodes=8, steps=(20, 20), batch_size=16, down_dims=(16, 32))
+
+
+def train_checkpoints(work: Path, budget: TrainBudget, seed: int = 0) -> list[str]:
+    """Generate maze2d-umaze data and train both planners on it; returns ``NAME=DIR`` checkpoint specs."""
+    from diffctl.datasets.generators import generate
+    from diffctl.train.pipeline import compose_config, run
+
+    data = work / "data" / "maze2d-umaze.zarr"
+    if not data.exists():
+        generate(
+            "maze2d-umaze", data, episodes=budget.data_episodes, seed=seed, goal_radius=budget.goal_radius
+        )
+    specs = []
+    for name, steps in zip(("diffuser", "decision_diffuser"), budget.steps, strict=True):
+        run_dir = work / name
+        if not (run_dir / "checkpoint").exists():
+            start = time.perf_counter()
+            cfg = compose_config([
+                "task=maze2d-umaze", f"planner={name}", f"task.dataset.path={data}", f"run_dir={run_dir}",
+                f"seed={seed}", f"training.steps={steps}", f"training.batch_size={budget.batch_size}",
+                f"training.lr={budget.lr}", f"training.warmup_steps={budget.warmup_steps}",
+                "training.checkpoint_every=0", "training.tensorboard=false", "training.progress=false",
+                f"training.log_every={max(1, steps // 10)}", "eval.episodes=0",
+                f"planner.backbone_kwargs.down_dims=[{','.join(map(str, budget.down_dims))}]",
+            ])  # fmt: skip
+            run(cfg)
+            print(f"trained {name} in {time.perf_counter() - start:.0f} s", flush=True)
+        specs.append(f"{name}={run_dir / 'checkpoint'}")
+    return specs
 
 
 def nfe(planner: Planner, warm: bool) -> int:
@@ -216,6 +270,16 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
     return rows
 
 
+def train_note(budget: TrainBudget, seconds: float) -> str:
+    return (
+        f"trained by this script (--train): {budget.data_episodes} expert episodes of maze2d-umaze with "
+        f"goal_radius {budget.goal_radius}; Diffuser {budget.steps[0]}, DecisionDiffuser {budget.steps[1]} "
+        f"training steps at batch {budget.batch_size}, "
+        f"lr {budget.lr} (warmup {budget.warmup_steps}), U-Net down_dims {list(budget.down_dims)}, the "
+        f"configs' other defaults; {seconds:.0f} s in all for data and both planners on 1 thread."
+    )
+
+
 def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
@@ -302,6 +366,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-rates", action="store_true", help="only the checkpoint scores")
     parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
+    parser.add_argument("--train", default=None, help="work dir: generate data and train both planners there")
     parser.add_argument("--note", default=None, help="how the checkpoints were trained (kept in the report)")
     parser.add_argument("--render-only", action="store_true", help="rewrite planners.md from planners.json")
     parser.add_argument("--out", default="benchmarks/results")
@@ -325,12 +390,24 @@ def main() -> None:
         if args.skip_rates
         else rate_rows(repeats, settings) + diffusers_rows(repeats, [8] if args.quick else [64, 8])
     )
+    budget = None
+    if args.train:
+        if args.task != "maze2d-umaze":
+            raise ValueError(f"--train generates maze2d-umaze data; got --task {args.task!r}")
+        budget = QUICK_BUDGET if args.quick else TRAIN_BUDGET
+        start = time.perf_counter()
+        args.checkpoint += train_checkpoints(Path(args.train), budget)
+        train_seconds = round(time.perf_counter() - start, 1)
     scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
     meta = {
-        "command": "python benchmarks/planners.py " + " ".join(f"--checkpoint {c}" for c in args.checkpoint),
+        "command": "python benchmarks/planners.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
         "horizon": H, "task": args.task, "episodes": args.episodes, "note": args.note,
     }  # fmt: skip
+    if budget is not None:
+        meta["train_budget"] = asdict(budget)
+        meta["train_seconds"] = train_seconds
+        meta["note"] = args.note or train_note(budget, train_seconds)
     result = {"meta": meta, "rates": rates, "scores": scores}
     json_path = out / "planners.json"
     if args.skip_rates and json_path.exists():

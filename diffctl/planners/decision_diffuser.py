@@ -24,7 +24,7 @@ from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
 from diffctl.planners.base import Plan, Planner, ScaledNoiseNet, clean_conditioned
 from diffctl.planners.inverse_dynamics import InverseDynamics
-from diffctl.policies.base import SamplerConfig
+from diffctl.policies.base import SamplerConfig, eval_mode
 
 CONDITIONS = ("auto", "return", "goal", "none")
 
@@ -204,9 +204,7 @@ class DecisionDiffuser(Planner):
         mask = torch.zeros(shape, dtype=torch.bool, device=s.device)
         mask[:, 0] = True
         guided = self._guided(cond, uncond, sigmas)
-        was_training = self.network.training
-        self.network.eval()
-        try:
+        with eval_mode(self.network):
             x0 = sample(
                 lambda x, sig: guided(torch.where(mask, known, x), sig),
                 x, sigmas,
@@ -214,8 +212,6 @@ class DecisionDiffuser(Planner):
                 **self.sampler.options,
             )  # fmt: skip
             a = self.network.inverse_dynamics(x0[:, :-1], x0[:, 1:])
-        finally:
-            self.network.train(was_training)
         states = self._normalizer("state").unnormalize(x0).reshape(bsz, n, self.horizon, self.state_dim)
         actions = self._normalizer("action").unnormalize(a).reshape(bsz, n, self.horizon - 1, self.action_dim)
         traj = x0.reshape(bsz, n, self.horizon, self.state_dim)

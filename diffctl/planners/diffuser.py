@@ -25,7 +25,7 @@ from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
 from diffctl.planners.base import Plan, Planner, ScaledNoiseNet, clean_conditioned
 from diffctl.planners.value import ValueNet
-from diffctl.policies.base import SamplerConfig
+from diffctl.policies.base import SamplerConfig, eval_mode
 
 
 class DiffuserNet(nn.Module):
@@ -195,9 +195,7 @@ class Diffuser(Planner):
         mask, known = self.conditioning(state, g)
         shape = (bsz * n, self.horizon, self.transition_dim)
         x, sigmas = self._start(shape, noise, init, state.device)
-        was_training = self.network.training
-        self.network.eval()
-        try:
+        with eval_mode(self.network):
             denoise = functools.partial(clean_conditioned(self.network.denoiser, mask, known), cond=None)
             value = self.network.value
             if value is not None and self.hparams["value_scale"] > 0:
@@ -211,8 +209,6 @@ class Diffuser(Planner):
                 **self.sampler.options,
             )  # fmt: skip
             values = None if value is None else value(x0).reshape(bsz, n)
-        finally:
-            self.network.train(was_training)
         x0 = x0.reshape(bsz, n, self.horizon, self.transition_dim)
         if values is not None:
             order = values.argsort(dim=1, descending=True)
