@@ -304,6 +304,30 @@ solver: the slow and cold settings plan once and track until the plan is used up
 warm setting replans every 8 steps."""
 
 
+def target_rows(scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per checkpoint and fast setting: the steady planning rate (a warm setting's replans are warm) against
+    50 Hz and its score against the same checkpoint's slow recipe."""
+    rows = []
+    for name in dict.fromkeys(r["checkpoint"] for r in scores):
+        mine = [r for r in scores if r["checkpoint"] == name]
+        slow = next((r for r in mine if r["setting"].startswith("slow")), None)
+        if slow is None:
+            continue
+        for r in mine:
+            if r is slow:
+                continue
+            hz = r.get("warm_plan_hz") or r["plan_hz"]
+            delta = round(r["normalized_score"] - slow["normalized_score"], 1)
+            rows.append({
+                "checkpoint": name, "setting": r["setting"], "steady_plan_hz": hz,
+                "score": r["normalized_score"], "slow_score": slow["normalized_score"],
+                "score_minus_slow": delta,
+                "success": r["success_rate"], "slow_success": slow["success_rate"],
+                "meets_target": "yes" if hz >= 50 and delta >= 0 else "no",
+            })  # fmt: skip
+    return rows
+
+
 def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     """The markdown report of a result dict (rates, and scores when checkpoints were evaluated)."""
     md = [
@@ -353,6 +377,17 @@ def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
                 ],
             ),
         ]
+        targets = target_rows(result["scores"])
+        if targets:
+            md += [
+                "",
+                "### Target: >= 50 Hz planning with a score no worse than the slow recipe (same checkpoint)",
+                "",
+                table(targets, list(targets[0])),
+                "",
+                f"With {episodes} episodes the score's standard error is several points, so small differences"
+                " either way are noise.",
+            ]
     note = result["meta"].get("note")
     return [*md, "", NOTES, *(["", f"Checkpoints: {note}"] if note else [])]
 
