@@ -109,6 +109,15 @@ def test_prefix_is_inpainted(trained):
     torch.testing.assert_close(chunk[:, :2], prefix, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(3, 2), (2, 2, 2), (3, None, 2), (3, 2, 3)])
+def test_prefix_of_the_wrong_shape_is_refused(trained, shape):
+    policy, batch = trained
+    hist = torch.cat([batch["obs"], batch["goal"].unsqueeze(1).expand(-1, TO, -1)], dim=-1)[:3]
+    shape = tuple(policy.horizon + 1 if d is None else d for d in shape)
+    with pytest.raises(ValueError, match=rf"prefix must have shape \(3, P <= {policy.horizon}, 2\)"):
+        policy.predict_chunk(hist, prefix=torch.zeros(shape))
+
+
 def test_act_queue_executes_from_to_minus_one(monkeypatch):
     policy = make_policy()
     calls = []

@@ -123,6 +123,23 @@ def history_tensor(policy: Any, obs_history: Any) -> torch.Tensor:
     return hist
 
 
+def prefix_tensor(
+    prefix: Any, batch: int, horizon: int, action_dim: int, device: torch.device
+) -> torch.Tensor:
+    """Actions (raw units) that fix chunk indices ``0..P-1``, checked to be ``(batch, P <= horizon, Da)``."""
+    prefix = torch.as_tensor(prefix, dtype=torch.float32, device=device)
+    if (
+        prefix.ndim != 3
+        or prefix.shape[0] != batch
+        or prefix.shape[1] > horizon
+        or prefix.shape[2] != action_dim
+    ):
+        raise ValueError(
+            f"prefix must have shape ({batch}, P <= {horizon}, {action_dim}), got {tuple(prefix.shape)}"
+        )
+    return prefix
+
+
 class DiffusionPolicy(Policy):
     """Diffusion policy over action chunks: ``fit_normalizers``, train ``network`` on ``loss``, ``act``."""
 
@@ -372,17 +389,8 @@ class DiffusionPolicy(Policy):
                 x = noise * sigmas[0]
             mask = known = None
             if prefix is not None:
-                prefix = torch.as_tensor(prefix, dtype=torch.float32, device=device)
+                prefix = prefix_tensor(prefix, bsz, self.horizon, self.action_dim, device)
                 p = prefix.shape[1]
-                if (
-                    prefix.ndim != 3
-                    or prefix.shape[0] != bsz
-                    or p > self.horizon
-                    or prefix.shape[2] != self.action_dim
-                ):
-                    raise ValueError(
-                        f"prefix must have shape ({bsz}, P <= {self.horizon}, {self.action_dim})"
-                    )
                 known = torch.zeros(shape, device=device)
                 known[:, :p] = act_norm.normalize(prefix)
                 mask = torch.zeros(shape, dtype=torch.bool, device=device)

@@ -31,7 +31,7 @@ from diffctl.kernels import schedules
 from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
-from diffctl.policies.diffusion import history_tensor
+from diffctl.policies.diffusion import history_tensor, prefix_tensor
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -186,15 +186,8 @@ class RealTimePolicy(Policy):
             x = noise * sigmas[0]
         mask = known = None
         if prefix is not None:
-            prefix = torch.as_tensor(prefix, dtype=torch.float32, device=device)
+            prefix = prefix_tensor(prefix, bsz, self.horizon, self.action_dim, device)
             p = prefix.shape[1]
-            if (
-                prefix.ndim != 3
-                or prefix.shape[0] != bsz
-                or prefix.shape[2] != self.action_dim
-                or p > self.horizon
-            ):
-                raise ValueError(f"prefix must have shape ({bsz}, P <= {self.horizon}, {self.action_dim})")
             known = torch.zeros(shape, device=device)
             known[:, :p] = norm.normalize(prefix)
             if weights is None:
