@@ -266,11 +266,7 @@ class Planner(SeededSampler, ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``initial`` for ``shape`` normalized trajectories from ``noise`` (drawn from the planner's
         generator when None, else shape-checked)."""
-        if noise is None:
-            noise = torch.randn(shape, generator=self._generator).to(device)
-        elif tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        return self.initial(noise.to(device, torch.float32), init)
+        return self.initial(self.start_noise(shape, noise, device), init)
 
     def windows(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw batch -> states ``(B, H, Ds)``, actions ``(B, H, Da)``, valid-step mask ``(B, H)`` (bool)."""

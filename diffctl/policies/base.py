@@ -148,6 +148,18 @@ class SeededSampler:
         """Seed the generator that draws sampling noise (None: torch's global RNG)."""
         self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
 
+    def start_noise(
+        self, shape: tuple[int, ...], noise: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor:
+        """Standard-normal start noise of ``shape`` on ``device`` (float32): ``noise`` when given
+        (shape-checked), else drawn on the CPU from this agent's generator so results do not depend on the
+        device."""
+        if noise is None:
+            noise = torch.randn(shape, generator=self._generator)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        return noise.to(device, torch.float32)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_cache", None)

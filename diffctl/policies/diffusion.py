@@ -374,11 +374,7 @@ class DiffusionPolicy(Policy):
             cond, uncond = self._condition_pair(o, goal)
             sigmas = self.sigmas().to(device)
             shape = (bsz, self.horizon, self.action_dim)
-            if noise is None:
-                noise = torch.randn(shape, generator=self._generator)
-            elif tuple(noise.shape) != shape:
-                raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-            noise = noise.to(device, torch.float32)
+            noise = self.start_noise(shape, noise, device)
             act_norm = self._normalizer("action")
             if init is not None and self.sampler.warm_start > 0:
                 start = self.sampler.warm_start

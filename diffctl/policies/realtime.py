@@ -169,11 +169,7 @@ class RealTimePolicy(Policy):
         hist = history_tensor(pol, obs_history)
         bsz, device = hist.shape[0], hist.device
         shape = (bsz, self.horizon, self.action_dim)
-        if noise is None:
-            noise = torch.randn(shape, generator=self._generator)
-        if tuple(noise.shape) != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        noise = noise.to(device, torch.float32)
+        noise = self.start_noise(shape, noise, device)
         norm = pol._normalizer("action")
         if init is not None and self.warm_sigma > 0:
             sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
