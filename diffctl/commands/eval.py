@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
+
+from diffctl.atomic import write_json
 
 TABLE_KEYS = (
     "success_rate",
@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     print(format_table(report))
     if args.json_out:
-        _write_json(Path(args.json_out), report)
+        write_json(args.json_out, report)
         print(f"results: {args.json_out}")
     return 0
 
@@ -99,12 +99,3 @@ def format_table(report: dict[str, Any]) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else ("-" if value is None else str(value))
         lines.append(f"{key.ljust(width)}  {text}")
     return "\n".join(lines)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(
-        json.dumps(data, indent=2, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
-    )
-    os.replace(tmp, path)

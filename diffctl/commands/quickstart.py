@@ -9,13 +9,13 @@ and a rollout video.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from diffctl.atomic import write_json
 
 TASK = "maze2d-umaze"
 
@@ -153,7 +153,7 @@ def quickstart(out: Path, budget: Budget, seed: int = 0, workers: int | None = N
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
-    result["results_path"] = str(_write_json(out / "results.json", result))
+    result["results_path"] = str(write_json(out / "results.json", result))
     return result
 
 
@@ -171,16 +171,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['act_latency_ms_p99']:>8.2f} {r['act_latency_ms_mean']:>7.2f}"
         )
     return "\n".join(lines)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -12,7 +12,6 @@ ONNX export needs an EDM-parameterized policy (the VP adapter's sigma -> timeste
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from diffctl.atomic import write_json
 
 FORMATS = ("torchscript", "onnx")
 
@@ -102,7 +103,7 @@ def export_denoiser(policy: Any, out: str | os.PathLike[str], fmt: str) -> dict[
         "normalizers": {k: n.to_dict() for k, n in getattr(policy, "normalizers", {}).items()},
         "n_action_start": policy.n_obs_steps - 1, "n_action_steps": getattr(policy, "n_action_steps", None),
     }  # fmt: skip
-    _write_json(final.with_name(final.name + ".json"), meta)
+    write_json(final.with_name(final.name + ".json"), meta)
     return meta
 
 
@@ -112,12 +113,6 @@ def _export_onnx(module: nn.Module, inputs: tuple, names: list[str], path: Path)
         module, inputs, str(path), input_names=names, output_names=["x0_hat"], dynamic_axes=dynamic,
         opset_version=17, dynamo=False,
     )  # fmt: skip
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def parity(policy: Any, path: str | os.PathLike[str], fmt: str, batch: int = 3, trials: int = 4) -> dict:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffctl.atomic import write_json
 from diffctl.kernels import schedules
 from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
@@ -281,9 +282,7 @@ class RealTimePolicy(Policy):
         cfg_path = out / CONFIG_FILE
         config = json.loads(cfg_path.read_text())
         config["realtime"] = {"class": type(self).__name__, "version": VERSION, **self.options}
-        tmp = cfg_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-        os.replace(tmp, cfg_path)
+        write_json(cfg_path, config, sort_keys=True)
         return out
 
     @classmethod

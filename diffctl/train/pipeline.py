@@ -16,7 +16,6 @@ import datetime
 import importlib
 import inspect
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffctl.atomic import write_text
 from diffctl.train.checkpoint import write_json
 from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
@@ -387,6 +387,4 @@ def make_eval_fn(conf: Mapping[str, Any]) -> Callable[[Any], dict[str, Any]] | N
 def _write_yaml(path: Path, conf: Mapping[str, Any]) -> None:
     from omegaconf import OmegaConf
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(dict(conf))))
-    os.replace(tmp, path)
+    write_text(path, OmegaConf.to_yaml(OmegaConf.create(dict(conf))))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffctl.atomic import atomic_dir
 from diffctl.train import checkpoint as ckpt
 from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import (
@@ -267,7 +268,7 @@ class Trainer:
                 "optimizer": optim_meta,
                 "config": self.config.to_dict(),
             }
-            with ckpt.atomic_dir(path) as tmp:
+            with atomic_dir(path) as tmp:
                 with self._inference_weights():
                     self.agent.save(tmp)
                 ckpt.save_state(tmp, tensors, meta)
@@ -313,7 +314,7 @@ class Trainer:
     def _save_agent(self, directory: Path, info: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with ckpt.atomic_dir(directory) as tmp:
+        with atomic_dir(directory) as tmp:
             with self._inference_weights():
                 self.agent.save(tmp)
             ckpt.write_json(tmp / BEST_INFO, info)

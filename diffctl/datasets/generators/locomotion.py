@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from diffctl.atomic import atomic_dir, write_json
 
 BUDGETS = {
     "small": {"sac_steps": 200_000, "steps": 100_000, "checkpoint_every": 10_000, "learning_starts": 10_000},
@@ -73,19 +74,6 @@ def _split(name: str) -> tuple[str, str]:
         if name.startswith(task + "-") and kind in LOCOMOTION_KINDS:
             return task, kind
     raise ValueError(f"not a locomotion dataset name: {name!r}")
-
-
-def _atomic_dir(final: Path, write: Any) -> None:
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _new_sac(task: str, seed: int, learning_starts: int, buffer_size: int) -> Any:
@@ -182,7 +170,8 @@ def save_checkpoint(run: Path, model: Any, task: str) -> Path:
         save_file(state, str(tmp / "policy.safetensors"))
         (tmp / "meta.json").write_text(json.dumps({"step": step, "eval_return": ret}))
 
-    _atomic_dir(run / "checkpoints" / f"step_{step:08d}", write)
+    with atomic_dir(run / "checkpoints" / f"step_{step:08d}") as tmp:
+        write(tmp)
     buf = model.replay_buffer
     n = buf.buffer_size if buf.full else buf.pos
     arrays = {
@@ -196,7 +185,7 @@ def save_checkpoint(run: Path, model: Any, task: str) -> Path:
     tmp = run / f".replay.tmp-{uuid.uuid4().hex[:8]}.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, run / "replay.npz")
-    (run / "progress.json").write_text(json.dumps({"step": step}))
+    write_json(run / "progress.json", {"step": step})
     return run / "checkpoints" / f"step_{step:08d}"
 
 
