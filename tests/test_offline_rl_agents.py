@@ -15,7 +15,8 @@ from diffctl.policies.offline_rl import EDP, IDQL, DiffusionQL, TransitionDatase
 from diffctl.train import TrainConfig, Trainer
 
 AGENTS = (IDQL, DiffusionQL, EDP)
-SMALL = {"hidden": 64, "depth": 2, "critic_hidden": 64, "critic_depth": 2, "n_candidates": 64, "tau": 0.05}
+SMALL = {"hidden": 64, "depth": 2, "critic_hidden": 64, "critic_depth": 2, "n_candidates": 64, "tau": 0.05,
+         "selection": "argmax"}  # fmt: skip
 
 
 def _bandit(n: int = 512, seed: int = 0) -> EpisodeStore:
@@ -117,3 +118,12 @@ def test_bad_inputs_give_clear_errors() -> None:
         IDQL(1, 1, eta=1.0)
     with pytest.raises(ValueError, match="NaN"):
         agent.act(np.array([np.nan], np.float32))
+
+
+@pytest.mark.parametrize("cls", AGENTS, ids=lambda c: c.__name__)
+def test_grad_groups_cover_every_trainable_parameter_once(cls) -> None:
+    agent = cls(3, 2, **SMALL)
+    grouped = [p for params in agent.grad_groups().values() for p in params]
+    trainable = [p for p in agent.network.parameters() if p.requires_grad]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(trainable)
+    assert {id(p) for p in grouped} == {id(p) for p in trainable}

@@ -269,3 +269,40 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="training loss is nan at step 0"):
         Trainer(NanAgent(), TinyDataset(), config(), tmp_path).fit()
+
+
+class TwoPartAgent(TinyAgent):
+    """TinyAgent whose loss adds a second head with 1e4-times larger gradients, clipped as its own group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+        self.network = nn.ModuleDict({"small": self.network, "big": self.head})
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        small = (self.network["small"](batch["obs"]) - batch["actions"]).pow(2).mean()
+        big = 1e4 * (self.network["big"](batch["obs"]) - batch["actions"]).pow(2).mean()
+        return small + big, {}
+
+    def grad_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"small": list(self.network["small"].parameters()), "big": list(self.head.parameters())}
+
+
+def test_grad_groups_are_clipped_separately(tmp_path: Path) -> None:
+    agent, data = TwoPartAgent(), TinyDataset()
+    cfg = TrainConfig(steps=1, batch_size=16, grad_clip=5.0, ema=False, progress=False, tensorboard=False)
+    trainer = Trainer(agent, data, cfg, tmp_path)
+    loss, _ = agent.loss(data.get_batch(torch.arange(16)))
+    loss.backward()
+    small_before = [p.grad.clone() for p in agent.network["small"].parameters()]
+    small_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in small_before])).item()
+    assert small_norm < 5.0  # below the clip: its gradient must come through unscaled
+    norms = trainer._clip_gradients(5.0)
+    assert set(norms) == {"grad_norm/small", "grad_norm/big"}
+    assert norms["grad_norm/big"] > 100 and norms["grad_norm/small"] == pytest.approx(small_norm, rel=1e-5)
+    for before, p in zip(small_before, agent.network["small"].parameters(), strict=True):
+        assert torch.equal(before, p.grad)
+    big = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in agent.head.parameters()]))
+    assert big.item() == pytest.approx(5.0, rel=1e-4)
+    trainer.fit()
+    assert {"grad_norm/small", "grad_norm/big"} <= set(read_metrics(tmp_path)[-1])

@@ -197,20 +197,31 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         mean_loss = average_gradients(self.params, loss, self.dist)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip is not None else None
-        )
+        grad_norms = self._clip_gradients(cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
         decay = self.ema.update(self.network, self.step) if self.ema is not None else None
         self.last_loss = float(mean_loss)
         record: dict[str, Any] = {k: v for k, v in (info or {}).items() if k not in ("loss", "lr")}
         record.update(loss=self.last_loss, lr=lr)
-        if grad_norm is not None:
-            record["grad_norm"] = grad_norm
+        record.update(grad_norms)
         if decay is not None:
             record["ema_decay"] = decay
         return record
+
+    def _clip_gradients(self, max_norm: float | None) -> dict[str, float]:
+        """Clip to ``max_norm`` and return the pre-clip norms. Agents with ``grad_groups()`` (actor, critic,
+        ...) get each group clipped on its own, so a large critic gradient cannot shrink the actor's step."""
+        if max_norm is None:
+            return {}
+        groups = getattr(self.agent, "grad_groups", None)
+        if not callable(groups):
+            return {"grad_norm": float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))}
+        return {
+            f"grad_norm/{name}": float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            for name, params in groups().items()
+            if params
+        }
 
     def evaluate(self) -> dict[str, Any] | None:
         """Run ``eval_fn`` on the EMA agent (rank 0); keep it as ``run_dir/checkpoint`` if it is the best."""

@@ -92,7 +92,7 @@ class OfflineRLAgent(Policy):
         reward_bias: float = 0.0,
         reward_normalization: str = "none",
         n_candidates: int = 50,
-        selection: str = "argmax",
+        selection: str = "softmax",
         temperature: float = 1.0,
         seed: int = 0,
         sampler: SamplerConfig | Mapping[str, Any] | None = None,
@@ -220,7 +220,7 @@ class OfflineRLAgent(Policy):
             goal=task.get("goal"),
         )
 
-    def fit(self, dataset: Any, mode: str = "limits") -> None:
+    def fit(self, dataset: Any, mode: str = "gaussian") -> None:
         """Fit normalizers (and the reward scale when ``reward_normalization='returns'``) from a
         ``TransitionDataset``; checks its dimensions against the agent's."""
         if dataset.action_dim != self.action_dim:
@@ -297,6 +297,15 @@ class OfflineRLAgent(Policy):
             self._state(nxt, goal),
             done,
         )
+
+    def grad_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups the Trainer clips separately (the critic's TD gradients are orders of magnitude
+        larger than the actor's denoising gradients; one global norm would starve the actor)."""
+        net = self.network
+        groups = {"actor": list(net.actor.parameters()), "critic": list(net.critic.parameters())}
+        if net.value is not None:
+            groups["value"] = list(net.value.parameters())
+        return groups
 
     def update_targets(self) -> None:
         """One Polyak step of the target networks toward the online ones."""
