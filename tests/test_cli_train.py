@@ -166,6 +166,7 @@ def test_train_resume_and_eval_end_to_end(tmp_path: Path, capsys: pytest.Capture
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps == list(range(1, 13))
     assert json.loads((run / "summary.json").read_text())["step"] == 12
+    assert (run / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
 
     out = tmp_path / "eval.json"

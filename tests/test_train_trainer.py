@@ -306,3 +306,15 @@ def test_grad_groups_are_clipped_separately(tmp_path: Path) -> None:
     assert big.item() == pytest.approx(5.0, rel=1e-4)
     trainer.fit()
     assert {"grad_norm/small", "grad_norm/big"} <= set(read_metrics(tmp_path)[-1])
+
+
+def test_plot_learning_curves_draws_loss_and_eval_panels(tmp_path: Path) -> None:
+    from diffctl.train.metrics import plot_learning_curves
+
+    assert plot_learning_curves(tmp_path) is None  # nothing logged yet
+    lines = [{"step": s, "loss": 1.0 / s} for s in range(1, 6)]
+    lines += [{"step": 5, "eval/normalized_score": 12.5, "eval/success_rate": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    path = plot_learning_curves(tmp_path)
+    assert path == tmp_path / "learning_curves.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

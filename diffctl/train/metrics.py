@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,41 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+CURVE_KEYS = ("eval/normalized_score", "eval/success_rate", "eval/mean_return")
+
+
+def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """``learning_curves.png`` in ``run_dir``: training loss and every closed-loop evaluation metric against
+    the step. Returns the path, or None when the run logged nothing to plot."""
+    records = read_metrics(run_dir)
+    loss = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+    evals = {
+        key: [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        for key in CURVE_KEYS
+    }
+    panels = [("training loss", loss)] + [(k.split("/", 1)[1], v) for k, v in evals.items() if v]
+    if not loss:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels, strict=True):
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, ms=3)
+        if title == "training loss" and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out) if out is not None else Path(run_dir) / "learning_curves.png"
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -132,6 +132,9 @@ def run(cfg: Any) -> dict[str, Any]:
     summary["run_dir"] = str(run_dir)
     if info.is_main:
         write_json(run_dir / "summary.json", summary)
+        from diffctl.train.metrics import plot_learning_curves
+
+        plot_learning_curves(run_dir)
     return summary
 
 
