@@ -268,3 +268,13 @@ def test_train_and_eval_a_planner_end_to_end(
     assert "normalized_score" in capsys.readouterr().out
     assert main([*args[:-1], f"run_dir={tmp_path / 'bad'}", "+planner.widht=3"]) == 1
     assert "unknown planner keys ['widht'] for" in capsys.readouterr().err
+
+
+def test_final_eval_reads_the_last_evaluation(tmp_path: Path) -> None:
+    from diffctl.commands.train import final_eval
+
+    assert final_eval(str(tmp_path)) is None
+    records = [{"step": 5, "eval/normalized_score": 1.0}, {"step": 9, "loss": 0.5},
+               {"step": 10, "eval/normalized_score": 22.5, "eval/mean_return": 711.0}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert final_eval(str(tmp_path)) == {"step": 10, "normalized_score": 22.5, "mean_return": 711.0}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 
@@ -45,7 +46,27 @@ def _run(args: argparse.Namespace) -> int:
     best = summary.get("best_score")
     print(f"run directory: {summary['run_dir']}")
     print(f"steps: {summary['step']}  final loss: {summary['loss']:.5g}")
+    final = final_eval(summary["run_dir"])
+    if final:
+        shown = ", ".join(f"{k} {final[k]:.4g}" for k in FINAL_KEYS if final.get(k) is not None)
+        print(f"final checkpoint (step {final['step']}): {shown}")
     if best is not None:
         print(f"best {cfg.training.eval_metric}: {best:.4g} at step {summary['best_step']}")
     print(f"checkpoint: {summary['checkpoint']}")
+    curves = Path(summary["run_dir"]) / "learning_curves.png"
+    if curves.exists():
+        print(f"learning curves: {curves}")
     return 0
+
+
+FINAL_KEYS = ("normalized_score", "success_rate", "mean_return")
+
+
+def final_eval(run_dir: str) -> dict[str, Any] | None:
+    """The last closed-loop evaluation a run logged (keys without the ``eval/`` prefix), or None."""
+    from diffctl.train.metrics import read_metrics
+
+    evals = [r for r in read_metrics(run_dir) if any(k.startswith("eval/") for k in r)]
+    if not evals:
+        return None
+    return {"step": evals[-1]["step"], **{k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")}}
