@@ -6,8 +6,7 @@ normalized spaces. Inputs: ``x`` (B, H, Da) noisy normalized actions, ``sigma`` 
 ``obs`` (B, To, Do) normalized observations and, for goal-conditioned policies, ``goal`` (B, Dg) normalized
 goal (classifier-free guidance at scale 1). A sampler loop runs around it: the sidecar ``<out>.json`` holds
 the sigma grid of the policy's sampler, the solver name and the normalizer statistics a runtime needs.
-ONNX export needs an EDM-parameterized policy (the VP adapter's sigma -> timestep lookup uses
-``searchsorted``, which ONNX opset 17 lacks); TorchScript exports both.
+Both formats export EDM- and VP-parameterized policies.
 """
 
 from __future__ import annotations
@@ -70,11 +69,6 @@ def export_denoiser(policy: Any, out: str | os.PathLike[str], fmt: str) -> dict[
             raise ValueError(
                 f"{type(policy).__name__} has no {attr!r}: only diffusion policies can be exported"
             )
-    if fmt == "onnx" and getattr(policy, "parameterization", "edm") != "edm":
-        raise ValueError(
-            f"ONNX export needs an EDM-parameterized policy, got parameterization "
-            f"{policy.parameterization!r}; use --format torchscript"
-        )
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     module = DenoiserStep(policy).eval()

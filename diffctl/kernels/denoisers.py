@@ -118,7 +118,9 @@ class VPDenoiser(nn.Module):
         """Continuous training timestep of each sigma (clamped to [0, T-1])."""
         logs = self.log_train_sigmas
         ls = sigma.to(logs.dtype).clamp_min(1e-30).log()
-        idx = torch.searchsorted(logs, ls).clamp(1, logs.numel() - 1)
+        # searchsorted as a comparison count: same index, and it exports to ONNX (opset 17 has no
+        # searchsorted); T is at most a few thousand, so the (B, T) comparison is cheap.
+        idx = (logs < ls.unsqueeze(-1)).sum(-1).clamp(1, logs.numel() - 1)
         lo, hi = logs[idx - 1], logs[idx]
         t = (idx - 1) + ((ls - lo) / (hi - lo)).clamp(0, 1)
         return t.round() if self.round_timesteps else t
