@@ -1,13 +1,25 @@
-"""Offline RL benchmark: DiffusionQL, IDQL and EDP (and d3rlpy's IQL / TD3+BC when installed) trained on
-the same locally generated datasets with the same step budget; D4RL normalized score of the FINAL
-checkpoint (Trainer EMA weights) averaged over seeds and evaluation episodes, training steps/s and act
-latency (batch 1, one thread, from ``dc.evaluate``). No best-during-training numbers are reported.
+"""Offline RL benchmark: DiffusionQL, IDQL and EDP against d3rlpy's IQL and TD3+BC on the same files.
 
-Maze datasets are generated when missing (``generate(name, size="small")``); locomotion datasets are used
-only when ``data/<name>.zarr`` already exists (their SAC generation takes hours), otherwise skipped.
+Every agent trains on the same locally generated dataset with the same step budget and batch, and every
+policy, d3rlpy's included, is scored by the same ``dc.evaluate`` episodes (same seeds, one torch thread, in
+this process). The headline figure is the FINAL checkpoint's D4RL normalized score (diffctl: the Trainer's
+EMA weights at the last step), averaged over seeds and episodes. Learning curves come from evaluations every
+``--curve-every`` steps with ``--curve-episodes`` episodes; their best point is reported in a separate,
+labelled column and never replaces the final score.
 
-    python benchmarks/offline_rl.py [--datasets maze2d-umaze hopper-medium ...] [--agents idql edp ...]
-        [--steps 2000] [--seeds 0 1] [--episodes 10] [--out benchmarks/results]
+d3rlpy pins an older gymnasium, so it runs in its own interpreter (``benchmarks/d3rlpy_peer.py``) on the
+dataset exported as D4RL HDF5; its greedy policy comes back as TorchScript. Make that interpreter with
+
+    python -m venv --system-site-packages ~/.cache/diffctl/venvs/d3rlpy
+    ~/.cache/diffctl/venvs/d3rlpy/bin/pip install d3rlpy
+
+Each run writes ``<out>/offline_rl/<dataset>-<agent>-seed<k>.json`` as soon as it finishes, so several
+invocations (one per core) can share an output folder; every invocation then rebuilds the summary
+(``offline_rl.json``, ``offline_rl.md`` and ``offline_rl_curves.png``) from all run files present.
+
+    python benchmarks/offline_rl.py --datasets hopper-medium maze2d-umaze --agents idql edp d3rlpy_iql \\
+        --steps 5000 --seeds 0 1 --episodes 10
+    python benchmarks/offline_rl.py --summarize          # only rebuild the tables and the plot
 """
 
 from __future__ import annotations
@@ -16,6 +28,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffctl.atomic import write_json, write_text
 from diffctl.datasets import EpisodeStore
+from diffctl.datasets.d4rl import export_d4rl
 from diffctl.policies.offline_rl import EDP, IDQL, DiffusionQL, TransitionDataset
 from diffctl.train import TrainConfig, Trainer
 
 DIFFUSION = {"diffusion_ql": DiffusionQL, "idql": IDQL, "edp": EDP}
-D3RLPY = ("d3rlpy_iql", "d3rlpy_td3bc")
+D3RLPY = {"d3rlpy_iql": "iql", "d3rlpy_td3bc": "td3bc"}
+AGENTS = (*DIFFUSION, *D3RLPY)
 MAZES = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
+PEER_VENV = Path.home() / ".cache" / "diffctl" / "venvs" / "d3rlpy" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).with_name("d3rlpy_peer.py")
 
 
 def task_of(dataset: str) -> str:
@@ -38,7 +57,8 @@ def task_of(dataset: str) -> str:
 
 
 def open_store(name: str, data_dir: Path) -> EpisodeStore | None:
-    """The dataset's store; mazes are generated when missing, locomotion is never generated here."""
+    """The dataset's store; mazes are generated when missing, locomotion is never generated here (its
+    SAC run takes about an hour: ``diffctl data generate hopper-medium --out data/hopper-medium.zarr``)."""
     path = data_dir / f"{name}.zarr"
     if path.exists():
         return EpisodeStore.open(path)
@@ -50,106 +70,147 @@ def open_store(name: str, data_dir: Path) -> EpisodeStore | None:
     return EpisodeStore.open(path)
 
 
-def train_diffusion(
-    name: str, ds: TransitionDataset, steps: int, batch: int, seed: int, run_dir: Path, reward_norm: str
-) -> tuple[Any, float]:
-    agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
-                            reward_normalization=reward_norm)  # fmt: skip
-    agent.fit(ds)
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=3e-4, warmup_steps=0, weight_decay=0.0, seed=seed,
-                      checkpoint_every=0, progress=False, tensorboard=False, log_every=100,
-                      device="cpu")  # fmt: skip
-    start = time.perf_counter()
-    Trainer(agent, ds, cfg, run_dir).fit()
-    elapsed = time.perf_counter() - start
+def behaviour_score(store: EpisodeStore) -> float | None:
+    """The normalized score of the policy that generated the data, from the dataset card."""
+    card = store.attrs.get("card", store.attrs)
+    behaviour = card.get("behaviour_policy") or {}
+    score = behaviour.get("normalized_score", (behaviour.get("data_policy") or {}).get("normalized_score"))
+    return None if score is None else float(score)
+
+
+def find_peer_python(explicit: str | None) -> str | None:
+    """An interpreter that imports d3rlpy: ``--d3rlpy-python``, this one, or the cache venv."""
+    candidates = [explicit] if explicit else [sys.executable, str(PEER_VENV)]
+    for python in candidates:
+        if python and Path(python).exists():
+            probe = subprocess.run([python, "-c", "import d3rlpy"], capture_output=True)
+            if probe.returncode == 0:
+                return python
+    return None
+
+
+def evaluate(agent: Any, dataset: str, episodes: int, seed: int) -> dict[str, Any]:
     import diffctl as dc
 
-    return dc.load(run_dir / "checkpoint"), steps / elapsed
+    return dc.evaluate(agent, task_of(dataset), episodes=episodes, seed=1000 + seed, n_workers=0)
 
 
-class D3rlpyAgent:
-    """``act`` wrapper around a trained d3rlpy algorithm (observation = state, then goal)."""
+def train_diffusion(
+    name: str, store: EpisodeStore, dataset: str, args: argparse.Namespace, seed: int, run_dir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """Train; evaluate every ``curve_every`` steps and the final EMA weights with ``episodes``."""
+    goal = dataset in MAZES
+    ds = TransitionDataset(store, goal="task" if goal else None)
+    agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
+                            reward_normalization="none" if goal else "returns")  # fmt: skip
+    agent.fit(ds)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=3e-4, warmup_steps=0, seed=seed,
+                      checkpoint_every=0, progress=args.progress, tensorboard=False, log_every=100,
+                      eval_every=args.curve_every, eval_metric="mean_return", device="cpu")  # fmt: skip
+    trainer = Trainer(agent, ds, cfg, run_dir)
+    curve: list[dict[str, Any]] = []
+    timing = {"eval_s": 0.0}
 
-    def __init__(self, algo: Any) -> None:
-        self.algo = algo
+    def eval_fn(policy: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        final = trainer.step >= args.steps
+        result = evaluate(policy, dataset, args.episodes if final else args.curve_episodes, seed)
+        curve.append({"step": trainer.step, "normalized_score": result["normalized_score"],
+                      "episodes": result["episodes"]})  # fmt: skip
+        if final:
+            curve[-1]["result"] = result
+        timing["eval_s"] += time.perf_counter() - start
+        return result
 
-    def reset(self) -> None:
+    trainer.eval_fn = eval_fn
+    start = time.perf_counter()
+    trainer.fit()
+    train_s = time.perf_counter() - start - timing["eval_s"]
+    final = curve[-1].pop("result")
+    return final, curve, args.steps / train_s
+
+
+class TorchScriptAgent:
+    """A d3rlpy greedy policy exported as TorchScript, behind ``reset`` / ``act`` (pickles by path)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.module = torch.jit.load(self.path, map_location="cpu").eval()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (TorchScriptAgent, (self.path,))
+
+    def reset(self, seed: int | None = None) -> None:
         pass
 
+    @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return np.asarray(self.algo.predict(np.asarray(obs, np.float32)[None])[0], dtype=np.float32)
+        x = torch.as_tensor(np.asarray(obs, np.float32))[None]
+        return self.module(x)[0].numpy().astype(np.float32)
 
 
 def train_d3rlpy(
-    name: str, store: EpisodeStore, goal: bool, steps: int, batch: int, seed: int
-) -> tuple[Any, float]:
-    import d3rlpy
-
-    obs = np.asarray(store.array("observations"), np.float32)
-    if goal:
-        obs = np.concatenate([obs, np.asarray(store.array("infos/goal"), np.float32)], axis=1)
-    terminals = np.asarray(store.array("terminals"), bool)
-    timeouts = np.zeros_like(terminals)
-    timeouts[np.asarray(store.episode_ends) - 1] = True
-    timeouts &= ~terminals
-    dataset = d3rlpy.dataset.MDPDataset(
-        obs, np.asarray(store.array("actions"), np.float32), np.asarray(store.array("rewards"), np.float32),
-        terminals.astype(np.float32), timeouts.astype(np.float32),
-    )  # fmt: skip
-    d3rlpy.seed(seed)
-    config = (
-        d3rlpy.algos.IQLConfig(batch_size=batch)
-        if name == "d3rlpy_iql"
-        else d3rlpy.algos.TD3PlusBCConfig(batch_size=batch)
-    )
-    algo = config.create(device="cpu:0")
-    start = time.perf_counter()
-    algo.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False, save_interval=10**9)
-    return D3rlpyAgent(algo), steps / (time.perf_counter() - start)
+    name: str, store: EpisodeStore, dataset: str, args: argparse.Namespace, seed: int, run_dir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    hdf5 = run_dir / f"{dataset}.hdf5"
+    export_d4rl(store, hdf5)
+    cmd = [args.peer_python, str(PEER_SCRIPT), "--hdf5", str(hdf5), "--algo", D3RLPY[name],
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seed", str(seed),
+           "--save-every", str(args.curve_every or 0), "--out", str(run_dir / "peer")]  # fmt: skip
+    if dataset in MAZES:
+        cmd.append("--goal")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    info = json.loads((run_dir / "peer" / "info.json").read_text())
+    curve = []
+    for step in info["saved_steps"]:
+        n = args.episodes if step == args.steps else args.curve_episodes
+        result = evaluate(TorchScriptAgent(run_dir / "peer" / f"policy-{step}.pt"), dataset, n, seed)
+        curve.append({"step": step, "normalized_score": result["normalized_score"], "episodes": n})
+    return result, curve, float(info["train_steps_per_s"])
 
 
-def run_one(
-    name: str, dataset: str, store: EpisodeStore, args: argparse.Namespace, seed: int
-) -> dict[str, Any]:
-    import diffctl as dc
-
-    goal = dataset in MAZES
-    reward_norm = "none" if goal else "returns"
+def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespace, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="offline-rl-") as tmp:
-        if name in DIFFUSION:
-            ds = TransitionDataset(store, goal="task" if goal else None)
-            agent, sps = train_diffusion(name, ds, args.steps, args.batch_size, seed, Path(tmp), reward_norm)
-        else:
-            agent, sps = train_d3rlpy(name, store, goal, args.steps, args.batch_size, seed)
-        result = dc.evaluate(agent, task_of(dataset), episodes=args.episodes, seed=1000 + seed, n_workers=1)
+        train = train_diffusion if name in DIFFUSION else train_d3rlpy
+        result, curve, sps = train(name, store, dataset, args, seed, Path(tmp))
     return {
         "agent": name, "dataset": dataset, "seed": seed, "steps": args.steps, "batch_size": args.batch_size,
         "train_steps_per_s": sps, "normalized_score": result["normalized_score"],
         "normalized_scores": result["normalized_scores"], "mean_return": result["mean_return"],
         "success_rate": result["success_rate"], "act_latency_ms_p50": result["act_latency_ms_p50"],
-        "act_latency_ms_p99": result["act_latency_ms_p99"], "episodes": args.episodes,
+        "act_latency_ms_p99": result["act_latency_ms_p99"], "episodes": args.episodes, "curve": curve,
+        "curve_episodes": args.curve_episodes, "machine": machine(),
+        "behaviour_score": behaviour_score(store),
     }  # fmt: skip
 
 
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over seeds (and, through ``normalized_scores``, over episodes) per dataset and agent."""
+    """Per dataset and agent: final score over seeds x episodes, best curve point, speed, latency."""
     out = []
-    keys = sorted({(r["dataset"], r["agent"]) for r in rows if "normalized_score" in r})
-    for dataset, agent in keys:
-        group = [
-            r for r in rows if r["dataset"] == dataset and r["agent"] == agent and "normalized_score" in r
-        ]
+    for dataset, agent in sorted({(r["dataset"], r["agent"]) for r in rows}):
+        group = [r for r in rows if r["dataset"] == dataset and r["agent"] == agent]
         scores = np.concatenate([np.asarray(r["normalized_scores"], float) for r in group])
+        best = [max(p["normalized_score"] for p in r["curve"]) for r in group if r.get("curve")]
         out.append({
-            "dataset": dataset, "agent": agent, "seeds": [r["seed"] for r in group],
-            "episodes_total": int(scores.size), "normalized_score_mean": float(scores.mean()),
+            "dataset": dataset, "agent": agent, "seeds": sorted(r["seed"] for r in group),
+            "steps": sorted({r["steps"] for r in group}), "episodes_total": int(scores.size),
+            "normalized_score_mean": float(scores.mean()),
             "normalized_score_sem": (
                 float(scores.std(ddof=1) / np.sqrt(scores.size)) if scores.size > 1 else None
             ),
+            "seed_means": [float(r["normalized_score"]) for r in group],
+            "best_during_training_mean": float(np.mean(best)) if best else None,
             "success_rate": float(np.mean([r["success_rate"] for r in group])),
             "train_steps_per_s": float(np.mean([r["train_steps_per_s"] for r in group])),
             "act_latency_ms_p50": float(np.mean([r["act_latency_ms_p50"] for r in group])),
             "act_latency_ms_p99": float(np.mean([r["act_latency_ms_p99"] for r in group])),
+            "behaviour_score": group[0].get("behaviour_score"),
         })  # fmt: skip
     return out
 
@@ -157,97 +218,162 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
     """EDP training steps/s over DiffusionQL's, per dataset (same data, steps and batch)."""
     speed = {(s["dataset"], s["agent"]): s["train_steps_per_s"] for s in summary}
-    return {
-        d: speed[(d, "edp")] / speed[(d, "diffusion_ql")]
-        for d, a in speed
-        if a == "edp" and (d, "diffusion_ql") in speed
-    }
+    return {d: speed[(d, "edp")] / speed[(d, "diffusion_ql")] for d, a in speed
+            if a == "edp" and (d, "diffusion_ql") in speed}  # fmt: skip
 
 
-def markdown(
-    summary: list[dict[str, Any]], skipped: list[str], speedups: dict[str, float], meta: dict
-) -> str:
+def target_check(summary: list[dict[str, Any]]) -> list[str]:
+    """The issue's target: every diffusion agent at least matches d3rlpy IQL's final score per dataset."""
+    iql = {s["dataset"]: s["normalized_score_mean"] for s in summary if s["agent"] == "d3rlpy_iql"}
+    lines = []
+    for s in summary:
+        if s["agent"] in DIFFUSION and s["dataset"] in iql:
+            ok = s["normalized_score_mean"] >= iql[s["dataset"]]
+            lines.append(f"| {s['dataset']} | {s['agent']} | {s['normalized_score_mean']:.1f} | "
+                         f"{iql[s['dataset']]:.1f} | {'met' if ok else 'MISSED'} |")  # fmt: skip
+    return lines
+
+
+def markdown(summary: list[dict[str, Any]], speedups: dict[str, float], meta: dict) -> str:
     lines = [
         "# Offline RL: final-checkpoint D4RL normalized scores",
         "",
-        f"`{meta['command']}` on {meta['machine']} (CPU, one torch thread, niced, shared machine).",
-        f"{meta['steps']} training steps, batch {meta['batch_size']}, seeds {meta['seeds']}, "
-        f"{meta['episodes']} evaluation episodes per seed. Score = final checkpoint (Trainer EMA weights), "
-        "mean over seeds and episodes (± standard error over episodes); no best-during-training selection.",
+        f"Commands: {'; '.join(f'`{c}`' for c in meta['commands'])} on {meta['machine']} (one torch thread "
+        "per run, two runs at a time on a shared machine).",
+        "Score = the final checkpoint (diffctl: Trainer EMA weights at the last step; d3rlpy: last step), "
+        "mean over seeds and evaluation episodes ± standard error over episodes, with the per-seed means "
+        "beside it. 'Best during training' is the best point of the learning curve (fewer episodes per "
+        "point), shown only for reference. 'data policy' is the score of the policy that generated the "
+        "dataset (from its card).",
         "",
-        "| dataset | agent | normalized score | success | train steps/s | act p50 ms | act p99 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | data policy | agent | steps | seeds | final normalized score | per-seed | best during "
+        "training | success | train steps/s | act p50 ms | act p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         sem = f" ± {s['normalized_score_sem']:.1f}" if s["normalized_score_sem"] is not None else ""
+        best = "" if s["best_during_training_mean"] is None else f"{s['best_during_training_mean']:.1f}"
+        per_seed = ", ".join(f"{v:.1f}" for v in s["seed_means"])
         lines.append(
-            f"| {s['dataset']} | {s['agent']} | {s['normalized_score_mean']:.1f}{sem} | "
-            f"{s['success_rate']:.2f} | "
-            f"{s['train_steps_per_s']:.1f} | {s['act_latency_ms_p50']:.1f} | {s['act_latency_ms_p99']:.1f} |"
+            f"| {s['dataset']} | {_fmt(s['behaviour_score'])} | {s['agent']} | "
+            f"{'/'.join(map(str, s['steps']))} | {len(s['seeds'])} | "
+            f"{s['normalized_score_mean']:.1f}{sem} | {per_seed} | {best} | {s['success_rate']:.2f} | "
+            f"{s['train_steps_per_s']:.1f} | {s['act_latency_ms_p50']:.2f} | {s['act_latency_ms_p99']:.2f} |"
         )
     lines += ["", "EDP training speed-up over DiffusionQL (same data, steps, batch): "
               + (", ".join(f"{d}: {v:.2f}x" for d, v in speedups.items()) or "not measured")]  # fmt: skip
-    if skipped:
-        lines += ["", "Skipped:", *[f"- {s}" for s in skipped]]
+    target = target_check(summary)
+    if target:
+        lines += ["", "Target: each diffusion agent's final score >= d3rlpy IQL's on the same dataset.", "",
+                  "| dataset | agent | score | d3rlpy IQL | target |", "|---|---|---|---|---|",
+                  *target]  # fmt: skip
+    lines += ["", "Learning curves: `offline_rl_curves.png`."]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per dataset, one line per agent (mean over seeds of each evaluated step)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for agent in [a for a in AGENTS if any(r["agent"] == a and r["dataset"] == dataset for r in rows)]:
+            points: dict[int, list[float]] = {}
+            for r in rows:
+                if r["dataset"] == dataset and r["agent"] == agent:
+                    for p in r.get("curve", []):
+                        points.setdefault(int(p["step"]), []).append(float(p["normalized_score"]))
+            steps = sorted(points)
+            ax.plot(steps, [np.mean(points[s]) for s in steps], marker="o", ms=3, label=agent,
+                    ls="--" if agent in D3RLPY else "-")  # fmt: skip
+        data_score = next((r.get("behaviour_score") for r in rows if r["dataset"] == dataset), None)
+        if data_score is not None:
+            ax.axhline(data_score, color="grey", ls=":", lw=1, label="data policy")
+        ax.set_title(dataset)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("D4RL normalized score")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_summary(out: Path, command: str | None) -> str:
+    runs_dir = out / "offline_rl"
+    rows = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+    meta_path = out / "offline_rl.json"
+    commands = json.loads(meta_path.read_text())["meta"].get("commands", []) if meta_path.exists() else []
+    if command and command not in commands:
+        commands.append(command)
+    summary = summarize(rows)
+    speedups = edp_speedups(summary)
+    meta = {"commands": commands, "machine": machine()}
+    runs = [{k: v for k, v in r.items() if k != "normalized_scores"} for r in rows]
+    write_json(meta_path, {"meta": meta, "summary": summary, "edp_speedup": speedups, "runs": runs})
+    text = markdown(summary, speedups, meta)
+    write_text(out / "offline_rl.md", text)
+    if rows:
+        plot_curves(rows, out / "offline_rl_curves.png")
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["maze2d-umaze"])
-    parser.add_argument("--agents", nargs="+", default=[*DIFFUSION, *D3RLPY])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--episodes", type=int, default=10, help="episodes for the final score, per seed")
+    parser.add_argument("--curve-every", type=int, default=1000, help="0: no learning curve")
+    parser.add_argument("--curve-episodes", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--d3rlpy-python", help=f"interpreter with d3rlpy (default: {PEER_VENV})")
+    parser.add_argument("--skip-existing", action="store_true", help="keep run files already in --out")
+    parser.add_argument("--summarize", action="store_true", help="only rebuild the summary from run files")
+    parser.add_argument("--progress", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    unknown = sorted(set(args.agents) - set(DIFFUSION) - set(D3RLPY))
-    if unknown:
-        raise ValueError(f"unknown agents {unknown}; valid: {[*DIFFUSION, *D3RLPY]}")
-    rows: list[dict[str, Any]] = []
-    skipped: list[str] = []
+    if args.curve_every and args.steps % args.curve_every:
+        parser.error(f"--steps {args.steps} must be a multiple of --curve-every {args.curve_every}")
+    command = "python benchmarks/offline_rl.py " + " ".join(sys.argv[1:])
+    runs_dir = args.out / "offline_rl"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        print(write_summary(args.out, None))
+        return
+    args.peer_python = find_peer_python(args.d3rlpy_python)
     for dataset in args.datasets:
         store = open_store(dataset, args.data_dir)
         if store is None:
-            skipped.append(
-                f"{dataset}: {args.data_dir / (dataset + '.zarr')} does not exist (generate it first)"
-            )
+            print(f"skip {dataset}: {args.data_dir / (dataset + '.zarr')} does not exist", file=sys.stderr)
             continue
         for name in args.agents:
-            if name in D3RLPY:
-                try:
-                    import d3rlpy  # noqa: F401
-                except ImportError:
-                    skipped.append(f"{dataset} / {name}: d3rlpy is not installed")
-                    continue
+            if name in D3RLPY and args.peer_python is None:
+                print(f"skip {dataset} / {name}: no interpreter imports d3rlpy (see --help)", file=sys.stderr)
+                continue
             for seed in args.seeds:
-                try:
-                    row = run_one(name, dataset, store, args, seed)
-                except Exception as err:  # a peer library failing must not hide the other results
-                    if name in DIFFUSION:
-                        raise
-                    skipped.append(f"{dataset} / {name} seed {seed}: {type(err).__name__}: {err}")
+                path = runs_dir / f"{dataset}-{name}-seed{seed}.json"
+                if args.skip_existing and path.exists():
                     continue
-                print(json.dumps({k: v for k, v in row.items() if k != "normalized_scores"}), flush=True)
-                rows.append(row)
-    summary = summarize(rows)
-    speedups = edp_speedups(summary)
-    meta = {
-        "command": "python benchmarks/offline_rl.py " + " ".join(os.sys.argv[1:]),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "episodes": args.episodes,
-    }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "summary": summary, "edp_speedup": speedups, "runs": rows, "skipped": skipped}
-    for path, text in ((args.out / "offline_rl.json", json.dumps(payload, indent=2)),
-                       (args.out / "offline_rl.md", markdown(summary, skipped, speedups, meta))):  # fmt: skip
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    print(markdown(summary, skipped, speedups, meta))
+                row = run_one(name, dataset, store, args, seed)
+                row["command"] = command
+                write_json(path, row)
+                print(json.dumps({k: v for k, v in row.items() if k not in ("normalized_scores", "curve")}),
+                      flush=True)  # fmt: skip
+    print(write_summary(args.out, command))
 
 
 if __name__ == "__main__":
