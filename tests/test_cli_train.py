@@ -278,3 +278,12 @@ def test_final_eval_reads_the_last_evaluation(tmp_path: Path) -> None:
                {"step": 10, "eval/normalized_score": 22.5, "eval/mean_return": 711.0}]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert final_eval(str(tmp_path)) == {"step": 10, "normalized_score": 22.5, "mean_return": 711.0}
+
+
+def test_eval_set_overrides_are_parsed_as_yaml_scalars() -> None:
+    from diffctl.commands.eval import parse_settings
+
+    got = parse_settings(["n_candidates=16", "selection=argmax", "temperature=0.5", "clip=true"])
+    assert got == {"n_candidates": 16, "selection": "argmax", "temperature": 0.5, "clip": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_settings(["n_candidates"])

@@ -127,3 +127,11 @@ def test_grad_groups_cover_every_trainable_parameter_once(cls) -> None:
     trainable = [p for p in agent.network.parameters() if p.requires_grad]
     assert len(grouped) == len({id(p) for p in grouped}) == len(trainable)
     assert {id(p) for p in grouped} == {id(p) for p in trainable}
+
+
+def test_load_rejects_unknown_overrides_naming_both_kinds(tmp_path) -> None:
+    agent = IDQL(1, 1, **SMALL)
+    agent.fit(TransitionDataset(_bandit(n=16)))
+    agent.save(tmp_path / "agent")
+    with pytest.raises(ValueError, match=r"load overrides \['n_candidate'\].*n_candidates.*steps"):
+        dc.load(tmp_path / "agent", n_candidate=4)

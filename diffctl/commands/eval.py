@@ -30,6 +30,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--solver", default=None, help="sampler override, e.g. ddpm, ddim, dpmpp_2m, heun")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps override")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other load overrides, repeatable: e.g. n_candidates=16, selection=argmax (offline RL agents)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="rollout processes (0 = in this process)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the full result as JSON here")
     parser.add_argument("--video", default=None, help="record episode 0 (.mp4 or .gif)")
@@ -48,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     task = args.task or _task_of_run(checkpoint)
     get_task(task)
     overrides = {k: v for k, v in (("solver", args.solver), ("steps", args.steps)) if v is not None}
+    overrides.update(parse_settings(args.settings))
     agent = load(checkpoint, **overrides)
     result = evaluate(
         agent,
@@ -70,6 +79,20 @@ def _run(args: argparse.Namespace) -> int:
         write_json(args.json_out, report)
         print(f"results: {args.json_out}")
     return 0
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``["n_candidates=16", "selection=argmax"]`` -> ``{"n_candidates": 16, "selection": "argmax"}`` (values
+    read as YAML scalars: ints, floats, booleans, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
 
 
 def _task_of_run(checkpoint: Path) -> str:

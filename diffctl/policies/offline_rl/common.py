@@ -437,6 +437,13 @@ class OfflineRLAgent(Policy):
         """Rebuild a saved agent; overrides are ``n_candidates``/``selection``/``temperature`` or
         ``SamplerConfig`` fields (solver, steps, ...)."""
         config, state = read_agent_config(path, cls.__name__, VERSION, AGENT_KEYS)
+        sampler_keys = set(SamplerConfig.__dataclass_fields__)
+        unknown = sorted(set(overrides) - set(ACT_KEYS) - sampler_keys)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} load overrides {unknown}; act settings: {list(ACT_KEYS)}, "
+                f"sampler: {sorted(sampler_keys)}"
+            )
         act = {**config["act"], **{k: v for k, v in overrides.items() if k in ACT_KEYS}}
         sampler = SamplerConfig.from_dict(config["sampler"]).replace(
             **{k: v for k, v in overrides.items() if k not in ACT_KEYS}
