@@ -50,6 +50,7 @@ AGENTS = (*DIFFUSION, *D3RLPY)
 MAZES = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
 PEER_VENV = Path.home() / ".cache" / "diffctl" / "venvs" / "d3rlpy" / "bin" / "python"
 PEER_SCRIPT = Path(__file__).with_name("d3rlpy_peer.py")
+PEER_LR = 3e-4  # d3rlpy's reproduction learning rate, and this benchmark's first setting for diffctl agents
 
 
 def task_of(dataset: str) -> str:
@@ -104,7 +105,7 @@ def train_diffusion(
     agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
                             reward_normalization="none" if goal else "returns")  # fmt: skip
     agent.fit(ds)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=3e-4, warmup_steps=0, seed=seed,
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=0, seed=seed,
                       checkpoint_every=0, progress=args.progress, tensorboard=False, log_every=100,
                       eval_every=args.curve_every, eval_metric="mean_return", device="cpu")  # fmt: skip
     trainer = Trainer(agent, ds, cfg, run_dir)
@@ -177,6 +178,7 @@ def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespa
         result, curve, sps = train(name, store, dataset, args, seed, Path(tmp))
     return {
         "agent": name, "dataset": dataset, "seed": seed, "steps": args.steps, "batch_size": args.batch_size,
+        "lr": args.lr if name in DIFFUSION else PEER_LR,
         "train_steps_per_s": sps, "normalized_score": result["normalized_score"],
         "normalized_scores": result["normalized_scores"], "mean_return": result["mean_return"],
         "success_rate": result["success_rate"], "act_latency_ms_p50": result["act_latency_ms_p50"],
@@ -190,15 +192,23 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
+def label(row: dict[str, Any]) -> str:
+    """Agent name, with the learning rate for diffctl agents (d3rlpy keeps its reproduction settings)."""
+    if row["agent"] in D3RLPY:
+        return row["agent"]
+    return f"{row['agent']} (lr {row.get('lr', PEER_LR):g})"
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per dataset and agent: final score over seeds x episodes, best curve point, speed, latency."""
+    """Per dataset and agent (+ lr): final score over seeds x episodes, best curve point, speed, latency."""
     out = []
-    for dataset, agent in sorted({(r["dataset"], r["agent"]) for r in rows}):
-        group = [r for r in rows if r["dataset"] == dataset and r["agent"] == agent]
+    for dataset, agent in sorted({(r["dataset"], label(r)) for r in rows}):
+        group = [r for r in rows if r["dataset"] == dataset and label(r) == agent]
         scores = np.concatenate([np.asarray(r["normalized_scores"], float) for r in group])
         best = [max(p["normalized_score"] for p in r["curve"]) for r in group if r.get("curve")]
         out.append({
-            "dataset": dataset, "agent": agent, "seeds": sorted(r["seed"] for r in group),
+            "dataset": dataset, "agent": agent, "method": group[0]["agent"],
+            "seeds": sorted(r["seed"] for r in group),
             "steps": sorted({r["steps"] for r in group}), "episodes_total": int(scores.size),
             "normalized_score_mean": float(scores.mean()),
             "normalized_score_sem": (
@@ -216,10 +226,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
-    """EDP training steps/s over DiffusionQL's, per dataset (same data, steps and batch)."""
+    """EDP training steps/s over DiffusionQL's, per dataset and lr (same data, steps and batch)."""
     speed = {(s["dataset"], s["agent"]): s["train_steps_per_s"] for s in summary}
-    return {d: speed[(d, "edp")] / speed[(d, "diffusion_ql")] for d, a in speed
-            if a == "edp" and (d, "diffusion_ql") in speed}  # fmt: skip
+    return {f"{d} {a[4:]}": speed[(d, a)] / speed[(d, "diffusion_ql" + a[3:])] for d, a in speed
+            if a.startswith("edp ") and (d, "diffusion_ql" + a[3:]) in speed}  # fmt: skip
 
 
 def target_check(summary: list[dict[str, Any]]) -> list[str]:
@@ -227,7 +237,7 @@ def target_check(summary: list[dict[str, Any]]) -> list[str]:
     iql = {s["dataset"]: s["normalized_score_mean"] for s in summary if s["agent"] == "d3rlpy_iql"}
     lines = []
     for s in summary:
-        if s["agent"] in DIFFUSION and s["dataset"] in iql:
+        if s["method"] in DIFFUSION and s["dataset"] in iql:
             ok = s["normalized_score_mean"] >= iql[s["dataset"]]
             lines.append(f"| {s['dataset']} | {s['agent']} | {s['normalized_score_mean']:.1f} | "
                          f"{iql[s['dataset']]:.1f} | {'met' if ok else 'MISSED'} |")  # fmt: skip
@@ -285,10 +295,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for agent in [a for a in AGENTS if any(r["agent"] == a and r["dataset"] == dataset for r in rows)]:
+        for agent in sorted({label(r) for r in rows if r["dataset"] == dataset}):
             points: dict[int, list[float]] = {}
             for r in rows:
-                if r["dataset"] == dataset and r["agent"] == agent:
+                if r["dataset"] == dataset and label(r) == agent:
                     for p in r.get("curve", []):
                         points.setdefault(int(p["step"]), []).append(float(p["normalized_score"]))
             steps = sorted(points)
@@ -334,6 +344,7 @@ def main() -> None:
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the diffctl agents")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--episodes", type=int, default=10, help="episodes for the final score, per seed")
     parser.add_argument("--curve-every", type=int, default=1000, help="0: no learning curve")
@@ -365,7 +376,8 @@ def main() -> None:
                 print(f"skip {dataset} / {name}: no interpreter imports d3rlpy (see --help)", file=sys.stderr)
                 continue
             for seed in args.seeds:
-                path = runs_dir / f"{dataset}-{name}-seed{seed}.json"
+                tag = f"-lr{args.lr:g}" if name in DIFFUSION and args.lr != PEER_LR else ""
+                path = runs_dir / f"{dataset}-{name}{tag}-seed{seed}.json"
                 if args.skip_existing and path.exists():
                     continue
                 row = run_one(name, dataset, store, args, seed)
