@@ -288,12 +288,14 @@ class ControlLoop:
         budget = self.cfg.inference_budget_s or self.replan_every * dt
         wait_s = 0.5 * dt if self.cfg.wait_s is None else self.cfg.wait_s
         next_id, pending, last = 0, False, None
+        primed: np.ndarray | None = None  # held if the first ticks run late, past the primed chunk
 
         obs = np.asarray(self.get_obs(), dtype=np.float32)
         history.extend([obs] * to)
         if self.cfg.prime:
             t = self.clock()
             first = self.infer(np.stack(history), None)
+            primed = np.asarray(first, np.float32)[-1]
             self.latency.record(self.clock() - t)
             self.schedule.push(TimedChunk(np.asarray(first, np.float32), 0, 0, t, self.clock()), 0)
             chunks.append({"chunk_id": 0, "start_tick": 0, "arrival_tick": 0, "latency_s": self.clock() - t,
@@ -349,7 +351,7 @@ class ControlLoop:
                 if planned is not None:
                     action, source, cid = planned[0], "chunk", planned[1]
                 else:
-                    action, source = self._fallback(last)
+                    action, source = self._fallback(last if last is not None else primed)
                     cid = -1
                     if action is None:
                         raise ValueError("no action available: set LoopConfig.safe_action or prime=True")
