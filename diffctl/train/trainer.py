@@ -209,16 +209,17 @@ class Trainer:
             record["ema_decay"] = decay
         return record
 
-    def _clip_gradients(self, max_norm: float | None) -> dict[str, float]:
-        """Clip to ``max_norm`` and return the pre-clip norms. Agents with ``grad_groups()`` (actor, critic,
-        ...) get each group clipped on its own, so a large critic gradient cannot shrink the actor's step."""
+    def _clip_gradients(self, max_norm: float | None) -> dict[str, torch.Tensor]:
+        """Clip to ``max_norm``; returns the pre-clip norms as tensors (no device sync per step). Agents
+        with ``grad_groups()`` (actor, critic, ...) get each group clipped on its own, so a large critic
+        gradient cannot shrink the actor's step."""
         if max_norm is None:
             return {}
         groups = getattr(self.agent, "grad_groups", None)
         if not callable(groups):
-            return {"grad_norm": float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))}
+            return {"grad_norm": torch.nn.utils.clip_grad_norm_(self.params, max_norm)}
         return {
-            f"grad_norm/{name}": float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            f"grad_norm/{name}": torch.nn.utils.clip_grad_norm_(params, max_norm)
             for name, params in groups().items()
             if params
         }
