@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffctl.atomic import write_json, write_text
+from diffctl.atomic import atomic_path, write_json, write_text
 from diffctl.datasets import EpisodeStore
 from diffctl.datasets.d4rl import export_d4rl
 from diffctl.policies.offline_rl import EDP, IDQL, DiffusionQL, TransitionDataset
@@ -313,10 +313,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0][0].set_ylabel("D4RL normalized score")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def write_summary(out: Path, command: str | None) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffctl.atomic import atomic_path
 from diffctl.datasets.store import EpisodeStore
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -216,22 +216,15 @@ def export_d4rl(
     else:
         timeouts = np.zeros(n, dtype=bool)
         timeouts[ends - 1] = ~terminals[ends - 1]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key in store.keys:
-                if key in ("terminals", "timeouts"):
-                    continue
-                values = store.array(key)
-                if key == "rewards":
-                    values = values.reshape(n).astype(np.float32)
-                f.create_dataset(key, data=values, compression="gzip", compression_opts=4)
-            f.create_dataset("terminals", data=terminals)
-            f.create_dataset("timeouts", data=timeouts)
-            f.attrs["diffctl_card"] = json.dumps(store.attrs, default=str)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(dst) as tmp, h5py.File(tmp, "w") as f:
+        for key in store.keys:
+            if key in ("terminals", "timeouts"):
+                continue
+            values = store.array(key)
+            if key == "rewards":
+                values = values.reshape(n).astype(np.float32)
+            f.create_dataset(key, data=values, compression="gzip", compression_opts=4)
+        f.create_dataset("terminals", data=terminals)
+        f.create_dataset("timeouts", data=timeouts)
+        f.attrs["diffctl_card"] = json.dumps(store.attrs, default=str)
     return dst

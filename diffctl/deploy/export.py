@@ -12,7 +12,6 @@ Both formats export EDM- and VP-parameterized policies.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffctl.atomic import write_json
+from diffctl.atomic import atomic_path, write_json
 
 FORMATS = ("torchscript", "onnx")
 
@@ -74,19 +73,11 @@ def export_denoiser(policy: Any, out: str | os.PathLike[str], fmt: str) -> dict[
     module = DenoiserStep(policy).eval()
     inputs = example_inputs(policy, batch=2)
     names = input_names(policy)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with torch.no_grad():
-            if fmt == "torchscript":
-                traced = torch.jit.trace(module, inputs, check_trace=False)
-                traced.save(str(tmp))
-            else:
-                _export_onnx(module, inputs, names, tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(final) as tmp, torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.trace(module, inputs, check_trace=False).save(str(tmp))
+        else:
+            _export_onnx(module, inputs, names, tmp)
     meta = {
         "format": fmt, "file": final.name, "class": type(policy).__name__, "inputs": names,
         "shapes": {n: ["B", *t.shape[1:]] for n, t in zip(names, inputs, strict=True)},

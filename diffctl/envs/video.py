@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from diffctl.atomic import atomic_path
+
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
@@ -26,15 +28,13 @@ def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps:
     p = check_video_path(path)
     if len(frames) == 0:
         raise ValueError(f"no frames to write to {p}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
-    if p.suffix.lower() == ".gif":
-        imageio.mimsave(tmp, [np.asarray(f) for f in frames], duration=1.0 / fps, loop=0)
-    else:
-        with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
-            for frame in frames:
-                writer.append_data(np.asarray(frame))
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        if p.suffix.lower() == ".gif":
+            imageio.mimsave(tmp, [np.asarray(f) for f in frames], duration=1.0 / fps, loop=0)
+        else:
+            with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
+                for frame in frames:
+                    writer.append_data(np.asarray(frame))
     return p
 
 
@@ -75,9 +75,9 @@ def plot_maze_trajectories(
     ax.set_yticks([])
     ax.set_title(title or task, fontsize=9)
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
-    fig.savefig(tmp, bbox_inches="tight", format=p.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    os.replace(tmp, p)
+    try:
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", format=p.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return p

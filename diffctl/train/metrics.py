@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from diffctl.atomic import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -89,9 +90,9 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None) -> 
         key: [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         for key in CURVE_KEYS
     }
-    panels = [("training loss", loss)] + [(k.split("/", 1)[1], v) for k, v in evals.items() if v]
     if not loss:
         return None
+    panels = [("training loss", loss)] + [(k.split("/", 1)[1], v) for k, v in evals.items() if v]
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -108,8 +109,9 @@ def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None) -> 
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(out) if out is not None else Path(run_dir) / "learning_curves.png"
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return path

@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffctl.atomic import atomic_dir, write_json
+from diffctl.atomic import atomic_dir, atomic_path, write_json
 
 BUDGETS = {
     "small": {"sac_steps": 200_000, "steps": 100_000, "checkpoint_every": 10_000, "learning_starts": 10_000},
@@ -182,9 +181,8 @@ def save_checkpoint(run: Path, model: Any, task: str) -> Path:
         "dones": buf.dones[:n, 0],
         "timeouts": buf.timeouts[:n, 0],
     }
-    tmp = run / f".replay.tmp-{uuid.uuid4().hex[:8]}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, run / "replay.npz")
+    with atomic_path(run / "replay.npz") as tmp:
+        np.savez(tmp, **arrays)
     write_json(run / "progress.json", {"step": step})
     return run / "checkpoints" / f"step_{step:08d}"
 
