@@ -182,3 +182,41 @@ def test_config_errors():
         LoopConfig(rate_hz=0)
     with pytest.raises(ValueError, match="predict_chunk nor act"):
         ControlLoop(object(), lambda: [0.0], lambda a: None)
+
+
+def test_late_first_tick_holds_the_primed_chunk(monkeypatch):
+    """Thread start-up that makes the first ticks run past the primed chunk: the loop holds that chunk's
+    last action (no safe action configured) until the next chunk arrives, instead of failing."""
+    import diffctl.deploy.loop as loop_module
+
+    clock = VirtualClock()
+    cfg = LoopConfig(rate_hz=100.0, prime=True, watchdog_s=5.0)
+    jump_ticks = 30
+
+    class SlowStartThread(threading.Thread):
+        def start(self) -> None:
+            if self.name == "diffctl-inference":
+                with clock.lock:
+                    clock.now += (jump_ticks + 0.5) * cfg.dt
+            super().start()
+
+    class PrimedBot(GatedRobotPolicy):
+        def predict_chunk(self, hist: np.ndarray, prefix: np.ndarray | None = None) -> np.ndarray:
+            if self.calls:
+                return super().predict_chunk(hist, prefix)
+            self.calls.append((0, None))  # priming runs on the loop's thread: not gated
+            ticks = np.arange(self.horizon, dtype=np.float32)
+            return np.stack([ticks, np.ones(self.horizon, np.float32)], -1)[None]
+
+    monkeypatch.setattr(loop_module.threading, "Thread", SlowStartThread)
+    bot = PrimedBot(delay=3, horizon=10, n_action_steps=4)
+    result = ControlLoop(bot, bot.get_obs, bot.apply, cfg, clock=clock, sleep=clock.sleep).run(ticks=60)
+    assert result.stall is None
+    assert result.missed_ticks == jump_ticks
+    assert result.ticks[0] == jump_ticks
+    primed_last = np.array([9.0, 1.0], np.float32)  # the primed chunk (call 1) covers ticks 0..9
+    assert result.source[0] == "hold"
+    np.testing.assert_array_equal(result.actions[0], primed_last)
+    held = [i for i, s in enumerate(result.source) if s == "hold"]
+    assert held == list(range(len(held))) and 1 <= len(held) <= 4
+    assert all(s == "chunk" for s in result.source[len(held) :])
