@@ -216,11 +216,15 @@ class DiffusionPolicy(Policy):
         self.reset()
 
     # ----- normalization -------------------------------------------------------------------------------
-    def fit_normalizers(self, obs: Any, actions: Any, goal: Any = None, mode: str = "limits") -> None:
-        """Fit the obs / action (/ goal) normalizers from raw arrays (last axis = features)."""
+    def fit_normalizers(
+        self, obs: Any, actions: Any, goal: Any = None, mode: str = "limits", obs_mode: str | None = None
+    ) -> None:
+        """Fit the obs / action (/ goal) normalizers from raw arrays (last axis = features); ``obs_mode``
+        (default ``mode``) lets long-tailed observations such as locomotion velocities use ``gaussian``
+        while actions keep the ``limits`` that sampling clamps to."""
         obs = np.asarray(obs, dtype=np.float64)[..., : self.obs_dim]
         self.normalizers = {
-            "obs": Normalizer.fit(obs, mode, name="observations"),
+            "obs": Normalizer.fit(obs, obs_mode or mode, name="observations"),
             "action": Normalizer.fit(actions, mode, name="actions"),
         }
         if self.goal_dim:
