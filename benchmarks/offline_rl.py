@@ -50,6 +50,7 @@ AGENTS = (*DIFFUSION, *D3RLPY)
 MAZES = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
 PEER_VENV = Path.home() / ".cache" / "diffctl" / "venvs" / "d3rlpy" / "bin" / "python"
 PEER_SCRIPT = Path(__file__).with_name("d3rlpy_peer.py")
+DEFAULT_STEPS = 5000  # run files of other budgets carry a -steps<N> tag
 PEER_LR = 3e-4  # d3rlpy's reproduction learning rate, and this benchmark's first setting for diffctl agents
 
 
@@ -200,16 +201,17 @@ def label(row: dict[str, Any]) -> str:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per dataset and agent (+ lr): final score over seeds x episodes, best curve point, speed, latency."""
+    """Per dataset, step budget and agent (+ lr): final score over seeds x episodes, best curve point,
+    speed, latency."""
     out = []
-    for dataset, agent in sorted({(r["dataset"], label(r)) for r in rows}):
-        group = [r for r in rows if r["dataset"] == dataset and label(r) == agent]
+    for dataset, steps, agent in sorted({(r["dataset"], r["steps"], label(r)) for r in rows}):
+        group = [r for r in rows if r["dataset"] == dataset and r["steps"] == steps and label(r) == agent]
         scores = np.concatenate([np.asarray(r["normalized_scores"], float) for r in group])
         best = [max(p["normalized_score"] for p in r["curve"]) for r in group if r.get("curve")]
         out.append({
             "dataset": dataset, "agent": agent, "method": group[0]["agent"],
             "seeds": sorted(r["seed"] for r in group),
-            "steps": sorted({r["steps"] for r in group}), "episodes_total": int(scores.size),
+            "steps": steps, "episodes_total": int(scores.size),
             "normalized_score_mean": float(scores.mean()),
             "normalized_score_sem": (
                 float(scores.std(ddof=1) / np.sqrt(scores.size)) if scores.size > 1 else None
@@ -226,21 +228,28 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
-    """EDP training steps/s over DiffusionQL's, per dataset and lr (same data, steps and batch)."""
-    speed = {(s["dataset"], s["agent"]): s["train_steps_per_s"] for s in summary}
-    return {f"{d} {a[4:]}": speed[(d, a)] / speed[(d, "diffusion_ql" + a[3:])] for d, a in speed
-            if a.startswith("edp ") and (d, "diffusion_ql" + a[3:]) in speed}  # fmt: skip
+    """EDP training steps/s over DiffusionQL's, per dataset, steps and lr (same data, steps and batch)."""
+    speed = {(s["dataset"], s["steps"], s["agent"]): s["train_steps_per_s"] for s in summary}
+    return {
+        f"{d} {n} steps {a[4:]}": speed[(d, n, a)] / speed[(d, n, "diffusion_ql" + a[3:])]
+        for d, n, a in speed
+        if a.startswith("edp ") and (d, n, "diffusion_ql" + a[3:]) in speed
+    }
 
 
 def target_check(summary: list[dict[str, Any]]) -> list[str]:
-    """The issue's target: every diffusion agent at least matches d3rlpy IQL's final score per dataset."""
-    iql = {s["dataset"]: s["normalized_score_mean"] for s in summary if s["agent"] == "d3rlpy_iql"}
+    """The issue's target: every diffusion agent at least matches d3rlpy IQL's final score per dataset,
+    at the same step budget."""
+    iql = {(s["dataset"], s["steps"]): s["normalized_score_mean"]
+           for s in summary if s["agent"] == "d3rlpy_iql"}  # fmt: skip
     lines = []
     for s in summary:
-        if s["method"] in DIFFUSION and s["dataset"] in iql:
-            ok = s["normalized_score_mean"] >= iql[s["dataset"]]
-            lines.append(f"| {s['dataset']} | {s['agent']} | {s['normalized_score_mean']:.1f} | "
-                         f"{iql[s['dataset']]:.1f} | {'met' if ok else 'MISSED'} |")  # fmt: skip
+        key = (s["dataset"], s["steps"])
+        if s["method"] in DIFFUSION and key in iql:
+            ok = s["normalized_score_mean"] >= iql[key]
+            score = s["normalized_score_mean"]
+            lines.append(f"| {s['dataset']} | {s['steps']} | {s['agent']} | {score:.1f} | "
+                         f"{iql[key]:.1f} | {'met' if ok else 'MISSED'} |")  # fmt: skip
     return lines
 
 
@@ -266,7 +275,7 @@ def markdown(summary: list[dict[str, Any]], speedups: dict[str, float], meta: di
         per_seed = ", ".join(f"{v:.1f}" for v in s["seed_means"])
         lines.append(
             f"| {s['dataset']} | {_fmt(s['behaviour_score'])} | {s['agent']} | "
-            f"{'/'.join(map(str, s['steps']))} | {len(s['seeds'])} | "
+            f"{s['steps']} | {len(s['seeds'])} | "
             f"{s['normalized_score_mean']:.1f}{sem} | {per_seed} | {best} | {s['success_rate']:.2f} | "
             f"{s['train_steps_per_s']:.1f} | {s['act_latency_ms_p50']:.2f} | {s['act_latency_ms_p99']:.2f} |"
         )
@@ -275,7 +284,7 @@ def markdown(summary: list[dict[str, Any]], speedups: dict[str, float], meta: di
     target = target_check(summary)
     if target:
         lines += ["", "Target: each diffusion agent's final score >= d3rlpy IQL's on the same dataset.", "",
-                  "| dataset | agent | score | d3rlpy IQL | target |", "|---|---|---|---|---|",
+                  "| dataset | steps | agent | score | d3rlpy IQL | target |", "|---|---|---|---|---|---|",
                   *target]  # fmt: skip
     lines += ["", "Learning curves: `offline_rl_curves.png`."]
     return "\n".join(lines) + "\n"
@@ -286,19 +295,20 @@ def _fmt(value: float | None) -> str:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per dataset, one line per agent (mean over seeds of each evaluated step)."""
+    """One panel per dataset and step budget, one line per agent (mean over seeds of each evaluated step)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        for agent in sorted({label(r) for r in rows if r["dataset"] == dataset}):
+    panels = sorted({(r["dataset"], r["steps"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (dataset, budget) in zip(axes[0], panels, strict=True):
+        runs = [r for r in rows if r["dataset"] == dataset and r["steps"] == budget]
+        for agent in sorted({label(r) for r in runs}):
             points: dict[int, list[float]] = {}
-            for r in rows:
-                if r["dataset"] == dataset and label(r) == agent:
+            for r in runs:
+                if label(r) == agent:
                     for p in r.get("curve", []):
                         points.setdefault(int(p["step"]), []).append(float(p["normalized_score"]))
             steps = sorted(points)
@@ -307,7 +317,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         data_score = next((r.get("behaviour_score") for r in rows if r["dataset"] == dataset), None)
         if data_score is not None:
             ax.axhline(data_score, color="grey", ls=":", lw=1, label="data policy")
-        ax.set_title(dataset)
+        ax.set_title(f"{dataset}, {budget} steps", fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("D4RL normalized score")
@@ -343,7 +353,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["maze2d-umaze"])
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of the diffctl agents")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -378,6 +388,7 @@ def main() -> None:
                 continue
             for seed in args.seeds:
                 tag = f"-lr{args.lr:g}" if name in DIFFUSION and args.lr != PEER_LR else ""
+                tag += f"-steps{args.steps}" if args.steps != DEFAULT_STEPS else ""
                 path = runs_dir / f"{dataset}-{name}{tag}-seed{seed}.json"
                 if args.skip_existing and path.exists():
                     continue
