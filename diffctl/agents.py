@@ -22,6 +22,7 @@ AGENT_CLASSES: dict[str, str] = {
     "FlowPolicy": "diffctl.policies.flow",
     "Diffuser": "diffctl.planners.diffuser",
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",
+    "CoarseToFineDiffuser": "diffctl.planners.coarse_to_fine",
 }
 
 

@@ -233,33 +233,50 @@ def test_train_an_offline_rl_agent_end_to_end(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_planner_group_composes_over_the_policy() -> None:
-    assert group_options("planner") == ["decision_diffuser", "diffuser"]
+    assert group_options("planner") == ["decision_diffuser", "diffuser", "diffuser_lite"]
     assert to_dict(compose_config([])).get("planner") is None
     conf = to_dict(compose_config(["planner=diffuser", "task=maze2d-medium"]))
     task = conf["task"]
     assert conf["planner"]["class"] == "Diffuser" and task["name"] == "maze2d-medium"
     assert task["n_obs_steps"] == task["horizon"] and task["discount"] == conf["planner"]["discount"]
     assert resolve_run_dir(conf, DistInfo()).name.startswith("maze2d-medium-diffuser-")
-    with pytest.raises(ValueError, match="unknown planner 'rrt'; available: decision_diffuser, diffuser"):
+    with pytest.raises(ValueError, match="unknown planner 'rrt'; available: decision_diffuser, diffuser, "):
         compose_config(["planner=rrt"])
 
 
-@pytest.mark.parametrize("planner", ["diffuser", "decision_diffuser"])
+NET_OVERRIDES = {
+    "diffuser": ["task.horizon=16", "planner.backbone_kwargs.down_dims=[16,32]"],
+    "decision_diffuser": ["task.horizon=16", "planner.backbone_kwargs.down_dims=[16,32]"],
+    "diffuser_lite": [
+        "task.horizon=9",
+        "planner.points=3",
+        "planner.levels=3",
+        "planner.backbone_kwargs.hidden=32",
+    ],
+}
+CLASSES = {
+    "diffuser": "Diffuser",
+    "decision_diffuser": "DecisionDiffuser",
+    "diffuser_lite": "CoarseToFineDiffuser",
+}
+
+
+@pytest.mark.parametrize("planner", sorted(NET_OVERRIDES))
 def test_train_and_eval_a_planner_end_to_end(
     planner: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, run = tmp_path / "umaze.zarr", tmp_path / "run"
     args = [
         "train", "task=maze2d-umaze", f"planner={planner}", f"task.dataset.path={data}",
-        "task.dataset.generate.episodes=2", "task.horizon=16", "planner.backbone_kwargs.down_dims=[16,32]",
-        "sampler.steps=2", "eval.episodes=1", "eval.n_workers=0", "training.steps=3", "training.batch_size=8",
+        "task.dataset.generate.episodes=2", *NET_OVERRIDES[planner], "sampler.steps=2", "eval.episodes=1",
+        "eval.n_workers=0", "training.steps=3", "training.batch_size=8",
         "training.warmup_steps=1", "training.progress=false", f"run_dir={run}",
     ]  # fmt: skip
     assert main(args) == 0
     records = [r for r in read_metrics(run) if "eval/success_rate" in r]
     assert records and 0.0 <= records[-1]["eval/success_rate"] <= 1.0  # evaluate() ran during training
     agent = load(run / "checkpoint", steps=4)
-    assert type(agent).__name__ == {"diffuser": "Diffuser", "decision_diffuser": "DecisionDiffuser"}[planner]
+    assert type(agent).__name__ == CLASSES[planner]
     assert agent.state_dim == 4 and agent.goal_dim == 2 and agent.obs_dim == 6 and agent.sampler.steps == 4
     agent.reset()
     assert agent.act([0.0] * 6).shape == (2,)

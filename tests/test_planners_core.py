@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffctl.planners import DecisionDiffuser, Diffuser, InverseDynamics, window_returns
+from diffctl.planners import CoarseToFineDiffuser, DecisionDiffuser, Diffuser, InverseDynamics, window_returns
 from diffctl.planners.base import Plan
 
 STATE, ACT, GOAL, H = 4, 2, 2, 8
@@ -194,7 +194,7 @@ def test_load_rejects_bad_directories_and_overrides(tmp_path) -> None:
         Diffuser.load(path)
 
 
-@pytest.mark.parametrize("name", ["diffuser", "decision_diffuser"])
+@pytest.mark.parametrize("name", ["diffuser", "decision_diffuser", "diffuser_lite"])
 def test_planner_configs_build_their_planner(name: str) -> None:
     from omegaconf import OmegaConf
 
@@ -202,7 +202,12 @@ def test_planner_configs_build_their_planner(name: str) -> None:
 
     conf = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "planner" / f"{name}.yaml"))
     section = dict(conf["planner"])
-    cls = {"Diffuser": Diffuser, "DecisionDiffuser": DecisionDiffuser}[section.pop("class")]
+    classes = {
+        "Diffuser": Diffuser,
+        "DecisionDiffuser": DecisionDiffuser,
+        "CoarseToFineDiffuser": CoarseToFineDiffuser,
+    }
+    cls = classes[section.pop("class")]
     for key in ("name", "normalizer"):
         section.pop(key)
     planner = cls(STATE + GOAL, ACT, goal_dim=GOAL, horizon=conf["task"]["horizon"], **section,

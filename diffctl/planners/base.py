@@ -329,6 +329,11 @@ class Planner(SeededSampler, ABC):
     def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
         """The action at plan step ``t`` from the observed raw ``state`` ``(1, Ds)``."""
 
+    @property
+    def plan_length(self) -> int:
+        """Steps of the plan the agent executes (the horizon, unless a planner executes a shorter one)."""
+        return self.horizon
+
     def tracking_mode(self) -> str:
         """``tracking`` with ``auto`` resolved by the subclass (see its docstring)."""
         return str(self.hparams["tracking"])
@@ -346,7 +351,7 @@ class Planner(SeededSampler, ABC):
         if self._plan is None or self._plan_norm is None:
             return True
         every = self.hparams["replan_every"]
-        if self._t >= self.horizon - 1 or (every and self._t >= every):
+        if self._t >= self.plan_length - 1 or (every and self._t >= every):
             return True
         thr = self.hparams["replan_threshold"]
         if thr is not None:
@@ -377,7 +382,7 @@ class Planner(SeededSampler, ABC):
         """Steer to the next waypoint: ``kp (p' - p) + kd (v' - v)`` for states laid out ``[p, v, ...]``."""
         assert self._plan is not None
         p = self.action_dim
-        nxt = self._plan.states[0, 0, min(t + 1, self.horizon - 1)]
+        nxt = self._plan.states[0, 0, min(t + 1, self.plan_length - 1)]
         s = state[0]
         a = self.hparams["kp"] * (nxt[:p] - s[:p]) + self.hparams["kd"] * (nxt[p : 2 * p] - s[p : 2 * p])
         return a.cpu().numpy()

@@ -1,0 +1,145 @@
+"""CoarseToFineDiffuser: level strides, shape checks, overfitting tiny windows, refinement, save/load, act."""
+
+import numpy as np
+import pytest
+import torch
+
+import diffctl as dc
+from diffctl.planners import CoarseToFineDiffuser
+from diffctl.planners.coarse_to_fine import level_strides
+
+STATE, ACT, POINTS, LEVELS = 4, 2, 3, 3
+H = (POINTS - 1) ** LEVELS + 1  # 9: strides 4, 2, 1
+NET = {"backbone_kwargs": {"hidden": 128, "depth": 2, "embed_dim": 32}}
+
+
+def rollouts(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Point-mass windows ``p' = p + 0.2 a``, ``v = a`` with a constant action per window; reward = x."""
+    g = torch.Generator().manual_seed(seed)
+    pos0 = torch.rand(n, 2, generator=g) * 2 - 1
+    act = -0.5 * pos0
+    t = torch.arange(H, dtype=torch.float32).reshape(1, H, 1)
+    pos = pos0[:, None] + 0.2 * t * act[:, None]
+    vel = torch.cat([torch.zeros(n, 1, 2), act[:, None].expand(n, H - 1, 2)], dim=1)
+    rewards = pos[..., 0]
+    return {"obs": torch.cat([pos, vel], -1), "actions": act[:, None].expand(n, H, 2).contiguous(),
+            "rewards": rewards, "returns": rewards[:, -1].clone()}  # fmt: skip
+
+
+def fit(planner: CoarseToFineDiffuser, data: dict[str, torch.Tensor], steps: int) -> None:
+    returns = torch.cat([data["returns"], data["rewards"].sum(1)]) if planner.uses_returns else None
+    planner.fit_normalizers(data["obs"].reshape(-1, STATE).numpy() * 1.05, data["actions"].reshape(-1, ACT),
+                            returns=returns)  # fmt: skip
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(planner.network.parameters(), lr=2e-3)
+    for _ in range(steps):
+        loss, info = planner.loss(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(np.isfinite(v) for v in info.values())
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[CoarseToFineDiffuser, dict[str, torch.Tensor]]:
+    data = rollouts(32)
+    planner = CoarseToFineDiffuser(STATE, ACT, horizon=H, points=POINTS, levels=LEVELS, value=True, n_plans=4,
+                                   sampler={"solver": "heun", "steps": 8, "seed": 0}, **NET)  # fmt: skip
+    fit(planner, data, steps=400)
+    return planner, data
+
+
+def test_level_strides_and_horizon_check() -> None:
+    assert level_strides(9, 2) == [8, 1]
+    assert level_strides(5, 3) == [16, 4, 1]
+    assert level_strides(3, 3) == [4, 2, 1]
+    with pytest.raises(ValueError, match=r"horizon must be \(points - 1\) \*\* levels \+ 1 = 65"):
+        CoarseToFineDiffuser(STATE, ACT, horizon=64, points=9, levels=2)
+    with pytest.raises(ValueError, match="points must be >= 2"):
+        CoarseToFineDiffuser(STATE, ACT, horizon=2, points=1, levels=1)
+
+
+def test_loss_trains_every_level_on_its_strided_cut() -> None:
+    planner = CoarseToFineDiffuser(STATE, ACT, horizon=H, points=POINTS, levels=LEVELS, value=False, **NET)
+    data = rollouts(8)
+    planner.fit_normalizers(data["obs"].reshape(-1, STATE).numpy(), data["actions"].reshape(-1, ACT))
+    loss, info = planner.loss(data)
+    assert sorted(info) == ["diffusion_loss/level0", "diffusion_loss/level1", "diffusion_loss/level2", "loss"]
+    loss.backward()
+    for den in planner.network.denoisers:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in den.parameters())
+
+
+def test_refined_plan_reproduces_the_first_steps_of_the_data(trained) -> None:
+    planner, data = trained
+    plan = planner.plan(data["obs"][:8, 0])
+    assert plan.states.shape == (8, 4, POINTS, STATE) and plan.actions.shape == (8, 4, POINTS, ACT)
+    err = (plan.states[:, 0] - data["obs"][:8, :POINTS]).abs().mean()
+    act_err = (plan.actions[:, 0] - data["actions"][:8, :POINTS]).abs().mean()
+    untrained = CoarseToFineDiffuser(STATE, ACT, horizon=H, points=POINTS, levels=LEVELS, value=False,
+                                     normalizers=planner.normalizers, sampler={"solver": "heun", "steps": 8},
+                                     **NET)  # fmt: skip
+    base = (untrained.plan(data["obs"][:8, 0]).states[:, 0] - data["obs"][:8, :POINTS]).abs().mean()
+    assert float(err) < 0.12 and float(act_err) < 0.12, (float(err), float(act_err))
+    assert float(err) < 0.3 * float(base)
+    torch.testing.assert_close(plan.states[:, :, 0], data["obs"][:8, None, 0].expand(-1, 4, -1))
+
+
+def test_values_are_ranked_and_noise_fixes_the_plan(trained) -> None:
+    planner, data = trained
+    obs = data["obs"][:2, 0]
+    plan = planner.plan(obs)
+    assert plan.values is not None and plan.values.shape == (2, 4)
+    assert torch.all(plan.values[:, :-1] >= plan.values[:, 1:])
+    noise = torch.randn(LEVELS, 2 * 4, POINTS, STATE + ACT)
+    a, b = planner.plan(obs, noise=noise), planner.plan(obs, noise=noise)
+    assert torch.equal(a.states, b.states)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        planner.plan(obs, noise=noise[0])
+
+
+def test_save_load_round_trip_and_act_replans_every_fine_plan(trained, tmp_path) -> None:
+    planner, data = trained
+    path = planner.save(tmp_path / "c2f")
+    loaded = dc.load(path)
+    assert isinstance(loaded, CoarseToFineDiffuser) and loaded.strides == [4, 2, 1]
+    obs = data["obs"][:2, 0]
+    planner.seed(3)
+    loaded.seed(3)
+    torch.testing.assert_close(planner.plan(obs).states, loaded.plan(obs).states, rtol=0, atol=0)
+    loaded.reset()
+    for _ in range(5):
+        assert loaded.act(data["obs"][0, 0].numpy()).shape == (ACT,)
+    assert loaded.replans == 3  # a fine plan has POINTS - 1 = 2 steps to execute
+    warm = dc.load(path, warm_start=0.5)
+    warm.reset()
+    warm.act(data["obs"][0, 0].numpy())
+    warm.act(data["obs"][0, 0].numpy())
+    with pytest.raises(ValueError, match="does not warm-start"):
+        warm.act(data["obs"][0, 0].numpy())
+
+
+def test_each_level_refines_the_first_gap_of_the_level_above(trained, monkeypatch) -> None:
+    planner, data = trained
+    calls = []
+    inner = planner._level
+
+    def record(level, start, end, noise):
+        out = inner(level, start, end, noise)
+        calls.append((level, start, end, out))
+        return out
+
+    monkeypatch.setattr(planner, "_level", record)
+    plan = planner.plan(data["obs"][:2, 0])
+    assert [c[0] for c in calls] == [0, 1, 2]
+    assert calls[0][2] is None  # no goal: level 0 pins only the start
+    for _, start, end, out in calls[1:]:
+        torch.testing.assert_close(out[:, 0, :STATE], start)
+        torch.testing.assert_close(out[:, -1, :STATE], end)  # the end is inpainted exactly
+    # level 1 ends at the second point of the value-ranked level-0 plans, level 2 at level 1's second point
+    level0 = calls[0][3].reshape(2, 4, POINTS, -1)
+    order = planner.network.value(calls[0][3]).reshape(2, 4).argsort(1, descending=True)
+    ranked0 = level0.gather(1, order[:, :, None, None].expand_as(level0)).reshape(8, POINTS, -1)
+    torch.testing.assert_close(calls[1][2], ranked0[:, 1, :STATE])
+    torch.testing.assert_close(calls[2][2], calls[1][3][:, 1, :STATE])
+    torch.testing.assert_close(calls[2][3].reshape(2, 4, POINTS, -1), plan.trajectory)
