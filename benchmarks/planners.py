@@ -9,12 +9,17 @@ ValueFunction + DDPMScheduler) at the same horizon and U-Net widths. Weights are
 on them. Scores: each ``--checkpoint NAME=DIR`` is loaded with every setting and run through
 ``dc.evaluate`` on ``--task``.
 
-With ``--train DIR`` the checkpoints are made here, reproducibly: maze2d-umaze expert data with
-``goal_radius=0.1`` (as ``diffctl quickstart``: the expert settles at its goal), then Diffuser and
-DecisionDiffuser trained through ``diffctl.train.pipeline`` (the ``diffctl train`` path), ``TRAIN_BUDGET``.
+With ``--train DIR`` the checkpoints are made here, reproducibly: expert data of ``--task`` (a maze) with
+``goal_radius=0.1`` (as ``diffctl quickstart``: the expert settles at its goal), then Diffuser,
+DecisionDiffuser and the coarse-to-fine Diffuser (``planner=diffuser_lite``) trained through
+``diffctl.train.pipeline`` (the ``diffctl train`` path), ``TRAIN_BUDGET``. Diffuser and DecisionDiffuser keep
+their configs' horizons (64, 32) on every maze; the coarse-to-fine planner spans 65 steps on maze2d-umaze and
+257 (5 points x 4 levels) on the larger mazes, whose paths are longer. Results of other tasks than
+maze2d-umaze go to ``planners_<task>.{json,md}``.
 
     python benchmarks/planners.py [--checkpoint diffuser=runs/x/checkpoint ...] [--episodes 20] [--quick]
     python benchmarks/planners.py --train runs/planners-bench --episodes 20
+    python benchmarks/planners.py --train runs/planners-medium --task maze2d-medium --skip-rates --episodes 10
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffctl.planners import DecisionDiffuser, Diffuser
+from diffctl.atomic import write_text
+from diffctl.planners import CoarseToFineDiffuser, DecisionDiffuser, Diffuser
 from diffctl.planners.base import Planner, shift_trajectory
 
 STATE, GOAL, ACT, H = 4, 2, 2, 64
 UNET = {"down_dims": [32, 64, 128], "kernel_size": 5, "n_groups": 8, "embed_dim": 64}
+C2F_MLP = {"hidden": 256, "depth": 3, "embed_dim": 64}
 # name -> (sampler overrides, planner overrides); "warm" settings also report the warm-started plan rate
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "slow: ddpm 64": ({"solver": "ddpm", "steps": 64, "warm_start": 0.0}, {"replan_every": 0}),
@@ -52,12 +59,13 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 @dataclass(frozen=True)
 class TrainBudget:
-    """Data and training sizes of ``--train``: each planner about 8 minutes on one shared CPU core (a
-    Diffuser step costs about 0.3 s at batch 64, a Decision Diffuser step, on states only, about 0.19 s)."""
+    """Data and training sizes of ``--train``: Diffuser and DecisionDiffuser about 8 minutes each on one
+    shared CPU core (a Diffuser step costs about 0.3 s at batch 64, a Decision Diffuser step, on states only,
+    about 0.19 s); the coarse-to-fine planner's MLP levels are far cheaper per step."""
 
     data_episodes: int = 300
     goal_radius: float = 0.1
-    steps: tuple[int, int] = (1500, 2500)
+    steps: tuple[int, int, int] = (1500, 2500, 4000)  # diffuser, decision_diffuser, diffuser_lite
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -65,31 +73,39 @@ class TrainBudget:
 
 
 TRAIN_BUDGET = TrainBudget()
-QUICK_BUDGET = TrainBudget(data_episodes=8, steps=(20, 20), batch_size=16, down_dims=(16, 32))
+QUICK_BUDGET = TrainBudget(data_episodes=8, steps=(20, 20, 20), batch_size=16, down_dims=(16, 32))
+PLANNERS = ("diffuser", "decision_diffuser", "diffuser_lite")
 
 
-def train_checkpoints(work: Path, budget: TrainBudget, seed: int = 0) -> list[str]:
-    """Generate maze2d-umaze data and train both planners on it; returns ``NAME=DIR`` checkpoint specs."""
+def planner_overrides(name: str, task: str, budget: TrainBudget) -> list[str]:
+    """Network-size overrides per planner: the U-Net widths of the budget, or the coarse-to-fine levels."""
+    if name != "diffuser_lite":
+        return [f"planner.backbone_kwargs.down_dims=[{','.join(map(str, budget.down_dims))}]"]
+    if task == "maze2d-umaze":
+        return ["planner.points=9", "planner.levels=2", "task.horizon=65"]
+    return ["planner.points=5", "planner.levels=4", "task.horizon=257"]
+
+
+def train_checkpoints(work: Path, budget: TrainBudget, task: str, seed: int = 0) -> list[str]:
+    """Generate ``task`` expert data and train every planner on it; returns ``NAME=DIR`` checkpoint specs."""
     from diffctl.datasets.generators import generate
     from diffctl.train.pipeline import compose_config, run
 
-    data = work / "data" / "maze2d-umaze.zarr"
+    data = work / "data" / f"{task}.zarr"
     if not data.exists():
-        generate(
-            "maze2d-umaze", data, episodes=budget.data_episodes, seed=seed, goal_radius=budget.goal_radius
-        )
+        generate(task, data, episodes=budget.data_episodes, seed=seed, goal_radius=budget.goal_radius)
     specs = []
-    for name, steps in zip(("diffuser", "decision_diffuser"), budget.steps, strict=True):
+    for name, steps in zip(PLANNERS, budget.steps, strict=True):
         run_dir = work / name
         if not (run_dir / "checkpoint").exists():
             start = time.perf_counter()
             cfg = compose_config([
-                "task=maze2d-umaze", f"planner={name}", f"task.dataset.path={data}", f"run_dir={run_dir}",
+                f"task={task}", f"planner={name}", f"task.dataset.path={data}", f"run_dir={run_dir}",
                 f"seed={seed}", f"training.steps={steps}", f"training.batch_size={budget.batch_size}",
                 f"training.lr={budget.lr}", f"training.warmup_steps={budget.warmup_steps}",
                 "training.checkpoint_every=0", "training.tensorboard=false", "training.progress=false",
                 f"training.log_every={max(1, steps // 10)}", "eval.episodes=0",
-                f"planner.backbone_kwargs.down_dims=[{','.join(map(str, budget.down_dims))}]",
+                *planner_overrides(name, task, budget),
             ])  # fmt: skip
             run(cfg)
             print(f"trained {name} in {time.perf_counter() - start:.0f} s", flush=True)
@@ -108,7 +124,8 @@ def nfe(planner: Planner, warm: bool) -> int:
     if planner.sampler.solver == "heun":
         steps = 2 * steps - 1
     cfg = isinstance(planner, DecisionDiffuser) and planner.sampler.guidance_scale != 1.0
-    return steps * (2 if cfg else 1)
+    levels = planner.levels if isinstance(planner, CoarseToFineDiffuser) else 1
+    return steps * (2 if cfg else 1) * levels
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -126,7 +143,7 @@ def plan_rates(planner: Planner, obs: np.ndarray, repeats: int) -> dict[str, Any
     planner.reset(seed=0)
     cold = median_ms(lambda: planner.plan(obs), repeats)
     row = {"nfe": nfe(planner, False), "plan_ms": round(cold, 2), "plan_hz": round(1e3 / cold, 1)}
-    if planner.sampler.warm_start > 0:
+    if planner.sampler.warm_start > 0 and supports_warm_start(planner):
         prev = planner.plan(obs)
         assert prev.trajectory is not None
         init = shift_trajectory(prev.trajectory[:, 0], 8)
@@ -135,6 +152,10 @@ def plan_rates(planner: Planner, obs: np.ndarray, repeats: int) -> dict[str, Any
             warm_nfe=nfe(planner, True), warm_plan_ms=round(warm, 2), warm_plan_hz=round(1e3 / warm, 1)
         )
     return row
+
+
+def supports_warm_start(planner: Planner) -> bool:
+    return not isinstance(planner, CoarseToFineDiffuser)
 
 
 def fitted(planner: Planner) -> Planner:
@@ -153,6 +174,11 @@ def random_planners() -> dict[str, Planner]:
         "DecisionDiffuser (goal CFG 1.2)": fitted(
             DecisionDiffuser(STATE + GOAL, ACT, **common, sampler={"guidance_scale": 1.2})
         ),
+        "CoarseToFineDiffuser (9 points x 2 levels, span 65)": fitted(
+            CoarseToFineDiffuser(
+                STATE + GOAL, ACT, goal_dim=GOAL, horizon=65, points=9, levels=2, backbone_kwargs=C2F_MLP
+            )
+        ),
     }
 
 
@@ -164,6 +190,8 @@ def rate_rows(
     for name, planner in random_planners().items():
         params = sum(p.numel() for p in planner.network.parameters())
         for setting, (sampler, _) in settings.items():
+            if sampler["warm_start"] > 0 and not supports_warm_start(planner):
+                continue
             planner.sampler = planner.sampler.replace(**sampler)
             reps = max(3, repeats // 8) if sampler["steps"] >= 32 else repeats
             row = {"impl": "diffctl", "model": name, "params": params, "setting": setting}
@@ -249,6 +277,8 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
             raise ValueError(f"--checkpoint expects NAME=DIR, got {spec!r}")
         for setting, (sampler, planner_keys) in SETTINGS.items():
             agent = dc.load(path, **sampler, **planner_keys)
+            if sampler["warm_start"] > 0 and not supports_warm_start(agent):
+                continue
             if obs is None:
                 from diffctl.envs.registry import make_env
 
@@ -270,13 +300,15 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
     return rows
 
 
-def train_note(budget: TrainBudget, seconds: float) -> str:
+def train_note(budget: TrainBudget, seconds: float, task: str) -> str:
+    lite = " ".join(planner_overrides("diffuser_lite", task, budget))
     return (
-        f"trained by this script (--train): {budget.data_episodes} expert episodes of maze2d-umaze with "
-        f"goal_radius {budget.goal_radius}; Diffuser {budget.steps[0]}, DecisionDiffuser {budget.steps[1]} "
-        f"training steps at batch {budget.batch_size}, "
-        f"lr {budget.lr} (warmup {budget.warmup_steps}), U-Net down_dims {list(budget.down_dims)}, the "
-        f"configs' other defaults; {seconds:.0f} s in all for data and both planners on 1 thread."
+        f"trained by this script (--train): {budget.data_episodes} expert episodes of {task} with "
+        f"goal_radius {budget.goal_radius}; Diffuser {budget.steps[0]}, DecisionDiffuser {budget.steps[1]}, "
+        f"coarse-to-fine Diffuser {budget.steps[2]} training steps at batch {budget.batch_size}, "
+        f"lr {budget.lr} (warmup {budget.warmup_steps}), U-Net down_dims {list(budget.down_dims)}, "
+        f"coarse-to-fine `{lite}`, the configs' other defaults; {seconds:.0f} s in all for data and the "
+        "planners on 1 thread."
     )
 
 
@@ -284,12 +316,6 @@ def table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 NOTES = """Notes: rates are the median ``plan()`` time at batch 1 with one torch thread on a machine shared
@@ -301,7 +327,9 @@ every replan after the first costs in the warm setting). diffusers rows time
 function forward + backward twice, and its value function is a 4-level U-Net encoder (H=64 must pool
 to 1), larger than diffctl's MLP value head. Score rows differ in replanning as well as in the
 solver: the slow and cold settings plan once and track until the plan is used up (H - 1 steps), the
-warm setting replans every 8 steps."""
+warm setting replans every 8 steps. The coarse-to-fine planner executes only its finest level, so it
+replans whenever that short plan is used up (every 8 steps with 9 points, every 4 with 5), in every
+setting, and it has no warm-start setting."""
 
 
 def target_rows(scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -334,7 +362,8 @@ def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
         "# Planners on CPU (batch 1, 1 thread)",
         "",
         f"`{result['meta']['command']}` on {result['meta']['machine']}.",
-        f"Horizon {H} for the rates, maze2d shapes (state 4, goal 2, action 2).",
+        f"Horizon {H} for the rates (the coarse-to-fine planner spans 65 steps with 9-point levels), maze2d "
+        "shapes (state 4, goal 2, action 2).",
         "",
         "## Planning rate (random weights; cost does not depend on them)",
         "",
@@ -409,13 +438,15 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path("/tmp/diffctl-bench" if args.quick else args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = "planners" if args.task == "maze2d-umaze" else f"planners_{args.task}"
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     if args.render_only:
-        result = json.loads((out / "planners.json").read_text())
+        result = json.loads(json_path.read_text())
         if args.note:
             result["meta"]["note"] = args.note
-            write_atomic(out / "planners.json", json.dumps(result, indent=2) + "\n")
+            write_text(json_path, json.dumps(result, indent=2) + "\n")
         md = render(result, result["meta"]["task"], int(result["meta"].get("episodes", args.episodes)))
-        write_atomic(out / "planners.md", "\n".join(md) + "\n")
+        write_text(md_path, "\n".join(md) + "\n")
         print("\n".join(md))
         return
     repeats = 2 if args.quick else args.repeats
@@ -427,11 +458,11 @@ def main() -> None:
     )
     budget = None
     if args.train:
-        if args.task != "maze2d-umaze":
-            raise ValueError(f"--train generates maze2d-umaze data; got --task {args.task!r}")
+        if not args.task.startswith("maze2d-"):
+            raise ValueError(f"--train generates maze data; got --task {args.task!r}")
         budget = QUICK_BUDGET if args.quick else TRAIN_BUDGET
         start = time.perf_counter()
-        args.checkpoint += train_checkpoints(Path(args.train), budget)
+        args.checkpoint += train_checkpoints(Path(args.train), budget, args.task)
         train_seconds = round(time.perf_counter() - start, 1)
     scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
     meta = {
@@ -442,14 +473,13 @@ def main() -> None:
     if budget is not None:
         meta["train_budget"] = asdict(budget)
         meta["train_seconds"] = train_seconds
-        meta["note"] = args.note or train_note(budget, train_seconds)
+        meta["note"] = args.note or train_note(budget, train_seconds, args.task)
     result = {"meta": meta, "rates": rates, "scores": scores}
-    json_path = out / "planners.json"
     if args.skip_rates and json_path.exists():
         result["rates"] = json.loads(json_path.read_text()).get("rates", [])
     md = render(result, args.task, args.episodes)
-    write_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    write_atomic(out / "planners.md", "\n".join(md) + "\n")
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
+    write_text(md_path, "\n".join(md) + "\n")
     print("\n".join(md))
 
 
