@@ -57,6 +57,25 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+# Locomotion (no goal): plans are ranked and steered by the value model. Diffuser's recipe replans often,
+# and the slow DDPM-64 recipe at that rate costs minutes per episode on CPU, so these rows compare value
+# guidance on and off at a fast setting; "value" rows are skipped for planners without a value model.
+LOCOMOTION_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "dpmpp_2m 3, replan 4, 1 plan, no value guidance": (
+        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
+        {"replan_every": 4, "n_plans": 1, "value_scale": 0.0},
+    ),
+    "value: dpmpp_2m 3, replan 4, 8 plans ranked, guidance 0.1": (
+        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
+        {"replan_every": 4, "n_plans": 8, "value_scale": 0.1},
+    ),
+}
+
+
+def task_settings(task: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    return SETTINGS if task.startswith("maze2d-") else LOCOMOTION_SETTINGS
+
+
 @dataclass(frozen=True)
 class TrainBudget:
     """Data and training sizes of ``--train``: Diffuser and DecisionDiffuser about 8 minutes each on one
@@ -81,19 +100,27 @@ def planner_overrides(name: str, task: str, budget: TrainBudget) -> list[str]:
     """Network-size overrides per planner: the U-Net widths of the budget, or the coarse-to-fine levels."""
     if name != "diffuser_lite":
         return [f"planner.backbone_kwargs.down_dims=[{','.join(map(str, budget.down_dims))}]"]
-    if task == "maze2d-umaze":
-        return ["planner.points=9", "planner.levels=2", "task.horizon=65"]
-    return ["planner.points=5", "planner.levels=4", "task.horizon=257"]
+    if task in ("maze2d-medium", "maze2d-large"):
+        return ["planner.points=5", "planner.levels=4", "task.horizon=257"]
+    return ["planner.points=9", "planner.levels=2", "task.horizon=65"]
 
 
-def train_checkpoints(work: Path, budget: TrainBudget, task: str, seed: int = 0) -> list[str]:
-    """Generate ``task`` expert data and train every planner on it; returns ``NAME=DIR`` checkpoint specs."""
+def train_checkpoints(
+    work: Path, budget: TrainBudget, task: str, data_dir: Path = Path("data"), seed: int = 0
+) -> list[str]:
+    """Train every planner on ``task``'s data: generated expert data for mazes, ``data_dir/<task>.zarr``
+    for locomotion (``diffctl data generate``); returns ``NAME=DIR`` checkpoint specs."""
     from diffctl.datasets.generators import generate
     from diffctl.train.pipeline import compose_config, run
 
-    data = work / "data" / f"{task}.zarr"
-    if not data.exists():
-        generate(task, data, episodes=budget.data_episodes, seed=seed, goal_radius=budget.goal_radius)
+    if task.startswith("maze2d-"):
+        data = work / "data" / f"{task}.zarr"
+        if not data.exists():
+            generate(task, data, episodes=budget.data_episodes, seed=seed, goal_radius=budget.goal_radius)
+    else:
+        data = data_dir / f"{task}.zarr"
+        if not data.exists():
+            raise FileNotFoundError(f"{data} does not exist: diffctl data generate {task} --out {data}")
     specs = []
     for name, steps in zip(PLANNERS, budget.steps, strict=True):
         run_dir = work / name
@@ -275,9 +302,15 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
         name, _, path = spec.partition("=")
         if not path:
             raise ValueError(f"--checkpoint expects NAME=DIR, got {spec!r}")
-        for setting, (sampler, planner_keys) in SETTINGS.items():
-            agent = dc.load(path, **sampler, **planner_keys)
+        for setting, (sampler, planner_keys) in task_settings(task).items():
+            from diffctl.train.pipeline import agent_class
+
+            cls = agent_class(json.loads((Path(path) / "config.json").read_text())["class"])
+            keys = {k: v for k, v in planner_keys.items() if k in cls.INFERENCE_KEYS}
+            agent = dc.load(path, **sampler, **keys)
             if sampler["warm_start"] > 0 and not supports_warm_start(agent):
+                continue
+            if setting.startswith("value") and getattr(agent.network, "value", None) is None:
                 continue
             if obs is None:
                 from diffctl.envs.registry import make_env
@@ -302,9 +335,14 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
 
 def train_note(budget: TrainBudget, seconds: float, task: str) -> str:
     lite = " ".join(planner_overrides("diffuser_lite", task, budget))
+    data = (
+        f"{budget.data_episodes} expert episodes of {task} with goal_radius {budget.goal_radius}"
+        if task.startswith("maze2d-")
+        else f"`data/{task}.zarr` (SAC-generated)"
+    )
     return (
-        f"trained by this script (--train): {budget.data_episodes} expert episodes of {task} with "
-        f"goal_radius {budget.goal_radius}; Diffuser {budget.steps[0]}, DecisionDiffuser {budget.steps[1]}, "
+        f"trained by this script (--train) on {data}; Diffuser {budget.steps[0]}, "
+        f"DecisionDiffuser {budget.steps[1]}, "
         f"coarse-to-fine Diffuser {budget.steps[2]} training steps at batch {budget.batch_size}, "
         f"lr {budget.lr} (warmup {budget.warmup_steps}), U-Net down_dims {list(budget.down_dims)}, "
         f"coarse-to-fine `{lite}`, the configs' other defaults; {seconds:.0f} s in all for data and the "
@@ -386,7 +424,9 @@ def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     if result["scores"]:
         md += [
             "",
-            f"## {task}: trained checkpoints, slow vs fast settings ({episodes} episodes, seed 0)",
+            f"## {task}: trained checkpoints, "
+            + ("slow vs fast settings" if task.startswith("maze2d-") else "value guidance on and off")
+            + f" ({episodes} episodes, seed 0)",
             "",
             table(
                 result["scores"],
@@ -434,6 +474,7 @@ def main() -> None:
     parser.add_argument("--note", default=None, help="how the checkpoints were trained (kept in the report)")
     parser.add_argument("--render-only", action="store_true", help="rewrite planners.md from planners.json")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="locomotion stores (--train)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path("/tmp/diffctl-bench" if args.quick else args.out)
@@ -458,11 +499,9 @@ def main() -> None:
     )
     budget = None
     if args.train:
-        if not args.task.startswith("maze2d-"):
-            raise ValueError(f"--train generates maze data; got --task {args.task!r}")
         budget = QUICK_BUDGET if args.quick else TRAIN_BUDGET
         start = time.perf_counter()
-        args.checkpoint += train_checkpoints(Path(args.train), budget, args.task)
+        args.checkpoint += train_checkpoints(Path(args.train), budget, args.task, args.data_dir)
         train_seconds = round(time.perf_counter() - start, 1)
     scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
     meta = {
