@@ -48,14 +48,14 @@ def read_hdf5(path: Path, with_goal: bool) -> dict[str, np.ndarray]:
     return data
 
 
-def make_algo(name: str, steps: int, batch: int):
+def make_algo(name: str, steps: int, batch: int, lr: float = 3e-4):
     import d3rlpy
 
     if name == "iql":
         return d3rlpy.algos.IQLConfig(
             batch_size=batch,
-            actor_learning_rate=3e-4,
-            critic_learning_rate=3e-4,
+            actor_learning_rate=lr,
+            critic_learning_rate=lr,
             actor_optim_factory=d3rlpy.optimizers.AdamFactory(
                 lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=steps)
             ),
@@ -67,8 +67,8 @@ def make_algo(name: str, steps: int, batch: int):
     if name == "td3bc":
         return d3rlpy.algos.TD3PlusBCConfig(
             batch_size=batch,
-            actor_learning_rate=3e-4,
-            critic_learning_rate=3e-4,
+            actor_learning_rate=lr,
+            critic_learning_rate=lr,
             target_smoothing_sigma=0.2,
             target_smoothing_clip=0.5,
             alpha=2.5,
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=3e-4, help="actor and critic learning rate")
     parser.add_argument("--goal", action="store_true", help="append infos/goal to the observations")
     parser.add_argument("--save-every", type=int, default=0, help="also export the policy every N steps")
     parser.add_argument("--out", type=Path, required=True)
@@ -99,7 +100,7 @@ def main() -> None:
         data["observations"], data["actions"], data["rewards"], data["terminals"], data["timeouts"]
     )
     d3rlpy.seed(args.seed)
-    algo = make_algo(args.algo, args.steps, args.batch_size)
+    algo = make_algo(args.algo, args.steps, args.batch_size, args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
     saved: list[int] = []
     paused = {"s": 0.0}
