@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels.denoisers import EDMDenoiser
-from diffctl.kernels.guidance import GradientGuidance
 from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
-from diffctl.planners.base import Plan, Planner, ScaledNoiseNet, check_positive, clean_conditioned
+from diffctl.planners.base import Plan, ScaledNoiseNet, check_positive, clean_conditioned
+from diffctl.planners.diffuser import TrajectoryPlanner, goal_dims_or_default
 from diffctl.planners.value import ValueNet
 from diffctl.policies.base import SamplerConfig, eval_mode
 
@@ -50,7 +49,7 @@ class CoarseToFineNet(nn.Module):
         self.value = value
 
 
-class CoarseToFineDiffuser(Planner):
+class CoarseToFineDiffuser(TrajectoryPlanner):
     """Diffuser with DiffuserLite's plan refinement: ``levels`` plans of ``points`` states, coarse to fine.
 
     ``horizon`` is the training window and the span of the level-0 plan; it must equal
@@ -59,8 +58,6 @@ class CoarseToFineDiffuser(Planner):
     ``backbone_kwargs`` go to each level's ``mlp`` backbone. Tracking is as in ``Diffuser`` (PD on the next
     waypoint for maze-like goal tasks, the planned actions otherwise); warm starts are not supported.
     """
-
-    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (*Planner.INFERENCE_KEYS, "value_scale", "kp", "kd")
 
     def __init__(
         self,
@@ -103,63 +100,35 @@ class CoarseToFineDiffuser(Planner):
                 f"{name} horizon must be (points - 1) ** levels + 1 = {(points - 1) ** levels + 1} for "
                 f"points={points}, levels={levels}; got horizon={horizon} (set task.horizon to match)"
             )
-        if tracking == "inverse_dynamics":
-            raise ValueError(f"{name} has no inverse dynamics model; tracking must be auto, plan or pd")
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError(f"{name} discount must be in [0, 1], got {discount}")
-        use_value = goal_dim == 0 if value is None else bool(value)
-        gd = list(range(goal_dim)) if goal_dims is None else [int(d) for d in goal_dims]
-        if len(gd) != goal_dim:
-            raise ValueError(f"{name} goal_dims {gd} must name goal_dim={goal_dim} state features")
-        self.hparams: dict[str, Any] = {
-            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
-            "points": points, "levels": levels, "state_dim": state_dim, "goal_dims": gd,
-            "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data, "p_mean": p_mean,
-            "p_std": p_std, "value": use_value, "value_hidden": value_hidden, "value_depth": value_depth,
-            "value_weight": value_weight, "value_scale": value_scale, "value_sigma_min": value_sigma_min,
-            "discount": discount, "n_plans": n_plans, "replan_every": replan_every,
-            "replan_threshold": replan_threshold, "tracking": tracking, "kp": kp, "kd": kd, "seed": seed,
-        }  # fmt: skip
-        self._init_common(obs_dim, action_dim, goal_dim, horizon, state_dim, sampler, normalizers)
-        if any(not 0 <= d < self.state_dim for d in gd):
-            raise ValueError(f"{name} goal_dims {gd} out of range for state_dim={self.state_dim}")
         self.points, self.levels = points, levels
         self.strides = level_strides(points, levels)
-        self.transition_dim = self.state_dim + action_dim
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            dens = [
-                EDMDenoiser(
-                    ScaledNoiseNet(
-                        build_backbone("mlp", self.transition_dim, points, 0, **backbone_kwargs or {})
-                    ),
-                    sigma_data,
-                )
-                for _ in range(levels)
-            ]
-            value_net = (
-                ValueNet(points, self.transition_dim, value_hidden, value_depth) if use_value else None
-            )
-        self.network: nn.Module = CoarseToFineNet(dens, value_net)
-        if self.tracking_mode() == "pd" and self.state_dim < 2 * action_dim:
-            raise ValueError(
-                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
-                f"= {2 * action_dim}, got state_dim={self.state_dim}"
-            )
+        self.hparams: dict[str, Any] = {
+            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
+            "points": points, "levels": levels, "state_dim": state_dim,
+            "goal_dims": goal_dims_or_default(goal_dim, goal_dims),
+            "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data, "p_mean": p_mean,
+            "p_std": p_std,
+            "value": goal_dim == 0 if value is None else bool(value), "value_hidden": value_hidden,
+            "value_depth": value_depth, "value_weight": value_weight, "value_scale": value_scale,
+            "value_sigma_min": value_sigma_min, "discount": discount, "n_plans": n_plans,
+            "replan_every": replan_every, "replan_threshold": replan_threshold, "tracking": tracking,
+            "kp": kp, "kd": kd, "seed": seed,
+        }  # fmt: skip
+        self._setup(sampler, normalizers, self._build_network)
 
-    @property
-    def uses_returns(self) -> bool:
-        return bool(self.hparams["value"])
+    def _build_network(self) -> CoarseToFineNet:
+        hp, dim = self.hparams, self.transition_dim
+        dens = [
+            EDMDenoiser(ScaledNoiseNet(build_backbone("mlp", dim, self.points, 0, **hp["backbone_kwargs"])),
+                        hp["sigma_data"])
+            for _ in range(self.levels)
+        ]  # fmt: skip
+        value = ValueNet(self.points, dim, hp["value_hidden"], hp["value_depth"]) if hp["value"] else None
+        return CoarseToFineNet(dens, value)
 
     @property
     def plan_length(self) -> int:
         return self.points
-
-    def tracking_mode(self) -> str:
-        mode = self.hparams["tracking"]
-        if mode == "auto":
-            return "pd" if self.goal_dim and self.state_dim >= 2 * self.action_dim else "plan"
-        return str(mode)
 
     # ----- training ------------------------------------------------------------------------------------
     def _end_mask(self, level: int) -> list[int]:
@@ -217,14 +186,8 @@ class CoarseToFineDiffuser(Planner):
         sigmas = self.sigmas().to(device)
         x = self.start_noise(shape, noise, device) * sigmas[0]
         den = functools.partial(clean_conditioned(self.network.denoisers[level], mask, known), cond=None)
-        value = self.network.value
-        if level == 0 and value is not None and self.hparams["value_scale"] > 0:
-            den = GradientGuidance(
-                den,
-                lambda x0, s: value(x0),
-                self.hparams["value_scale"],
-                sigma_min=self.hparams["value_sigma_min"],
-            )
+        if level == 0:
+            den = self._value_guided(den)
         return sample(den, x, sigmas, solver=self.sampler.solver, generator=self._generator, mask=mask,
                       known=known, **self.sampler.options)  # fmt: skip
 
@@ -260,32 +223,12 @@ class CoarseToFineDiffuser(Planner):
                 f"noise must have shape (levels={self.levels}, B * n_plans, {self.points}, "
                 f"{self.transition_dim}), got {tuple(noise.shape)}"
             )
-        values = None
         with eval_mode(self.network):
-            x = self._level(0, start, end, None if noise is None else noise[0])
-            if self.network.value is not None:
-                values = self.network.value(x).reshape(bsz, n)
-                order = values.argsort(dim=1, descending=True)
-                values = values.gather(1, order)
-                x = x.reshape(bsz, n, self.points, -1).gather(
-                    1, order[:, :, None, None].expand(-1, -1, *x.shape[1:])
-                )
-                x = x.reshape(bsz * n, self.points, -1)
+            coarse = self._level(0, start, end, None if noise is None else noise[0])
+            ranked, values = self._rank(coarse, bsz)
+            x = ranked.reshape(coarse.shape)
             for level in range(1, self.levels):
                 x = self._level(
                     level, start, x[:, 1, : self.state_dim], None if noise is None else noise[level]
                 )
-        x = x.reshape(bsz, n, self.points, self.transition_dim)
-        if values is not None:
-            values = self._normalizer("returns").unnormalize(values[..., None])[..., 0]
-        ds = self.state_dim
-        act_norm = self._normalizer("action")
-        a = x[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x[..., ds:]
-        return Plan(states=norm.unnormalize(x[..., :ds]), actions=act_norm.unnormalize(a), values=values,
-                    trajectory=x)  # fmt: skip
-
-    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
-        assert self._plan is not None
-        if self.tracking_mode() == "pd":
-            return self._pd_action(state, t)
-        return self._plan.actions[0, 0, t].cpu().numpy()
+        return self._to_plan(x.reshape(bsz, n, self.points, self.transition_dim), values)

@@ -10,7 +10,7 @@ The denoiser is an EDM model, so any solver and step count of ``SamplerConfig`` 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,7 +37,99 @@ class DiffuserNet(nn.Module):
         self.value = value
 
 
-class Diffuser(Planner):
+def goal_dims_or_default(goal_dim: int, goal_dims: Sequence[int] | None) -> list[int]:
+    """The state features a goal pins: ``goal_dims``, or the first ``goal_dim`` (the maze position)."""
+    return list(range(goal_dim)) if goal_dims is None else [int(d) for d in goal_dims]
+
+
+class TrajectoryPlanner(Planner):
+    """Shared parts of planners over normalized (state, action) trajectories with an optional value model:
+    argument checks, network construction, value guidance and ranking, and waypoint / action tracking.
+    Subclasses set ``hparams`` (with ``goal_dims``, ``tracking``, ``discount``, ``value``, ``seed``, ...)
+    and call ``_setup``."""
+
+    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (*Planner.INFERENCE_KEYS, "value_scale", "kp", "kd")
+
+    def _setup(
+        self,
+        sampler: SamplerConfig | Mapping[str, Any] | None,
+        normalizers: Mapping[str, Normalizer] | None,
+        build: Callable[[], nn.Module],
+    ) -> None:
+        """Check the shared hyperparameters, set the dimensions and build ``network`` with ``build``
+        (seeded by ``hparams["seed"]``)."""
+        hp, name = self.hparams, type(self).__name__
+        gd, goal_dim = hp["goal_dims"], hp["goal_dim"]
+        if len(gd) != goal_dim:
+            raise ValueError(f"{name} goal_dims {gd} must name goal_dim={goal_dim} state features")
+        if hp["tracking"] == "inverse_dynamics":
+            raise ValueError(f"{name} has no inverse dynamics model; tracking must be auto, plan or pd")
+        if not 0.0 <= hp["discount"] <= 1.0:
+            raise ValueError(f"{name} discount must be in [0, 1], got {hp['discount']}")
+        self._init_common(
+            hp["obs_dim"], hp["action_dim"], goal_dim, hp["horizon"], hp["state_dim"], sampler, normalizers
+        )
+        if any(not 0 <= d < self.state_dim for d in gd):
+            raise ValueError(f"{name} goal_dims {gd} out of range for state_dim={self.state_dim}")
+        self.transition_dim = self.state_dim + self.action_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hp["seed"])
+            self.network: nn.Module = build()
+        if self.tracking_mode() == "pd" and self.state_dim < 2 * self.action_dim:
+            raise ValueError(
+                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
+                f"= {2 * self.action_dim}, got state_dim={self.state_dim}"
+            )
+
+    @property
+    def uses_returns(self) -> bool:
+        return bool(self.hparams["value"])
+
+    def tracking_mode(self) -> str:
+        mode = self.hparams["tracking"]
+        if mode == "auto":
+            return "pd" if self.goal_dim and self.state_dim >= 2 * self.action_dim else "plan"
+        return str(mode)
+
+    def _value_guided(self, denoise: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``denoise`` steered up the value gradient when there is a value model and ``value_scale > 0``."""
+        value, hp = self.network.value, self.hparams
+        if value is None or hp["value_scale"] <= 0:
+            return denoise
+        return GradientGuidance(
+            denoise, lambda x0, s: value(x0), hp["value_scale"], sigma_min=hp["value_sigma_min"]
+        )
+
+    def _rank(self, x: torch.Tensor, bsz: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B * N, T, D)`` plans -> ``(B, N, T, D)`` best first by the value model, and their normalized
+        values ``(B, N)`` (None without a value model: sampling order)."""
+        n = x.shape[0] // bsz
+        values = None if self.network.value is None else self.network.value(x).reshape(bsz, n)
+        x = x.reshape(bsz, n, *x.shape[1:])
+        if values is not None:
+            order = values.argsort(dim=1, descending=True)
+            values = values.gather(1, order)
+            x = x.gather(1, order[:, :, None, None].expand_as(x))
+        return x, values
+
+    def _to_plan(self, x: torch.Tensor, values: torch.Tensor | None) -> Plan:
+        """A ``Plan`` in raw units from ranked normalized ``(B, N, T, Ds + Da)`` trajectories."""
+        if values is not None:
+            values = self._normalizer("returns").unnormalize(values[..., None])[..., 0]
+        ds = self.state_dim
+        act_norm = self._normalizer("action")
+        a = x[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x[..., ds:]
+        states = self._normalizer("state").unnormalize(x[..., :ds])
+        return Plan(states=states, actions=act_norm.unnormalize(a), values=values, trajectory=x)
+
+    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
+        assert self._plan is not None
+        if self.tracking_mode() == "pd":
+            return self._pd_action(state, t)
+        return self._plan.actions[0, 0, t].cpu().numpy()
+
+
+class Diffuser(TrajectoryPlanner):
     """Trajectory-diffusion planner: ``fit_normalizers``, train ``network`` on ``loss``, ``plan``/``act``.
 
     ``value`` (default: on when the task has no goal) adds a return model (needs ``returns`` in
@@ -46,8 +138,6 @@ class Diffuser(Planner):
     ``auto`` follows the plan's next waypoint with the PD law ``kp dp + kd dv`` on goal tasks whose state is
     ``[position, velocity]`` (as Diffuser does in Maze2D) and executes the planned actions otherwise.
     """
-
-    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (*Planner.INFERENCE_KEYS, "value_scale", "kp", "kd")
 
     def __init__(
         self,
@@ -81,48 +171,23 @@ class Diffuser(Planner):
         normalizers: Mapping[str, Normalizer] | None = None,
     ) -> None:
         use_value = goal_dim == 0 if value is None else bool(value)
-        gd = list(range(goal_dim)) if goal_dims is None else [int(d) for d in goal_dims]
-        if len(gd) != goal_dim:
-            raise ValueError(f"Diffuser goal_dims {gd} must name goal_dim={goal_dim} state features")
         self.hparams: dict[str, Any] = {
             "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
-            "state_dim": state_dim, "goal_dims": gd, "backbone": backbone,
-            "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data, "p_mean": p_mean,
-            "p_std": p_std, "value": use_value, "value_hidden": value_hidden, "value_depth": value_depth,
-            "value_weight": value_weight, "value_scale": value_scale, "value_sigma_min": value_sigma_min,
-            "discount": discount, "n_plans": n_plans, "replan_every": replan_every,
-            "replan_threshold": replan_threshold, "tracking": tracking, "kp": kp, "kd": kd, "seed": seed,
+            "state_dim": state_dim, "goal_dims": goal_dims_or_default(goal_dim, goal_dims),
+            "backbone": backbone, "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data,
+            "p_mean": p_mean, "p_std": p_std, "value": use_value, "value_hidden": value_hidden,
+            "value_depth": value_depth, "value_weight": value_weight, "value_scale": value_scale,
+            "value_sigma_min": value_sigma_min, "discount": discount, "n_plans": n_plans,
+            "replan_every": replan_every, "replan_threshold": replan_threshold, "tracking": tracking,
+            "kp": kp, "kd": kd, "seed": seed,
         }  # fmt: skip
-        if tracking == "inverse_dynamics":
-            raise ValueError("Diffuser has no inverse dynamics model; tracking must be auto, plan or pd")
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError(f"Diffuser discount must be in [0, 1], got {discount}")
-        self._init_common(obs_dim, action_dim, goal_dim, horizon, state_dim, sampler, normalizers)
-        if any(not 0 <= d < self.state_dim for d in gd):
-            raise ValueError(f"Diffuser goal_dims {gd} out of range for state_dim={self.state_dim}")
-        self.transition_dim = self.state_dim + action_dim
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_backbone(backbone, self.transition_dim, horizon, 0, **self.hparams["backbone_kwargs"])
-            value_net = (
-                ValueNet(horizon, self.transition_dim, value_hidden, value_depth) if use_value else None
-            )
-        self.network: nn.Module = DiffuserNet(EDMDenoiser(ScaledNoiseNet(net), sigma_data), value_net)
-        if self.tracking_mode() == "pd" and self.state_dim < 2 * action_dim:
-            raise ValueError(
-                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
-                f"= {2 * action_dim}, got state_dim={self.state_dim}"
-            )
+        self._setup(sampler, normalizers, self._build_network)
 
-    @property
-    def uses_returns(self) -> bool:
-        return bool(self.hparams["value"])
-
-    def tracking_mode(self) -> str:
-        mode = self.hparams["tracking"]
-        if mode == "auto":
-            return "pd" if self.goal_dim and self.state_dim >= 2 * self.action_dim else "plan"
-        return str(mode)
+    def _build_network(self) -> DiffuserNet:
+        hp, dim = self.hparams, self.transition_dim
+        net = build_backbone(hp["backbone"], dim, self.horizon, 0, **hp["backbone_kwargs"])
+        value = ValueNet(self.horizon, dim, hp["value_hidden"], hp["value_depth"]) if hp["value"] else None
+        return DiffuserNet(EDMDenoiser(ScaledNoiseNet(net), hp["sigma_data"]), value)
 
     # ----- training ------------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -197,33 +262,10 @@ class Diffuser(Planner):
         x, sigmas = self._start(shape, noise, init, state.device)
         with eval_mode(self.network):
             denoise = functools.partial(clean_conditioned(self.network.denoiser, mask, known), cond=None)
-            value = self.network.value
-            if value is not None and self.hparams["value_scale"] > 0:
-                denoise = GradientGuidance(
-                    denoise, lambda x0, s: value(x0), self.hparams["value_scale"],
-                    sigma_min=self.hparams["value_sigma_min"],
-                )  # fmt: skip
             x0 = sample(
-                denoise, x, sigmas,
+                self._value_guided(denoise), x, sigmas,
                 solver=self.sampler.solver, generator=self._generator, mask=mask, known=known,
                 **self.sampler.options,
             )  # fmt: skip
-            values = None if value is None else value(x0).reshape(bsz, n)
-        x0 = x0.reshape(bsz, n, self.horizon, self.transition_dim)
-        if values is not None:
-            order = values.argsort(dim=1, descending=True)
-            values = values.gather(1, order)
-            x0 = x0.gather(1, order[:, :, None, None].expand_as(x0))
-            values = self._normalizer("returns").unnormalize(values[..., None])[..., 0]
-        ds = self.state_dim
-        states = self._normalizer("state").unnormalize(x0[..., :ds])
-        act_norm = self._normalizer("action")
-        a = x0[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x0[..., ds:]
-        actions = act_norm.unnormalize(a)
-        return Plan(states=states, actions=actions, values=values, trajectory=x0)
-
-    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
-        assert self._plan is not None
-        if self.tracking_mode() == "pd":
-            return self._pd_action(state, t)
-        return self._plan.actions[0, 0, t].cpu().numpy()
+            ranked, values = self._rank(x0, bsz)
+        return self._to_plan(ranked, values)
