@@ -106,7 +106,12 @@ def planner_overrides(name: str, task: str, budget: TrainBudget) -> list[str]:
 
 
 def train_checkpoints(
-    work: Path, budget: TrainBudget, task: str, data_dir: Path = Path("data"), seed: int = 0
+    work: Path,
+    budget: TrainBudget,
+    task: str,
+    data_dir: Path = Path("data"),
+    seed: int = 0,
+    planners: tuple[str, ...] = PLANNERS,
 ) -> list[str]:
     """Train every planner on ``task``'s data: generated expert data for mazes, ``data_dir/<task>.zarr``
     for locomotion (``diffctl data generate``); returns ``NAME=DIR`` checkpoint specs."""
@@ -123,6 +128,8 @@ def train_checkpoints(
             raise FileNotFoundError(f"{data} does not exist: diffctl data generate {task} --out {data}")
     specs = []
     for name, steps in zip(PLANNERS, budget.steps, strict=True):
+        if name not in planners:
+            continue
         run_dir = work / name
         if not (run_dir / "checkpoint").exists():
             start = time.perf_counter()
@@ -475,6 +482,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="rewrite planners.md from planners.json")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="locomotion stores (--train)")
+    parser.add_argument("--planners", nargs="+", default=list(PLANNERS), choices=PLANNERS, help="to --train")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path("/tmp/diffctl-bench" if args.quick else args.out)
@@ -501,7 +509,9 @@ def main() -> None:
     if args.train:
         budget = QUICK_BUDGET if args.quick else TRAIN_BUDGET
         start = time.perf_counter()
-        args.checkpoint += train_checkpoints(Path(args.train), budget, args.task, args.data_dir)
+        args.checkpoint += train_checkpoints(
+            Path(args.train), budget, args.task, args.data_dir, planners=tuple(args.planners)
+        )
         train_seconds = round(time.perf_counter() - start, 1)
     scores = score_rows(args.checkpoint, args.task, args.episodes, args.workers) if args.checkpoint else []
     meta = {
