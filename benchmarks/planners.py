@@ -406,7 +406,9 @@ def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     md = [
         "# Planners on CPU (batch 1, 1 thread)",
         "",
-        f"`{result['meta']['command']}` on {result['meta']['machine']}.",
+        f"`{result['meta']['command']}` on {result['meta']['machine']}."
+        + (f" Scores: `{scores_cmd}`." if (scores_cmd := result["meta"].get("scores_command"))
+           and scores_cmd != result["meta"]["command"] else ""),  # fmt: skip
         f"Horizon {H} for the rates (the coarse-to-fine planner spans 65 steps with 9-point levels), maze2d "
         "shapes (state 4, goal 2, action 2).",
         "",
@@ -476,6 +478,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-rates", action="store_true", help="only the checkpoint scores")
+    parser.add_argument("--keep-scores", action="store_true", help="only the rates; keep the saved scores")
     parser.add_argument("--quick", action="store_true", help="smoke run into /tmp")
     parser.add_argument("--train", default=None, help="work dir: generate data and train both planners there")
     parser.add_argument("--note", default=None, help="how the checkpoints were trained (kept in the report)")
@@ -519,13 +522,23 @@ def main() -> None:
         "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
         "horizon": H, "task": args.task, "episodes": args.episodes, "note": args.note,
     }  # fmt: skip
+    if scores:
+        meta["scores_command"] = meta["command"]
     if budget is not None:
         meta["train_budget"] = asdict(budget)
         meta["train_seconds"] = train_seconds
         meta["note"] = args.note or train_note(budget, train_seconds, args.task)
     result = {"meta": meta, "rates": rates, "scores": scores}
-    if args.skip_rates and json_path.exists():
-        result["rates"] = json.loads(json_path.read_text()).get("rates", [])
+    if (args.skip_rates or args.keep_scores) and json_path.exists():
+        saved = json.loads(json_path.read_text())
+        if args.skip_rates:
+            result["rates"] = saved.get("rates", [])
+        if args.keep_scores:
+            result["scores"] = saved.get("scores", [])
+            for key in ("note", "train_budget", "train_seconds", "episodes"):
+                if key in saved["meta"]:
+                    meta[key] = saved["meta"][key]
+            meta["scores_command"] = saved["meta"].get("scores_command", saved["meta"]["command"])
     md = render(result, args.task, args.episodes)
     write_text(json_path, json.dumps(result, indent=2) + "\n")
     write_text(md_path, "\n".join(md) + "\n")
