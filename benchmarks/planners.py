@@ -403,12 +403,12 @@ def target_rows(scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     """The markdown report of a result dict (rates, and scores when checkpoints were evaluated)."""
+    scores_cmd = result["meta"].get("scores_command")
+    scores_line = f" Scores: `{scores_cmd}`." if scores_cmd and scores_cmd != result["meta"]["command"] else ""
     md = [
         "# Planners on CPU (batch 1, 1 thread)",
         "",
-        f"`{result['meta']['command']}` on {result['meta']['machine']}."
-        + (f" Scores: `{scores_cmd}`." if (scores_cmd := result["meta"].get("scores_command"))
-           and scores_cmd != result["meta"]["command"] else ""),  # fmt: skip
+        f"`{result['meta']['command']}` on {result['meta']['machine']}.{scores_line}",
         f"Horizon {H} for the rates (the coarse-to-fine planner spans 65 steps with 9-point levels), maze2d "
         "shapes (state 4, goal 2, action 2).",
         "",
