@@ -404,7 +404,8 @@ def target_rows(scores: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     """The markdown report of a result dict (rates, and scores when checkpoints were evaluated)."""
     scores_cmd = result["meta"].get("scores_command")
-    scores_line = f" Scores: `{scores_cmd}`." if scores_cmd and scores_cmd != result["meta"]["command"] else ""
+    shown = scores_cmd and scores_cmd != result["meta"]["command"]
+    scores_line = f" Scores: `{scores_cmd}`." if shown else ""
     md = [
         "# Planners on CPU (batch 1, 1 thread)",
         "",
