@@ -59,7 +59,8 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 # Locomotion (no goal): plans are ranked and steered by the value model. Diffuser's recipe replans often,
 # and the slow DDPM-64 recipe at that rate costs minutes per episode on CPU, so these rows compare value
-# guidance on and off at a fast setting; "value" rows are skipped for planners without a value model.
+# guidance on and off at a fast setting, replanning every 4 steps or every step (Diffuser's locomotion
+# recipe); "value" rows are skipped for planners without a value model.
 LOCOMOTION_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dpmpp_2m 3, replan 4, 1 plan, no value guidance": (
         {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
@@ -68,6 +69,14 @@ LOCOMOTION_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "value: dpmpp_2m 3, replan 4, 8 plans ranked, guidance 0.1": (
         {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
         {"replan_every": 4, "n_plans": 8, "value_scale": 0.1},
+    ),
+    "dpmpp_2m 3, replan every step, 1 plan, no value guidance": (
+        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
+        {"replan_every": 1, "n_plans": 1, "value_scale": 0.0},
+    ),
+    "value: dpmpp_2m 3, replan every step, 8 plans ranked, guidance 0.1": (
+        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
+        {"replan_every": 1, "n_plans": 8, "value_scale": 0.1},
     ),
 }
 
@@ -340,20 +349,24 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
     return rows
 
 
-def train_note(budget: TrainBudget, seconds: float, task: str) -> str:
+def train_note(budget: TrainBudget, seconds: float, task: str, planners: tuple[str, ...] = PLANNERS) -> str:
     lite = " ".join(planner_overrides("diffuser_lite", task, budget))
     data = (
         f"{budget.data_episodes} expert episodes of {task} with goal_radius {budget.goal_radius}"
         if task.startswith("maze2d-")
         else f"`data/{task}.zarr` (SAC-generated)"
     )
+    names = {
+        "diffuser": "Diffuser",
+        "decision_diffuser": "DecisionDiffuser",
+        "diffuser_lite": "coarse-to-fine Diffuser",
+    }
+    steps = ", ".join(f"{names[p]} {n}" for p, n in zip(PLANNERS, budget.steps, strict=True) if p in planners)
     return (
-        f"trained by this script (--train) on {data}; Diffuser {budget.steps[0]}, "
-        f"DecisionDiffuser {budget.steps[1]}, "
-        f"coarse-to-fine Diffuser {budget.steps[2]} training steps at batch {budget.batch_size}, "
+        f"trained by this script (--train) on {data}; {steps} training steps at batch {budget.batch_size}, "
         f"lr {budget.lr} (warmup {budget.warmup_steps}), U-Net down_dims {list(budget.down_dims)}, "
         f"coarse-to-fine `{lite}`, the configs' other defaults; {seconds:.0f} s in all for data and the "
-        "planners on 1 thread."
+        "planners on 1 thread (checkpoints already in the work dir are reused, not timed)."
     )
 
 
@@ -528,7 +541,7 @@ def main() -> None:
     if budget is not None:
         meta["train_budget"] = asdict(budget)
         meta["train_seconds"] = train_seconds
-        meta["note"] = args.note or train_note(budget, train_seconds, args.task)
+        meta["note"] = args.note or train_note(budget, train_seconds, args.task, tuple(args.planners))
     result = {"meta": meta, "rates": rates, "scores": scores}
     if (args.skip_rates or args.keep_scores) and json_path.exists():
         saved = json.loads(json_path.read_text())

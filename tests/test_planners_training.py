@@ -150,11 +150,20 @@ def test_trainer_trains_a_planner_that_dc_load_and_act_use(tmp_path, monkeypatch
     assert agent.act(store.array("observations")[0]).shape == (ACT,)
 
 
+FAST_SETTINGS = {
+    "diffuser": {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.5, "replan_every": 8},
+    "decision_diffuser": {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.5, "replan_every": 8},
+    "diffuser_lite": {"solver": "dpmpp_2m", "steps": 3},  # replans when its 9-step fine plan is used up
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("planner", ["diffuser", "decision_diffuser"])
+@pytest.mark.timeout(7200)  # the suite's 900 s default would cut the U-Net planners' hour short
+@pytest.mark.parametrize("planner", sorted(FAST_SETTINGS))
 def test_diffctl_train_maze2d_umaze_planner_reaches_the_goal(planner, tmp_path) -> None:
     """The real recipe: `diffctl train task=maze2d-umaze planner=...` on the generated small dataset, then
-    the fast setting (3-step DPM-Solver++, warm-started replans) in closed loop. About an hour on 2 CPUs."""
+    the fast setting (3-step DPM-Solver++, warm-started replans where the planner has them) in closed loop.
+    About an hour on 2 CPUs for the U-Net planners, 15 minutes for the coarse-to-fine one."""
     from diffctl.cli import main
 
     torch.set_num_threads(1)
@@ -163,6 +172,6 @@ def test_diffctl_train_maze2d_umaze_planner_reaches_the_goal(planner, tmp_path) 
             "training.steps=4000", "training.batch_size=64", "training.lr=1e-3", "training.warmup_steps=100",
             "training.progress=false", "eval.episodes=10", f"run_dir={run}"]  # fmt: skip
     assert main(args) == 0
-    agent = dc.load(run / "checkpoint", solver="dpmpp_2m", steps=3, warm_start=0.5, replan_every=8)
+    agent = dc.load(run / "checkpoint", **FAST_SETTINGS[planner])
     result = dc.evaluate(agent, "maze2d-umaze", episodes=20, seed=0)
     assert result["success_rate"] >= 0.5, result
