@@ -61,23 +61,16 @@ SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 # and the slow DDPM-64 recipe at that rate costs minutes per episode on CPU, so these rows compare value
 # guidance on and off at a fast setting, replanning every 4 steps or every step (Diffuser's locomotion
 # recipe); "value" rows are skipped for planners without a value model.
+def _fast_locomotion(replan_every: int, n_plans: int, value_scale: float) -> tuple[dict, dict]:
+    fast = {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0}
+    return fast, {"replan_every": replan_every, "n_plans": n_plans, "value_scale": value_scale}
+
+
 LOCOMOTION_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "dpmpp_2m 3, replan 4, 1 plan, no value guidance": (
-        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
-        {"replan_every": 4, "n_plans": 1, "value_scale": 0.0},
-    ),
-    "value: dpmpp_2m 3, replan 4, 8 plans ranked, guidance 0.1": (
-        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
-        {"replan_every": 4, "n_plans": 8, "value_scale": 0.1},
-    ),
-    "dpmpp_2m 3, replan every step, 1 plan, no value guidance": (
-        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
-        {"replan_every": 1, "n_plans": 1, "value_scale": 0.0},
-    ),
-    "value: dpmpp_2m 3, replan every step, 8 plans ranked, guidance 0.1": (
-        {"solver": "dpmpp_2m", "steps": 3, "warm_start": 0.0},
-        {"replan_every": 1, "n_plans": 8, "value_scale": 0.1},
-    ),
+    "dpmpp_2m 3, replan 4, 1 plan, no value guidance": _fast_locomotion(4, 1, 0.0),
+    "value: dpmpp_2m 3, replan 4, 8 plans ranked, guidance 0.1": _fast_locomotion(4, 8, 0.1),
+    "dpmpp_2m 3, replan every step, 1 plan, no value guidance": _fast_locomotion(1, 1, 0.0),
+    "value: dpmpp_2m 3, replan every step, 8 plans ranked, guidance 0.1": _fast_locomotion(1, 8, 0.1),
 }
 
 
