@@ -143,3 +143,19 @@ def test_each_level_refines_the_first_gap_of_the_level_above(trained, monkeypatc
     torch.testing.assert_close(calls[1][2], ranked0[:, 1, :STATE])
     torch.testing.assert_close(calls[2][2], calls[1][3][:, 1, :STATE])
     torch.testing.assert_close(calls[2][3].reshape(2, 4, POINTS, -1), plan.trajectory)
+
+
+@pytest.mark.parametrize("cls", ["Diffuser", "CoarseToFineDiffuser"])
+def test_goal_conditioned_planners_refuse_a_plan_without_goal(cls) -> None:
+    from diffctl.planners import Diffuser
+
+    shape = {"horizon": H, "points": POINTS, "levels": LEVELS} if cls == "CoarseToFineDiffuser" else {
+        "horizon": 8, "backbone": "mlp"}  # fmt: skip
+    planner = {"Diffuser": Diffuser, "CoarseToFineDiffuser": CoarseToFineDiffuser}[cls](
+        STATE + 2, ACT, goal_dim=2, **shape, **NET
+    )
+    data = rollouts(4)
+    planner.fit_normalizers(data["obs"].reshape(-1, STATE).numpy(), data["actions"].reshape(-1, ACT))
+    with pytest.raises(ValueError, match=f"goal-conditioned {cls} \\(goal_dim=2\\) needs a goal"):
+        planner.plan(np.zeros(STATE, np.float32))
+    assert planner.plan(np.zeros(STATE + 2, np.float32)).states.shape[-1] == STATE

@@ -205,19 +205,10 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
         if init is not None:
             raise ValueError(f"{type(self).__name__} does not warm-start; set sampler.warm_start to 0")
         state, g = self.split_obs(obs, goal)
-        if self.goal_dim and g is None:
-            raise ValueError(
-                f"goal-conditioned {type(self).__name__} (goal_dim={self.goal_dim}) needs a goal: pass goal= "
-                f"or an observation of {self.obs_dim} features"
-            )
         n, bsz = self.hparams["n_plans"], state.shape[0]
-        norm = self._normalizer("state")
-        start = norm.normalize(state.repeat_interleave(n, 0))
-        end = None
-        if g is not None:
-            full = state.new_zeros(bsz * n, self.state_dim)
-            full[:, self.hparams["goal_dims"]] = g.repeat_interleave(n, 0)
-            end = norm.normalize(full)
+        state = state.repeat_interleave(n, 0)
+        end = self._normalized_goal(state, None if g is None else g.repeat_interleave(n, 0))
+        start = self._normalizer("state").normalize(state)
         if noise is not None and (noise.ndim != 4 or noise.shape[0] != self.levels):
             raise ValueError(
                 f"noise must have shape (levels={self.levels}, B * n_plans, {self.points}, "

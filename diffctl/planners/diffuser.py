@@ -91,6 +91,20 @@ class TrajectoryPlanner(Planner):
             return "pd" if self.goal_dim and self.state_dim >= 2 * self.action_dim else "plan"
         return str(mode)
 
+    def _normalized_goal(self, state: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor | None:
+        """The raw goal ``(B, Dg)`` as a normalized state ``(B, Ds)`` with only ``goal_dims`` meaningful
+        (None without a goal; an error when a goal-conditioned planner gets none)."""
+        if goal is None:
+            if self.goal_dim:
+                raise ValueError(
+                    f"goal-conditioned {type(self).__name__} (goal_dim={self.goal_dim}) needs a goal: pass "
+                    f"goal= or an observation of {self.obs_dim} features"
+                )
+            return None
+        full = state.new_zeros(state.shape[0], self.state_dim)
+        full[:, self.hparams["goal_dims"]] = goal
+        return self._normalizer("state").normalize(full)
+
     def _value_guided(self, denoise: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """``denoise`` steered up the value gradient when there is a value model and ``value_scale > 0``."""
         value, hp = self.network.value, self.hparams
@@ -224,21 +238,14 @@ class Diffuser(TrajectoryPlanner):
         self, state: torch.Tensor, goal: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inpainting ``(mask, known)`` ``(B, H, Ds + Da)``: the state at step 0, the goal at H - 1."""
-        if self.goal_dim and goal is None:
-            raise ValueError(
-                f"goal-conditioned Diffuser (goal_dim={self.goal_dim}) needs a goal: pass goal= or an "
-                f"observation of {self.obs_dim} features"
-            )
+        end = self._normalized_goal(state, goal)
         bsz, ds = state.shape[0], self.state_dim
-        norm = self._normalizer("state")
         known = state.new_zeros(bsz, self.horizon, self.transition_dim)
-        known[:, 0, :ds] = norm.normalize(state)
-        if goal is not None:
+        known[:, 0, :ds] = self._normalizer("state").normalize(state)
+        if end is not None:
             dims = self.hparams["goal_dims"]
-            full = state.new_zeros(bsz, ds)
-            full[:, dims] = goal
-            known[:, -1, dims] = norm.normalize(full)[:, dims]
-        return self._cond_mask(bsz, goal is not None, state.device), known
+            known[:, -1, dims] = end[:, dims]
+        return self._cond_mask(bsz, end is not None, state.device), known
 
     @torch.no_grad()
     def plan(
