@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from test_planners_training import fit
+from test_planners_training import rollouts as point_mass_windows
 
 import diffctl as dc
 from diffctl.planners import CoarseToFineDiffuser
@@ -14,30 +16,7 @@ NET = {"backbone_kwargs": {"hidden": 128, "depth": 2, "embed_dim": 32}}
 
 
 def rollouts(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Point-mass windows ``p' = p + 0.2 a``, ``v = a`` with a constant action per window; reward = x."""
-    g = torch.Generator().manual_seed(seed)
-    pos0 = torch.rand(n, 2, generator=g) * 2 - 1
-    act = -0.5 * pos0
-    t = torch.arange(H, dtype=torch.float32).reshape(1, H, 1)
-    pos = pos0[:, None] + 0.2 * t * act[:, None]
-    vel = torch.cat([torch.zeros(n, 1, 2), act[:, None].expand(n, H - 1, 2)], dim=1)
-    rewards = pos[..., 0]
-    return {"obs": torch.cat([pos, vel], -1), "actions": act[:, None].expand(n, H, 2).contiguous(),
-            "rewards": rewards, "returns": rewards[:, -1].clone()}  # fmt: skip
-
-
-def fit(planner: CoarseToFineDiffuser, data: dict[str, torch.Tensor], steps: int) -> None:
-    returns = torch.cat([data["returns"], data["rewards"].sum(1)]) if planner.uses_returns else None
-    planner.fit_normalizers(data["obs"].reshape(-1, STATE).numpy() * 1.05, data["actions"].reshape(-1, ACT),
-                            returns=returns)  # fmt: skip
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(planner.network.parameters(), lr=2e-3)
-    for _ in range(steps):
-        loss, info = planner.loss(data)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert all(np.isfinite(v) for v in info.values())
+    return point_mass_windows(n, seed=seed, horizon=H)
 
 
 @pytest.fixture(scope="module")

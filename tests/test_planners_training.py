@@ -17,16 +17,18 @@ STATE, ACT, H = 4, 2, 8
 NET = {"backbone": "mlp", "backbone_kwargs": {"hidden": 256, "depth": 2, "embed_dim": 32}}
 
 
-def rollouts(n: int, direction: torch.Tensor | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+def rollouts(
+    n: int, direction: torch.Tensor | None = None, seed: int = 0, horizon: int = H
+) -> dict[str, torch.Tensor]:
     """Point-mass windows ``p' = p + 0.2 a``, ``v = a`` with a constant action per window; reward = x."""
     g = torch.Generator().manual_seed(seed)
     pos0 = torch.rand(n, 2, generator=g) * 2 - 1
     act = -0.5 * pos0 if direction is None else direction.expand(n, 2)
-    t = torch.arange(H, dtype=torch.float32).reshape(1, H, 1)
+    t = torch.arange(horizon, dtype=torch.float32).reshape(1, horizon, 1)
     pos = pos0[:, None] + 0.2 * t * act[:, None]
-    vel = torch.cat([torch.zeros(n, 1, 2), act[:, None].expand(n, H - 1, 2)], dim=1)
+    vel = torch.cat([torch.zeros(n, 1, 2), act[:, None].expand(n, horizon - 1, 2)], dim=1)
     rewards = pos[..., 0]
-    return {"obs": torch.cat([pos, vel], -1), "actions": act[:, None].expand(n, H, 2).contiguous(),
+    return {"obs": torch.cat([pos, vel], -1), "actions": act[:, None].expand(n, horizon, 2).contiguous(),
             "rewards": rewards, "returns": rewards[:, -1].clone()}  # fmt: skip
 
 
@@ -41,7 +43,7 @@ def fit(planner, data: dict[str, torch.Tensor], steps: int, lr: float = 2e-3) ->
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert np.isfinite(info["loss"])
+    assert all(np.isfinite(v) for v in info.values()), info
 
 
 @pytest.fixture(scope="module")
