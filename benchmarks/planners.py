@@ -304,6 +304,7 @@ def diffusers_rows(repeats: int, steps_list: list[int]) -> list[dict[str, Any]]:
 
 def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | None) -> list[dict[str, Any]]:
     import diffctl as dc
+    from diffctl.train.pipeline import agent_class
 
     rows = []
     obs = None
@@ -311,10 +312,8 @@ def score_rows(checkpoints: list[str], task: str, episodes: int, workers: int | 
         name, _, path = spec.partition("=")
         if not path:
             raise ValueError(f"--checkpoint expects NAME=DIR, got {spec!r}")
+        cls = agent_class(json.loads((Path(path) / "config.json").read_text())["class"])
         for setting, (sampler, planner_keys) in task_settings(task).items():
-            from diffctl.train.pipeline import agent_class
-
-            cls = agent_class(json.loads((Path(path) / "config.json").read_text())["class"])
             keys = {k: v for k, v in planner_keys.items() if k in cls.INFERENCE_KEYS}
             agent = dc.load(path, **sampler, **keys)
             if sampler["warm_start"] > 0 and not supports_warm_start(agent):

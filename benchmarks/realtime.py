@@ -345,13 +345,13 @@ class Tally:
 
 def markdown(report: dict[str, Any]) -> str:
     b = report["budget"]
-    setup = report.get("setup", {"generate": True, "horizon": 16, "n_action_steps": 8})
+    setup = report["setup"]
     if setup["generate"]:
         data = (f"{b['data_episodes']} expert episodes with goal_radius {b.get('goal_radius', 0.25)} "
                 "(as `diffctl quickstart`)")  # fmt: skip
     else:
         data = f"`data/{report['task']}.zarr` (SAC-generated, medium level)"
-    quality = "success" if report.get("quality", "success_rate") == "success_rate" else "normalized score"
+    quality = "success" if report["quality"] == "success_rate" else "normalized score"
     lines = [
         f"# Real-time control on {report['task']} (CPU, batch 1, {report['torch_threads']} thread)",
         "",
@@ -404,7 +404,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {t['method']} | {yes[t['p99_20x_faster']]} | {yes[t['quality_95pct']]} | {within} | {cold} |"
         )
-    loop = report.get("loop") or []
+    loop = report["loop"]
     if loop:
         lines += [
             "",
