@@ -37,7 +37,9 @@ class SamplerConfig:
     goal-free, > 1 extrapolates; values other than 1 cost 2 NFE per evaluation). ``warm_start`` > 0 re-noises
     the previous chunk (shifted by the executed actions) to that sigma and samples only the rest of the grid.
     ``seed`` makes ``act`` reproducible from ``reset``. ``spacing`` picks VP timesteps (diffusers' names);
-    ``options`` are passed to the solver (e.g. ``eta`` for ddim).
+    ``options`` are passed to the solver (e.g. ``eta`` for ddim). ``fused`` runs deterministic sampling
+    as one frozen TorchScript graph per input shape (``diffctl.policies.fused``): about 2x faster at batch 1
+    on a CPU; stochastic solvers are refused.
     """
 
     solver: str = "dpmpp_2m"
@@ -51,6 +53,7 @@ class SamplerConfig:
     seed: int | None = None
     spacing: str = "leading"
     options: dict[str, Any] = field(default_factory=dict)
+    fused: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -63,6 +66,8 @@ class SamplerConfig:
             )
         if self.warm_start < 0:
             raise ValueError(f"sampler warm_start must be >= 0 (a sigma), got {self.warm_start}")
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"sampler fused must be true or false, got {self.fused!r}")
         if not np.isfinite(self.guidance_scale):
             raise ValueError(f"sampler guidance_scale must be finite, got {self.guidance_scale}")
 

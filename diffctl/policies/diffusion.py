@@ -35,6 +35,7 @@ from diffctl.policies.base import (
     read_agent_config,
     write_agent_dir,
 )
+from diffctl.policies.fused import run_fused_chunk
 
 VERSION = 1
 PARAMETERIZATIONS = ("edm", "vp")
@@ -380,10 +381,14 @@ class DiffusionPolicy(Policy):
             shape = (bsz, self.horizon, self.action_dim)
             noise = self.start_noise(shape, noise, device)
             act_norm = self._normalizer("action")
-            if init is not None and self.sampler.warm_start > 0:
+            warm = init is not None and self.sampler.warm_start > 0
+            if warm:
                 start = self.sampler.warm_start
                 tail = sigmas[sigmas < start]
                 sigmas = torch.cat([sigmas.new_tensor([start]), tail])
+            if self.sampler.fused and prefix is None:
+                return run_fused_chunk(self, hist, sigmas, noise, init if warm else None)[0]
+            if warm:
                 x = act_norm.normalize(init.to(device, torch.float32)) + start * noise
             else:
                 x = noise * sigmas[0]

@@ -33,6 +33,7 @@ from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
 from diffctl.policies.diffusion import history_tensor, prefix_tensor
+from diffctl.policies.fused import run_fused_chunk
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -172,14 +173,22 @@ class RealTimePolicy(Policy):
         shape = (bsz, self.horizon, self.action_dim)
         noise = self.start_noise(shape, noise, device)
         norm = pol._normalizer("action")
-        if init is not None and self.warm_sigma > 0:
+        warm = init is not None and self.warm_sigma > 0
+        if warm:
             sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
+        else:
+            sigmas = pol.sigmas().to(device)
+        if pol.sampler.fused and prefix is None:
+            init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
+            chunk, nfe = run_fused_chunk(pol, hist, sigmas, noise, init_t)
+            self.nfe += nfe * (2 if _doubles(pol) else 1)
+            return chunk
+        if warm:
             x = (
                 norm.normalize(torch.as_tensor(init, dtype=torch.float32, device=device))
                 + self.warm_sigma * noise
             )
         else:
-            sigmas = pol.sigmas().to(device)
             x = noise * sigmas[0]
         mask = known = None
         if prefix is not None:
@@ -217,7 +226,8 @@ class RealTimePolicy(Policy):
         """Sample the chunk whose index ``To - 1`` is this tick; ``upcoming`` actions run before it."""
         past = self.n_obs_steps - 1
         shift = self._tick - self._chunk_tick
-        prev = None if self._chunk is None else shift_chunk(self._chunk, shift)
+        uses_prev = self.warm_sigma > 0 or self.seam in ("inpaint", "rtc")
+        prev = None if self._chunk is None or not uses_prev else shift_chunk(self._chunk, shift)
         init = prev if self.warm_sigma > 0 else None
         prefix = weights = None
         executed = list(self._executed)[-past:] if past else []
@@ -244,11 +254,11 @@ class RealTimePolicy(Policy):
             self._obs.append(arr)
         if len(self._queue) <= self.delay:
             upcoming = [a for a, _ in self._queue]
-            old_tail = self._old_tail(len(upcoming))
+            old_tail = self._old_tail(len(upcoming)) if self.seam == "blend" else None
             chunk = self._plan(np.stack(self._obs), upcoming)[0].cpu().numpy().astype(np.float32)
             start = self.n_obs_steps - 1 + len(upcoming)
             new = chunk[start : start + self.replan_every]
-            if self.seam == "blend" and old_tail is not None:
+            if old_tail is not None:
                 n = min(len(old_tail), len(new))
                 w = (np.arange(n, dtype=np.float32) + 1) / (n + 1)
                 new[:n] = w[:, None] * new[:n] + (1 - w[:, None]) * old_tail[:n]

@@ -24,6 +24,7 @@ from diffctl.nets.layers import SinusoidalEmbedding
 from diffctl.policies.base import eval_mode, param_device
 from diffctl.policies.consistency import merge_signature
 from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy, split_batch
+from diffctl.policies.fused import cached_graph, trace_frozen
 
 
 class _Block(nn.Module):
@@ -284,27 +285,50 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             self._obs.extend([arr] * self.n_obs_steps)
         else:
             self._obs.append(arr)
-        with eval_mode(self.network):
-            denoise = self._conditioned(np.stack(self._obs)[None])
-            grid = self._stream_grid()
-            n, k, hb = self.levels, self.steps_per_tick, self.buffer_len
-            if self._buffer is None:
-                start = n - k * (torch.arange(hb) + 1)
-                shape = (1, hb, self.action_dim)
-                x = torch.randn(shape, generator=self._generator) * grid[0]
-                for i in range(n - k):
-                    idx = torch.minimum(torch.full_like(start, i), start)
-                    moved = self._euler(denoise, x, self._levels(idx, grid))
-                    x = torch.where((idx < start).reshape(1, -1, 1), moved, x)
-            else:
-                x = self._buffer
-            for levels in self._tick_steps():
-                x = self._euler(denoise, x, levels)
-        action = self._normalizer("action").unnormalize(x[0, 0].clamp(-1.0, 1.0)).numpy().astype(np.float32)
-        fresh = torch.randn((1, 1, self.action_dim), generator=self._generator) * grid[0]
+        hist = np.stack(self._obs)[None]
+        if self.sampler.fused and self._buffer is not None:
+            action, x = self._fused_tick(torch.from_numpy(hist), self._buffer)
+        else:
+            with eval_mode(self.network):
+                action, x = self._tick(
+                    self._conditioned(hist), self._fill() if self._buffer is None else self._buffer
+                )
+        self.nfe += self.steps_per_tick
+        fresh = torch.randn((1, 1, self.action_dim), generator=self._generator) * self._stream_grid()[0]
         self._buffer = torch.cat([x[:, 1:], fresh], dim=1)
         self.ticks += 1
-        return action
+        return action[0].numpy().astype(np.float32)
+
+    def _fill(self) -> torch.Tensor:
+        """The first buffer: pure noise walked down to the staircase of levels (N - k NFE)."""
+        grid, n, k, hb = self._stream_grid(), self.levels, self.steps_per_tick, self.buffer_len
+        denoise = self._conditioned(np.stack(self._obs)[None])
+        start = n - k * (torch.arange(hb) + 1)
+        x = torch.randn((1, hb, self.action_dim), generator=self._generator) * grid[0]
+        for i in range(n - k):
+            idx = torch.minimum(torch.full_like(start, i), start)
+            moved = self._euler(denoise, x, self._levels(idx, grid))
+            x = torch.where((idx < start).reshape(1, -1, 1), moved, x)
+        return x
+
+    def _tick(self, denoise: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k steady-state Euler steps of a tick: ``(raw first action (B, Da), moved buffer)``."""
+        for s0, ratio in self._tick_steps():
+            x0 = denoise(x, s0.expand(x.shape[0], -1))
+            x = x0 + ratio * (x - x0)
+        return self._normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
+
+    def _fused_tick(self, hist: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_tick`` through one frozen graph of ``(raw history, buffer)`` (``diffctl.policies.fused``)."""
+        key = ("stream_tick", tuple(hist.shape), tuple(buffer.shape), id(self._tick_steps()))
+        graph = cached_graph(
+            self, key,
+            lambda: trace_frozen(
+                lambda h, x: self._tick(self._conditioned(h), x), self.network, (hist, buffer),
+                "streaming tick",
+            ),
+        )  # fmt: skip
+        return graph(hist, buffer)
 
 
 merge_signature(StreamingDiffusionPolicy.__init__, DiffusionPolicy.__init__)
