@@ -78,13 +78,15 @@ FAST = Budget(
 )
 
 
-def forward_ms(policy: Any, repeats: int = 300, evict: bool = False) -> float:
+def forward_ms(policy: Any, repeats: int = 300, evict: bool = False, fused: bool = False) -> float:
     """Median time (ms) of one network forward pass at batch 1 (the unit the targets are stated in).
 
     ``evict``: sweep 32 MB before each pass, as the simulator does between control ticks in ``evaluate``,
     so the weights come from memory rather than cache (the forward pass an ``act`` in the loop runs).
+    ``fused``: the same pass as one frozen TorchScript graph, the runtime of the fused rows.
     """
     sweep = np.ones(4_000_000) if evict else None
+    from diffctl.policies.fused import trace_frozen
     from diffctl.policies.realtime import conditioned_denoiser
 
     hist = np.zeros((1, policy.n_obs_steps, policy.obs_dim + policy.goal_dim), np.float32)
@@ -97,6 +99,8 @@ def forward_ms(policy: Any, repeats: int = 300, evict: bool = False) -> float:
             denoise = policy._conditioned(hist)
         else:
             denoise = conditioned_denoiser(policy, hist)
+        if fused:
+            denoise = trace_frozen(lambda a, s: denoise(a, s), policy.network, (x, sigma), "forward pass")
         for _ in range(repeats):
             if sweep is not None:
                 sweep.sum()
@@ -104,6 +108,20 @@ def forward_ms(policy: Any, repeats: int = 300, evict: bool = False) -> float:
             denoise(x, sigma)
             times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times))
+
+
+def warm_up(agent: Any, task: str, ticks: int) -> None:
+    """Run ``ticks`` acts on a reset observation of ``task``, then reset the agent: a controller's start-up,
+    where fused rows trace their graphs (0.1-0.3 s each), kept out of the timed episodes."""
+    from diffctl.envs.registry import make_env
+
+    env = make_env(task)
+    obs, _ = env.reset(seed=0)
+    agent.reset()
+    for _ in range(ticks):
+        agent.act(obs)
+    env.close()
+    agent.reset()
 
 
 def train(policy: Any, dataset: Any, steps: int, batch: int, lr: float, out: Path) -> Path:
@@ -181,7 +199,7 @@ def main() -> None:
     seconds["train_streaming"] = time.perf_counter() - t
 
     def chunked(ckpt: Path, **kw: Any) -> Any:
-        sampler = {k: kw.pop(k) for k in ("solver", "steps") if k in kw}
+        sampler = {k: kw.pop(k) for k in ("solver", "steps", "fused") if k in kw}
         return RealTimePolicy(dc.load(ckpt, **sampler), **kw)
 
     rows = [
@@ -200,16 +218,26 @@ def main() -> None:
          lambda: chunked(teacher_ckpt, solver="dpmpp_2m", steps=5, seam="naive", delay=2)),
         ("blend d=2 (DPM++2M@5)", "dpmpp_2m",
          lambda: chunked(teacher_ckpt, solver="dpmpp_2m", steps=5, seam="blend", delay=2)),
+        ("DPM++2M@5 (fused)", "dpmpp_2m",
+         lambda: chunked(teacher_ckpt, solver="dpmpp_2m", steps=5, seam="naive", fused=True)),
+        ("consistency-1 (fused)", "consistency", lambda: chunked(cp_ckpt, steps=1, seam="naive", fused=True)),
+        ("streaming (fused)", "per-tick euler", lambda: dc.load(stream_ckpt, fused=True)),
+        ("RTI (2 steps @2.0, DPM++2M@5 cold) (fused)", "dpmpp_2m",
+         lambda: chunked(teacher_ckpt, solver="dpmpp_2m", steps=5, seam="naive", warm_sigma=2.0,
+                         warm_steps=2, fused=True)),
     ]  # fmt: skip
-    fwd = {"mlp": forward_ms(dc.load(teacher_ckpt)), "streaming": forward_ms(dc.load(stream_ckpt))}
-    cold = {
-        "mlp": forward_ms(dc.load(teacher_ckpt), evict=True),
-        "streaming": forward_ms(dc.load(stream_ckpt), evict=True),
-    }
+    nets = {"mlp": teacher_ckpt, "streaming": stream_ckpt}
+    fwd, cold = {}, {}
+    for net, ckpt in nets.items():
+        for fused in (False, True):
+            key = net + (" fused" if fused else "")
+            fwd[key] = forward_ms(dc.load(ckpt), fused=fused)
+            cold[key] = forward_ms(dc.load(ckpt), evict=True, fused=fused)
     results = []
     for name, solver, make in rows:
         t = time.perf_counter()
         agent = make()
+        warm_up(agent, task, ticks=2 * setup.horizon)
         tally = Tally(agent)
         res = evaluate(agent, task, episodes=budget.episodes, seed=1, n_workers=0)
         agent.reset()
@@ -221,8 +249,7 @@ def main() -> None:
             "nfe_per_tick": nfe / max(1, ticks),
             "seam_jump": float(np.mean(seams)) if seams else None,
             "step_jump": float(np.mean(steps_j)) if steps_j else None,
-            "forward_ms": fwd["streaming" if name == "streaming" else "mlp"],
-            "forward_cold_ms": cold["streaming" if name == "streaming" else "mlp"],
+            "forward_ms": fwd[row_network(name)], "forward_cold_ms": cold[row_network(name)],
             "warm_steps": getattr(agent, "warm_steps", 0) if getattr(agent, "warm_sigma", 0) else 0,
             "seconds": time.perf_counter() - t,
         }  # fmt: skip
@@ -297,9 +324,18 @@ def harness_rows(makers: dict[str, Any], task: str, episodes: int) -> list[dict[
     return rows
 
 
+FUSED = " (fused)"
+
 FORWARD_BOUND = {"consistency-1": 1.5, "consistency-2": 1.5, "streaming": 1.5}
 """Issue targets in forward passes of the row's own network: 1.5 for consistency and streaming, RTI steps
-+ 0.5 (added from the row's ``warm_steps`` in ``targets``)."""
++ 0.5 (added from the row's ``warm_steps`` in ``targets``). Fused rows have their plain row's bound,
+counted in forward passes of the fused (frozen TorchScript) network."""
+
+
+def row_network(method: str) -> str:
+    """Key of the forward-pass time a row is measured against: its network, fused or eager."""
+    net = "streaming" if method.startswith("streaming") else "mlp"
+    return net + (" fused" if method.endswith(FUSED) else "")
 
 
 def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -308,7 +344,7 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     within the row's bound in forward passes (consistency, streaming, RTI)."""
     out = []
     for r in results[1:]:
-        bound = FORWARD_BOUND.get(r["method"])
+        bound = FORWARD_BOUND.get(r["method"].removesuffix(FUSED))
         if r["method"].startswith("RTI"):
             bound = r["warm_steps"] + 0.5
         item = {
@@ -341,6 +377,22 @@ class Tally:
             self.seams.extend(getattr(a, "seam_jumps", []))
             self.steps.extend(getattr(a, "step_jumps", []))
         self.reset(seed)
+
+
+def fused_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The fused rows' note: their forward pass (frozen TorchScript graph) next to the eager one."""
+    fused = {r["method"]: r for r in results if r["method"].endswith(FUSED)}
+    if not fused:
+        return []
+    mlp = next(r for m, r in fused.items() if not m.startswith("streaming"))
+    stream = fused.get("streaming" + FUSED, mlp)
+    return [
+        "Rows marked '(fused)' sample with `fused=True`: the whole chunk (or streaming tick), normalization "
+        "and solver included, runs as one frozen TorchScript graph (`diffctl.policies.fused`). Their "
+        "forward-pass unit is the network traced and frozen the same way: "
+        f"MLP {mlp['forward_ms']:.3f} ms, streaming net {stream['forward_ms']:.3f} ms hot; "
+        f"{mlp['forward_cold_ms']:.3f} / {stream['forward_cold_ms']:.3f} ms cache-cold."
+    ]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -378,14 +430,18 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {fmt(r['step_jump'])} | {fmt(r.get('p99_speedup_vs_ddpm100'), 1)}x "
             f"| {fmt(r.get('p99_in_forward_passes'), 1)} | {fmt(r.get('p99_in_cold_forward_passes'), 1)} |"
         )
+    rows = {r["method"]: r for r in report["results"]}
+    mlp, stream = rows["DDPM-100"], rows["streaming"]
     lines += [
         "",
-        f"Forward pass (batch 1, median): MLP {report['results'][0]['forward_ms']:.3f} ms; streaming net "
-        f"{report['results'][5]['forward_ms']:.3f} ms in a tight loop (weights in cache); "
-        f"{report['results'][0]['forward_cold_ms']:.3f} / {report['results'][5]['forward_cold_ms']:.3f} ms "
+        f"Forward pass (batch 1, median): MLP {mlp['forward_ms']:.3f} ms; streaming net "
+        f"{stream['forward_ms']:.3f} ms in a tight loop (weights in cache); "
+        f"{mlp['forward_cold_ms']:.3f} / {stream['forward_cold_ms']:.3f} ms "
         "cache-cold (32 MB swept before each pass, as the simulator does between ticks in the loop).",
+        *fused_lines(report["results"]),
         "Jumps are mean L2 distances between consecutive actions (seam: first action of a new chunk; "
-        "in-chunk: the others). p99 of a chunked policy is its replanning tick.",
+        "in-chunk: the others). p99 of a chunked policy is its replanning tick. Before its episodes each "
+        "row runs 2H ticks on one observation (start-up, where fused rows trace their graphs), untimed.",
         "",
         f"Targets (issue 5): p99 >= 20x below DDPM-100 with {quality} >= 95% of its; p99 within 1.5 forward "
         "passes (consistency, streaming) or warm steps + 0.5 (RTI). Latencies come from a machine shared "
