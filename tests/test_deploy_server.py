@@ -111,14 +111,14 @@ def test_control_loop_drives_remote_policy(server):
 def test_cli_serve_subprocess(tmp_path):
     ckpt = tiny_policy().save(tmp_path / "agent")
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "diffctl.cli", "serve", str(ckpt), "--port", "0", "--steps", "2"]
+    cmd = [sys.executable, "-m", "diffctl.cli", "serve", str(ckpt), "--port", "0", "--steps", "2", "--fused"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read() if proc.poll() is not None else line
         url = line.split(" on ")[1].split()[0]
         with PolicyClient(url, timeout=20) as client:
-            assert client.info["sampler"]["steps"] == 2
+            assert client.info["sampler"]["steps"] == 2 and client.info["sampler"]["fused"] is True
             assert client.predict_chunk(np.zeros((1, TO, OBS), np.float32)).shape == (1, H, ACT)
     finally:
         proc.terminate()

@@ -149,3 +149,13 @@ def test_fused_is_a_sampler_field(tmp_path):
         pol.predict_chunk(histories(), noise=torch.zeros(1, H, ACT)),
         atol=TOL, rtol=0,
     )  # fmt: skip
+
+
+def test_agents_that_do_not_fuse_refuse_the_flag():
+    from diffctl.planners import Diffuser
+    from diffctl.policies.offline_rl import IDQL
+
+    with pytest.raises(ValueError, match="not supported by IDQL"):
+        IDQL(OBS, ACT, sampler={"fused": True})
+    with pytest.raises(ValueError, match="not supported by Diffuser"):
+        Diffuser(OBS, ACT, horizon=H, sampler={"fused": True})

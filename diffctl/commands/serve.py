@@ -18,6 +18,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--solver", default=None, help="sampler override, e.g. dpmpp_2m")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps override")
+    parser.add_argument(
+        "--fused", action="store_true", help="fused sampling: one TorchScript graph per request shape"
+    )
     parser.add_argument("--max-bytes", type=int, default=4 << 20, help="largest accepted request")
     parser.set_defaults(func=_run)
 
@@ -35,6 +38,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     torch.set_num_threads(1)
     overrides = {k: v for k, v in (("solver", args.solver), ("steps", args.steps)) if v is not None}
+    if args.fused:
+        overrides["fused"] = True
     agent = load(checkpoint, **overrides)
     server = PolicyServer(agent, args.host, args.port, max_bytes=args.max_bytes).start()
     print(f"serving {checkpoint} on {server.url} (Ctrl-C to stop)", flush=True)

@@ -30,6 +30,7 @@ from diffctl.policies.base import (
     read_agent_config,
     write_agent_dir,
 )
+from diffctl.policies.fused import refuse_fused
 
 VERSION = 1
 EDM_NOISE_SCALE = 250.0
@@ -126,6 +127,7 @@ class Planner(SeededSampler, ABC):
         self.sampler = (
             sampler if isinstance(sampler, SamplerConfig) else SamplerConfig.from_dict(sampler or {})
         )
+        refuse_fused(self.sampler, name)
         self.normalizers: dict[str, Normalizer] = dict(normalizers or {})
         self._check_inference()
         self.seed(self.sampler.seed)

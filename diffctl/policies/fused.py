@@ -66,6 +66,16 @@ def trace_frozen(
     return graph
 
 
+def refuse_fused(sampler: Any, owner: str) -> None:
+    """ValueError when ``sampler.fused`` is set on an agent that does not fuse its sampling (it would be
+    ignored)."""
+    if getattr(sampler, "fused", False):
+        raise ValueError(
+            f"sampler fused=True is not supported by {owner}: fused sampling covers chunk policies "
+            "(DiffusionPolicy, FlowPolicy, ConsistencyPolicy) and StreamingDiffusionPolicy ticks"
+        )
+
+
 def check_deterministic(
     denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, solver: str, options: dict
 ) -> int:

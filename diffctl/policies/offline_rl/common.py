@@ -31,6 +31,7 @@ from diffctl.policies.base import (
     read_agent_config,
     write_agent_dir,
 )
+from diffctl.policies.fused import refuse_fused
 from diffctl.policies.offline_rl.actor import DiffusionActor, softmax_pick
 from diffctl.policies.offline_rl.critics import (
     TwinQ,
@@ -141,6 +142,7 @@ class OfflineRLAgent(Policy):
                 {**DEFAULT_SAMPLER, "steps": num_train_timesteps, **dict(sampler or {})}
             )
         )
+        refuse_fused(sampler_cfg, type(self).__name__)
         self.normalizers: dict[str, Normalizer] = dict(normalizers or {})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
