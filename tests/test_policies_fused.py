@@ -21,10 +21,8 @@ def build(cls=DiffusionPolicy, goal: bool = True, **kwargs):
     extra = {"goal_dim": GOAL} if goal else {}
     if cls is not StreamingDiffusionPolicy:
         extra.update(backbone="mlp")
-    pol = cls(
-        OBS, ACT, horizon=H, n_obs_steps=TO, n_action_steps=TA,
-        backbone_kwargs={"hidden": 64, "depth": 2, "embed_dim": 16}, **extra, **kwargs,
-    )  # fmt: skip
+    extra.update(backbone_kwargs={"hidden": 64, "depth": 2, "embed_dim": 16})
+    pol = cls(OBS, ACT, horizon=H, n_obs_steps=TO, n_action_steps=TA, **{**extra, **kwargs})
     ones = np.ones((1, OBS))
     goals = np.array([[-1.0] * GOAL, [2.0] * GOAL]) if goal else None
     pol.fit_normalizers(np.concatenate([-ones, 3 * ones]), np.array([[-1.0] * ACT, [0.5] * ACT]), goals)
@@ -51,8 +49,13 @@ def histories(batch: int = 1, goal: bool = True, seed: int = 0) -> np.ndarray:
         (lambda: build(goal=False), {"solver": "ddim", "steps": 6}),
         (lambda: build(parameterization="vp", goal=False), {"solver": "ddim", "steps": 10}),
         (lambda: ConsistencyPolicy.from_teacher(build()), {"steps": 1}),
+        (
+            lambda: build(backbone="unet", backbone_kwargs={"down_dims": (16, 32), "embed_dim": 16}),
+            {"steps": 3},
+        ),
+        (lambda: build(backbone="dit", backbone_kwargs={"dim": 32, "depth": 2, "heads": 2}), {"steps": 3}),
     ],
-    ids=["edm-dpmpp_2m", "edm-heun-guided", "edm-ddim-no-goal", "vp-ddim", "consistency-1"],
+    ids=["edm-dpmpp_2m", "edm-heun-guided", "edm-ddim-no-goal", "vp-ddim", "consistency-1", "unet", "dit"],
 )
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fused_chunks_match_eager(make, sampler, batch):
@@ -159,3 +162,12 @@ def test_agents_that_do_not_fuse_refuse_the_flag():
         IDQL(OBS, ACT, sampler={"fused": True})
     with pytest.raises(ValueError, match="not supported by Diffuser"):
         Diffuser(OBS, ACT, horizon=H, sampler={"fused": True})
+
+
+def test_graphs_per_policy_are_bounded():
+    from diffctl.policies.fused import MAX_GRAPHS
+
+    pol = fused_copy(build(goal=False))
+    for batch in range(1, MAX_GRAPHS + 3):
+        assert pol.predict_chunk(histories(batch, goal=False)).shape == (batch, H, ACT)
+    assert sum(k[0] == "fused" for k in pol._cache) == MAX_GRAPHS

@@ -26,6 +26,7 @@ from torch import nn
 from diffctl.kernels.samplers import sample
 
 PARITY_ATOL = 1e-4
+MAX_GRAPHS = 8
 
 ChunkFn = Callable[..., torch.Tensor]
 
@@ -121,14 +122,19 @@ def fused_chunk_sampler(
 
 
 def cached_graph(policy: Any, key: tuple, build: Callable[[], Any]) -> Any:
-    """``build()`` memoized under ``key`` for the current network and weights of ``policy`` (one entry per
-    key: newer weights replace the graph instead of piling up). In-place updates (optimizer steps,
-    ``load_state_dict``) bump a parameter's ``_version``, which marks a frozen graph's weights stale."""
+    """``build()`` memoized under ``key`` for the current network and weights of ``policy``: newer weights
+    replace the graph instead of piling up, and past ``MAX_GRAPHS`` keys (a server seeing many batch sizes)
+    the least recently built goes. In-place updates (optimizer steps, ``load_state_dict``) bump a
+    parameter's ``_version``, which marks a frozen graph's weights stale."""
     cache = policy.__dict__.setdefault("_cache", {})
     net = policy.network
     hit = cache.get(("fused", *key))
     if hit is not None and hit[0] is net and tuple(p._version for p in hit[1]) == hit[2]:
         return hit[3]
+    cache.pop(("fused", *key), None)
+    fused = [k for k in cache if k[0] == "fused"]
+    for old in fused[: max(0, len(fused) - MAX_GRAPHS + 1)]:
+        del cache[old]
     params = list(net.parameters())
     graph = build()
     cache[("fused", *key)] = (net, params, tuple(p._version for p in params), graph)
