@@ -290,19 +290,17 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             action, x = self._fused_tick(torch.from_numpy(hist), self._buffer)
         else:
             with eval_mode(self.network):
-                action, x = self._tick(
-                    self._conditioned(hist), self._fill() if self._buffer is None else self._buffer
-                )
+                denoise = self._conditioned(hist)
+                action, x = self._tick(denoise, self._fill(denoise) if self._buffer is None else self._buffer)
         self.nfe += self.steps_per_tick
         fresh = torch.randn((1, 1, self.action_dim), generator=self._generator) * self._stream_grid()[0]
         self._buffer = torch.cat([x[:, 1:], fresh], dim=1)
         self.ticks += 1
         return action[0].numpy().astype(np.float32)
 
-    def _fill(self) -> torch.Tensor:
+    def _fill(self, denoise: Any) -> torch.Tensor:
         """The first buffer: pure noise walked down to the staircase of levels (N - k NFE)."""
         grid, n, k, hb = self._stream_grid(), self.levels, self.steps_per_tick, self.buffer_len
-        denoise = self._conditioned(np.stack(self._obs)[None])
         start = n - k * (torch.arange(hb) + 1)
         x = torch.randn((1, hb, self.action_dim), generator=self._generator) * grid[0]
         for i in range(n - k):
