@@ -10,6 +10,7 @@ import diffctl as dc
 from diffctl.policies import DiffusionPolicy
 from diffctl.policies.base import SamplerConfig
 from diffctl.policies.consistency import ConsistencyPolicy
+from diffctl.policies.flow import FlowPolicy
 from diffctl.policies.realtime import RealTimePolicy
 from diffctl.policies.streaming import StreamingDiffusionPolicy
 
@@ -49,13 +50,23 @@ def histories(batch: int = 1, goal: bool = True, seed: int = 0) -> np.ndarray:
         (lambda: build(goal=False), {"solver": "ddim", "steps": 6}),
         (lambda: build(parameterization="vp", goal=False), {"solver": "ddim", "steps": 10}),
         (lambda: ConsistencyPolicy.from_teacher(build()), {"steps": 1}),
+        (lambda: build(FlowPolicy), {"solver": "euler", "steps": 4}),
         (
             lambda: build(backbone="unet", backbone_kwargs={"down_dims": (16, 32), "embed_dim": 16}),
             {"steps": 3},
         ),
         (lambda: build(backbone="dit", backbone_kwargs={"dim": 32, "depth": 2, "heads": 2}), {"steps": 3}),
     ],
-    ids=["edm-dpmpp_2m", "edm-heun-guided", "edm-ddim-no-goal", "vp-ddim", "consistency-1", "unet", "dit"],
+    ids=[
+        "edm-dpmpp_2m",
+        "edm-heun-guided",
+        "edm-ddim-no-goal",
+        "vp-ddim",
+        "consistency-1",
+        "flow",
+        "unet",
+        "dit",
+    ],
 )
 @pytest.mark.parametrize("batch", [1, 3])
 def test_fused_chunks_match_eager(make, sampler, batch):
