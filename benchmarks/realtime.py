@@ -100,7 +100,7 @@ def forward_ms(policy: Any, repeats: int = 300, evict: bool = False, fused: bool
         else:
             denoise = conditioned_denoiser(policy, hist)
         if fused:
-            denoise = trace_frozen(lambda a, s: denoise(a, s), policy.network, (x, sigma), "forward pass")
+            denoise = trace_frozen(denoise, policy.network, (x, sigma), "forward pass")
         for _ in range(repeats):
             if sweep is not None:
                 sweep.sum()

@@ -81,7 +81,7 @@ def check_deterministic(
     denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigmas: torch.Tensor, solver: str, options: dict
 ) -> int:
     """Run the solver once eagerly; ValueError when it draws noise on this grid. Returns its NFE."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=x.device).manual_seed(0)
     before = gen.get_state()
     with torch.no_grad():
         _, info = sample(denoise, x, sigmas, solver=solver, generator=gen, return_info=True, **options)

@@ -267,14 +267,12 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         self.nfe = 0
         self.ticks = 0
 
-    def _euler(
-        self, denoise: Any, x: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        """Move every entry one level down its grid: ``levels`` = ``_levels(idx, grid)`` (entries whose
-        next index equals the current one stay)."""
+    @staticmethod
+    def _euler(denoise: Any, x: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Move every entry one level down its grid (1 NFE, counted by the caller): ``levels`` =
+        ``_levels(idx, grid)`` (entries whose next index equals the current one stay)."""
         s0, ratio = levels
         x0 = denoise(x, s0.expand(x.shape[0], -1))
-        self.nfe += 1
         return x0 + ratio * (x - x0)
 
     @torch.no_grad()
@@ -307,13 +305,13 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             idx = torch.minimum(torch.full_like(start, i), start)
             moved = self._euler(denoise, x, self._levels(idx, grid))
             x = torch.where((idx < start).reshape(1, -1, 1), moved, x)
+        self.nfe += n - k
         return x
 
     def _tick(self, denoise: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The k steady-state Euler steps of a tick: ``(raw first action (B, Da), moved buffer)``."""
-        for s0, ratio in self._tick_steps():
-            x0 = denoise(x, s0.expand(x.shape[0], -1))
-            x = x0 + ratio * (x - x0)
+        for levels in self._tick_steps():
+            x = self._euler(denoise, x, levels)
         return self._normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
 
     def _fused_tick(self, hist: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
