@@ -113,6 +113,16 @@ def test_realtime_wrapper_acts_the_same_fused(options):
     assert fused.stats()["nfe_per_tick"] == pytest.approx(eager.stats()["nfe_per_tick"])
 
 
+@pytest.mark.parametrize("warm_start", [0.0, 1.0])
+def test_chunk_policy_acts_the_same_fused(warm_start):
+    pol = build()
+    pol.sampler = pol.sampler.replace(steps=5, warm_start=warm_start)
+    twin = fused_copy(pol)
+    eager, fused = rollout(pol), rollout(twin)
+    np.testing.assert_allclose(fused, eager, atol=TOL)
+    assert fused.dtype == np.float32 and any(k[0] == "fused" for k in twin._cache)
+
+
 def test_streaming_ticks_the_same_fused():
     pol = build(StreamingDiffusionPolicy, steps_per_tick=2)
     twin = fused_copy(pol)
@@ -133,6 +143,19 @@ def test_graph_follows_in_place_weight_updates():
     eager.sampler = pol.sampler.replace(fused=False)
     torch.testing.assert_close(after, eager.predict_chunk(hist, noise=noise), atol=TOL, rtol=0)
     assert sum(k[0] == "fused" for k in pol._cache) == 1
+
+
+def test_graph_follows_replaced_parameters():
+    pol = fused_copy(build(goal=False))
+    hist, noise = histories(goal=False), torch.randn(1, H, ACT)
+    before = pol.predict_chunk(hist, noise=noise)
+    halved = {k: 0.5 * v for k, v in pol.network.state_dict().items()}
+    pol.network.load_state_dict(halved, assign=True)  # new parameter objects, old ones untouched
+    eager = copy.copy(pol)
+    eager.sampler = pol.sampler.replace(fused=False)
+    after = pol.predict_chunk(hist, noise=noise)
+    assert float((after - before).abs().max()) > 1e-3
+    torch.testing.assert_close(after, eager.predict_chunk(hist, noise=noise), atol=TOL, rtol=0)
 
 
 def test_stochastic_solvers_are_refused():

@@ -100,11 +100,10 @@ class ConsistencyPolicy(DiffusionPolicy):
     def denoiser(self) -> nn.Module:
         return ConsistencyDenoiser(self.network, self.hparams["sigma_data"], self.sampler.sigma_min)
 
-    def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
+    def _grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         cfg = sampler or self.sampler
         key = ("consistency_sigmas", cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-        grid = self._cached(key, lambda: consistency_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
-        return grid.clone()
+        return self._cached(key, lambda: consistency_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
 
     @torch.no_grad()
     def _update_target(self) -> nn.Module:

@@ -35,7 +35,7 @@ from diffctl.policies.base import (
     read_agent_config,
     write_agent_dir,
 )
-from diffctl.policies.fused import run_fused_chunk
+from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
 VERSION = 1
 PARAMETERIZATIONS = ("edm", "vp")
@@ -296,9 +296,14 @@ class DiffusionPolicy(Policy):
 
     def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """The descending sigma grid of the current sampler settings (float32, ends in 0)."""
+        return self._grid(sampler).clone()
+
+    def _grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
+        """``sigmas()`` without the copy: the memoized grid itself, the same object while the settings stay
+        (fused graph keys are remembered per grid object); callers must not modify it."""
         cfg = sampler or self.sampler
         key = ("sigmas", cfg.schedule, cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.spacing)
-        return self._cached(key, lambda: self._build_sigmas(cfg)).clone()
+        return self._cached(key, lambda: self._build_sigmas(cfg))
 
     def _build_sigmas(self, cfg: SamplerConfig) -> torch.Tensor:
         kind = cfg.schedule
@@ -412,6 +417,7 @@ class DiffusionPolicy(Policy):
         self._obs: collections.deque[np.ndarray] = collections.deque(maxlen=self.n_obs_steps)
         self._queue: collections.deque[np.ndarray] = collections.deque()
         self._last_chunk: torch.Tensor | None = None
+        self._inputs = FusedInputs()
         if seed is not None:
             self.seed(seed)
 
@@ -438,17 +444,27 @@ class DiffusionPolicy(Policy):
         else:
             self._obs.append(arr)
         if not self._queue:
-            hist = np.stack(self._obs)[None]
             init = None
             if self._last_chunk is not None and self.sampler.warm_start > 0:
                 shifted = self._last_chunk[:, self.n_action_steps :]
                 pad = shifted[:, -1:].expand(-1, self.n_action_steps, -1)
                 init = torch.cat([shifted, pad], dim=1)
-            chunk = self.predict_chunk(hist, init=init)
+            if self.sampler.fused and init is None:
+                chunk = self._fused_act_chunk()
+            else:
+                chunk = self.predict_chunk(np.stack(self._obs)[None], init=init)
             self._last_chunk = chunk
             start = self.n_obs_steps - 1
-            self._queue.extend(chunk[0, start : start + self.n_action_steps].cpu().numpy().astype(np.float32))
-        return self._queue.popleft()
+            self._queue.extend(chunk.cpu().numpy()[0, start : start + self.n_action_steps])
+        return self._queue.popleft().copy()
+
+    def _fused_act_chunk(self) -> torch.Tensor:
+        """``predict_chunk`` of the current history, cold, through the fused graph with preallocated inputs
+        (``FusedInputs``): what ``act`` runs when ``sampler.fused`` is on."""
+        device = network_device(self)
+        hist = self._inputs.history(self._obs, device)
+        noise = self._inputs.noise((1, self.horizon, self.action_dim), self._generator, device)
+        return run_fused_chunk(self, hist, self._grid().to(device), noise, None)[0]
 
     # ----- persistence ---------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -57,9 +57,10 @@ class FlowPolicy(DiffusionPolicy):
     def denoiser(self) -> nn.Module:
         return FlowDenoiser(self.network, self.hparams["time_scale"])
 
-    def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
+    def _grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """Uniform-in-t flow grid (``schedules.flow``) with the sampler's number of steps."""
-        return schedules.flow((sampler or self.sampler).steps).float()
+        steps = (sampler or self.sampler).steps
+        return self._cached(("flow_sigmas", steps), lambda: schedules.flow(steps).float())
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow matching on a raw batch; with key ``noise`` (normalized-space couplings) it is reflow."""

@@ -19,6 +19,7 @@ chunk seams.
 from __future__ import annotations
 
 import collections
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
 from diffctl.policies.diffusion import history_tensor, prefix_tensor
-from diffctl.policies.fused import run_fused_chunk
+from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -117,6 +118,7 @@ class RealTimePolicy(Policy):
             "warm_sigma": float(warm_sigma), "warm_steps": int(warm_steps), "decay_end": decay_end,
         }  # fmt: skip
         self.seam, self.delay = seam, int(delay)
+        self._seam_flags = (True,) + (False,) * (self.horizon - 1)
         self.warm_sigma, self.warm_steps, self.decay_end = float(warm_sigma), int(warm_steps), decay_end
         self.seed(seed)
         self.reset()
@@ -136,6 +138,7 @@ class RealTimePolicy(Policy):
         self._queue: collections.deque[tuple[np.ndarray, bool]] = collections.deque()
         self._executed: collections.deque[np.ndarray] = collections.deque(maxlen=max(1, self.horizon))
         self._chunk: torch.Tensor | None = None
+        self._inputs = FusedInputs()
         self._chunk_tick = 0
         self._tick = 0
         self.nfe = 0
@@ -172,17 +175,15 @@ class RealTimePolicy(Policy):
         bsz, device = hist.shape[0], hist.device
         shape = (bsz, self.horizon, self.action_dim)
         noise = self.start_noise(shape, noise, device)
-        norm = pol._normalizer("action")
         warm = init is not None and self.warm_sigma > 0
+        if pol.sampler.fused and prefix is None:
+            init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
+            return self._fused_chunk(hist, noise, init_t)
+        norm = pol._normalizer("action")
         if warm:
             sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
         else:
             sigmas = pol.sigmas().to(device)
-        if pol.sampler.fused and prefix is None:
-            init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
-            chunk, nfe = run_fused_chunk(pol, hist, sigmas, noise, init_t)
-            self.nfe += nfe * (2 if _doubles(pol) else 1)
-            return chunk
         if warm:
             x = (
                 norm.normalize(torch.as_tensor(init, dtype=torch.float32, device=device))
@@ -215,6 +216,17 @@ class RealTimePolicy(Policy):
         self.nfe += info["nfe"] * (2 if _doubles(pol) else 1)
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
+    def _fused_chunk(
+        self, hist: torch.Tensor, noise: torch.Tensor, init: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Raw chunks through the policy's fused graph: warm-started from raw ``init`` when given."""
+        pol = self.policy
+        cfg = pol.sampler
+        sigmas = pol._grid() if init is None else self._warm_grid(cfg.sigma_min, cfg.rho)
+        chunk, nfe = run_fused_chunk(pol, hist, sigmas.to(hist.device), noise, init)
+        self.nfe += nfe * (2 if _doubles(pol) else 1)
+        return chunk
+
     def _warm_grid(self, sigma_min: float, rho: float) -> torch.Tensor:
         """``warm_sigmas`` of this wrapper's settings, memoized (a Karras grid costs ~30 us per tick)."""
         key = (self.warm_sigma, self.warm_steps, sigma_min, rho)
@@ -222,7 +234,7 @@ class RealTimePolicy(Policy):
             self._warm = (key, warm_sigmas(self.warm_sigma, self.warm_steps, sigma_min, rho))
         return self._warm[1]
 
-    def _plan(self, hist: np.ndarray, upcoming: list[np.ndarray]) -> torch.Tensor:
+    def _plan(self, upcoming: list[np.ndarray]) -> torch.Tensor:
         """Sample the chunk whose index ``To - 1`` is this tick; ``upcoming`` actions run before it."""
         past = self.n_obs_steps - 1
         shift = self._tick - self._chunk_tick
@@ -230,8 +242,8 @@ class RealTimePolicy(Policy):
         prev = None if self._chunk is None or not uses_prev else shift_chunk(self._chunk, shift)
         init = prev if self.warm_sigma > 0 else None
         prefix = weights = None
-        executed = list(self._executed)[-past:] if past else []
         if self.seam in ("inpaint", "rtc") and prev is not None:
+            executed = list(self._executed)[-past:] if past else []
             ref = prev.clone()
             if len(executed) == past and past:
                 ref[0, :past] = torch.as_tensor(np.stack(executed), dtype=ref.dtype)
@@ -241,7 +253,14 @@ class RealTimePolicy(Policy):
             else:
                 end = self.decay_end if self.decay_end is not None else max(d, self.horizon - shift)
                 prefix, weights = ref, prefix_weights(self.horizon, d, min(max(end, d), self.horizon))
-        chunk = self.predict_chunk(hist[None], prefix=prefix, init=init, weights=weights)
+        if prefix is None and self.policy.sampler.fused:
+            device = network_device(self.policy)
+            hist = self._inputs.history(self._obs, device)
+            noise = self._inputs.noise((1, self.horizon, self.action_dim), self._generator, device)
+            chunk = self._fused_chunk(hist, noise, None if init is None else init.to(device))
+        else:
+            hist = np.stack(self._obs)[None]
+            chunk = self.predict_chunk(hist, prefix=prefix, init=init, weights=weights)
         self._chunk, self._chunk_tick = chunk, self._tick
         return chunk
 
@@ -255,17 +274,18 @@ class RealTimePolicy(Policy):
         if len(self._queue) <= self.delay:
             upcoming = [a for a, _ in self._queue]
             old_tail = self._old_tail(len(upcoming)) if self.seam == "blend" else None
-            chunk = self._plan(np.stack(self._obs), upcoming)[0].cpu().numpy().astype(np.float32)
+            chunk = self._plan(upcoming).cpu().numpy()[0]
             start = self.n_obs_steps - 1 + len(upcoming)
             new = chunk[start : start + self.replan_every]
             if old_tail is not None:
+                new = new.copy()
                 n = min(len(old_tail), len(new))
                 w = (np.arange(n, dtype=np.float32) + 1) / (n + 1)
                 new[:n] = w[:, None] * new[:n] + (1 - w[:, None]) * old_tail[:n]
-            self._queue.extend((a, i == 0) for i, a in enumerate(new))
+            self._queue.extend(zip(new, self._seam_flags, strict=False))
         action, first = self._queue.popleft()
         if self._executed:
-            jump = float(np.linalg.norm(action - self._executed[-1]))
+            jump = math.dist(action, self._executed[-1])
             (self.seam_jumps if first else self.step_jumps).append(jump)
         self._executed.append(action)
         self._tick += 1

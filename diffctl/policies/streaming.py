@@ -24,7 +24,7 @@ from diffctl.nets.layers import SinusoidalEmbedding
 from diffctl.policies.base import eval_mode, param_device
 from diffctl.policies.consistency import merge_signature
 from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy, split_batch
-from diffctl.policies.fused import cached_graph, trace_frozen
+from diffctl.policies.fused import FusedInputs, cached_graph, network_device, trace_frozen
 
 
 class _Block(nn.Module):
@@ -264,6 +264,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         """Start an episode: empty history and buffer (the first tick fills it, about N NFE)."""
         super().reset(seed)
         self._buffer: torch.Tensor | None = None
+        self._inputs = FusedInputs()
         self.nfe = 0
         self.ticks = 0
 
@@ -283,18 +284,25 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             self._obs.extend([arr] * self.n_obs_steps)
         else:
             self._obs.append(arr)
-        hist = np.stack(self._obs)[None]
         if self.sampler.fused and self._buffer is not None:
-            action, x = self._fused_tick(torch.from_numpy(hist), self._buffer)
+            device = network_device(self)
+            hist = self._inputs.history(self._obs, device)
+            fresh = self._inputs.noise((1, 1, self.action_dim), self._generator, device)
+            action, self._buffer = self._fused_tick(hist, self._buffer, fresh)
         else:
             with eval_mode(self.network):
-                denoise = self._conditioned(hist)
+                denoise = self._conditioned(np.stack(self._obs)[None])
                 action, x = self._tick(denoise, self._fill(denoise) if self._buffer is None else self._buffer)
+            fresh = torch.randn((1, 1, self.action_dim), generator=self._generator)
+            self._buffer = self._advance(x, fresh)
         self.nfe += self.steps_per_tick
-        fresh = torch.randn((1, 1, self.action_dim), generator=self._generator) * self._stream_grid()[0]
-        self._buffer = torch.cat([x[:, 1:], fresh], dim=1)
         self.ticks += 1
-        return action[0].numpy().astype(np.float32)
+        return action.cpu().numpy()[0]
+
+    def _advance(self, x: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """The next tick's buffer: the moved one without its executed head, with standard-normal ``fresh``
+        (B, 1, Da) at the top noise level appended."""
+        return torch.cat([x[:, 1:], fresh * self._stream_grid()[0]], dim=1)
 
     def _fill(self, denoise: Any) -> torch.Tensor:
         """The first buffer: pure noise walked down to the staircase of levels (N - k NFE)."""
@@ -314,17 +322,21 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             x = self._euler(denoise, x, levels)
         return self._normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
 
-    def _fused_tick(self, hist: torch.Tensor, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_tick`` through one frozen graph of ``(raw history, buffer)`` (``diffctl.policies.fused``)."""
-        key = ("stream_tick", tuple(hist.shape), tuple(buffer.shape), id(self._tick_steps()))
+    def _fused_tick(
+        self, hist: torch.Tensor, buffer: torch.Tensor, fresh: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_tick`` and ``_advance`` through one frozen graph of ``(raw history, buffer, fresh noise)``
+        (``diffctl.policies.fused``): ``(raw first action (B, Da), next buffer)``."""
+        key = ("stream_tick", tuple(hist.shape), tuple(buffer.shape), id(self._tick_steps()), hist.device)
+
+        def tick(h: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            action, moved = self._tick(self._conditioned(h), x)
+            return action, self._advance(moved, z)
+
         graph = cached_graph(
-            self, key,
-            lambda: trace_frozen(
-                lambda h, x: self._tick(self._conditioned(h), x), self.network, (hist, buffer),
-                "streaming tick",
-            ),
-        )  # fmt: skip
-        return graph(hist, buffer)
+            self, key, lambda: trace_frozen(tick, self.network, (hist, buffer, fresh), "streaming tick")
+        )
+        return graph(hist, buffer, fresh)
 
 
 merge_signature(StreamingDiffusionPolicy.__init__, DiffusionPolicy.__init__)
