@@ -158,6 +158,24 @@ def test_graph_follows_replaced_parameters():
     torch.testing.assert_close(after, eager.predict_chunk(hist, noise=noise), atol=TOL, rtol=0)
 
 
+def test_noise_level_work_is_folded_out_of_the_graph():
+    from diffctl.policies.fused import fused_chunk_sampler, trace_frozen
+    from diffctl.policies.realtime import conditioned_denoiser
+
+    pol = ConsistencyPolicy.from_teacher(build(goal=False))
+    pol.sampler = pol.sampler.replace(steps=1)
+    hist = torch.from_numpy(histories(goal=False))
+    x, sigma = torch.zeros(1, H, ACT), torch.ones(1)
+    forward = trace_frozen(conditioned_denoiser(pol, hist), pol.network, (x, sigma), "forward")
+    chunk, _ = fused_chunk_sampler(pol, pol._grid(), hist, warm=False)
+
+    def linears(graph) -> int:
+        return sum(n.kind() == "aten::linear" for n in graph.graph.nodes())
+
+    embedding = sum(isinstance(m, torch.nn.Linear) for m in pol.network.backbone.noise_emb.modules())
+    assert embedding > 0 and linears(chunk) == linears(forward) - embedding
+
+
 def test_stochastic_solvers_are_refused():
     pol = fused_copy(build(goal=False), solver="ddpm", steps=4)
     with pytest.raises(ValueError, match="deterministic"):

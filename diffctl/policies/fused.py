@@ -97,6 +97,18 @@ def check_deterministic(
     return int(info["nfe"])
 
 
+def constant_sigma(denoise: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``denoise`` whose noise level is recorded as a constant when traced. A fused graph's sigma grid is
+    fixed (it is part of the graph's key), so freezing then folds everything that depends on sigma alone
+    (the noise-level embedding MLP, the preconditioning scalings) out of the per-tick work: about a fifth of
+    a small MLP's forward pass at batch 1."""
+
+    def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return denoise(x, torch.tensor(sigma.tolist(), dtype=sigma.dtype, device=sigma.device))
+
+    return call
+
+
 def fused_chunk_sampler(
     policy: Any, sigmas: torch.Tensor, hist: torch.Tensor, warm: bool
 ) -> tuple[ChunkFn, int]:
@@ -117,7 +129,8 @@ def fused_chunk_sampler(
 
     def chunk(h: torch.Tensor, z: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         x = z * s0 if init is None else norm.normalize(init) + s0 * z
-        x0 = sample(_conditioned(policy, h), x, sig, solver=solver, check_finite=False, **options)
+        denoise = constant_sigma(_conditioned(policy, h))
+        x0 = sample(denoise, x, sig, solver=solver, check_finite=False, **options)
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
     inputs = (hist, noise) + ((norm.unnormalize(noise.clamp(-1.0, 1.0)),) if warm else ())

@@ -24,7 +24,13 @@ from diffctl.nets.layers import SinusoidalEmbedding
 from diffctl.policies.base import eval_mode, param_device
 from diffctl.policies.consistency import merge_signature
 from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy, split_batch
-from diffctl.policies.fused import FusedInputs, cached_graph, network_device, trace_frozen
+from diffctl.policies.fused import (
+    FusedInputs,
+    cached_graph,
+    constant_sigma,
+    network_device,
+    trace_frozen,
+)
 
 
 class _Block(nn.Module):
@@ -330,7 +336,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         key = ("stream_tick", tuple(hist.shape), tuple(buffer.shape), id(self._tick_steps()), hist.device)
 
         def tick(h: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            action, moved = self._tick(self._conditioned(h), x)
+            action, moved = self._tick(constant_sigma(self._conditioned(h)), x)
             return action, self._advance(moved, z)
 
         graph = cached_graph(
