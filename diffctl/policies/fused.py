@@ -195,11 +195,12 @@ def cached_graph(policy: Any, key: tuple, build: Callable[[], Any]) -> Any:
 def grid_key(policy: Any, sigmas: torch.Tensor) -> tuple[float, ...]:
     """``sigmas`` as a tuple of floats (part of a graph's key), remembered for the last grid object while it
     is unmodified: control loops pass the same memoized grid every tick."""
-    last = policy.__dict__.get("_grid_key")
+    cache = policy.__dict__.setdefault("_cache", {})
+    last = cache.get(("grid_key",))
     if last is not None and last[0] is sigmas and last[1] == sigmas._version:
         return last[2]
     key = tuple(sigmas.tolist())
-    policy.__dict__["_grid_key"] = (sigmas, sigmas._version, key)
+    cache[("grid_key",)] = (sigmas, sigmas._version, key)
     return key
 
 
