@@ -216,6 +216,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rt-bench-"))
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     if setup.generate:
         store = generate(
             task, work / "data.zarr", episodes=budget.data_episodes, seed=0, force=True,
@@ -340,7 +341,7 @@ def main() -> None:
         "fast": args.fast, "results": results, "anatomy": anatomy, "loop": loop_rows, "seconds": seconds,
         "targets": targets(results),
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "load_average": [load_start, os.getloadavg()[0]],
         "command": "PYTHONPATH=. python benchmarks/realtime.py"
         + ("" if task == "maze2d-umaze" else f" --task {task}"),
     }  # fmt: skip
@@ -467,8 +468,9 @@ def anatomy_lines(anatomy: dict[str, dict[str, float]], rows: dict[str, Any]) ->
         "Fused consistency-1 replanning every tick and fused streaming, 2,000 ticks on one observation: "
         "`act` against its graph call alone (lookup included) on the same inputs, in a tight loop (hot) "
         "and with 32 MB swept before each call (cold). act - graph is the Python around the graph "
-        "(observation checks, history, noise, queue); graph / forward is what normalization, conditioning "
-        "and the solver add to one fused forward pass.",
+        "(observation checks, history, noise, queue). graph / forward compares the whole graph "
+        "(normalization, conditioning, solver, with the noise-level work folded into constants) with one "
+        "fused forward pass at a variable noise level.",
         "",
         "| fused policy | cache | act p50 / p99 ms | graph p50 / p99 ms | act - graph p50 ms "
         "| graph / forward p50 | act / forward p50 |",
@@ -488,6 +490,12 @@ def anatomy_lines(anatomy: dict[str, dict[str, float]], rows: dict[str, Any]) ->
     return lines
 
 
+def load_note(report: dict[str, Any]) -> str:
+    """The 1-minute load average at the start and end of the run, when the report has it."""
+    load = report.get("load_average")
+    return f", load average {load[0]:.2f} at start and {load[1]:.2f} at end" if load else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     b = report["budget"]
     setup = report["setup"]
@@ -500,8 +508,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Real-time control on {report['task']} (CPU, batch 1, {report['torch_threads']} thread)",
         "",
-        f"`{report['command']}` on {report['platform']} ({report['cpu_count']} CPUs shared with other jobs, "
-        f"when measured), torch {report['torch']}. Data: {data}. Chunks: horizon {setup['horizon']}, "
+        f"`{report['command']}` on {report['platform']} ({report['cpu_count']} CPUs{load_note(report)}), "
+        f"torch {report['torch']}. Data: {data}. Chunks: horizon {setup['horizon']}, "
         f"{setup['n_action_steps']} actions executed per chunk, 2 observation steps. Budget: teacher "
         f"{b['teacher_steps']} steps, consistency distillation {b['distill_steps']} steps, streaming "
         f"{b['streaming_steps']} steps (batch {b['batch_size']}, MLP {b['hidden']}x{b['depth']}), "
@@ -537,8 +545,8 @@ def markdown(report: dict[str, Any]) -> str:
         "row runs 2H ticks on one observation (start-up, where fused rows trace their graphs), untimed.",
         "",
         f"Targets (issue 5): p99 >= 20x below DDPM-100 with {quality} >= 95% of its; p99 within 1.5 forward "
-        "passes (consistency, streaming) or warm steps + 0.5 (RTI). Latencies come from a machine shared "
-        "with other jobs, so p99 carries their interference.",
+        "passes (consistency, streaming) or warm steps + 0.5 (RTI). p99 is sensitive to other load on the "
+        "machine.",
         "",
         f"| method | p99 >= 20x faster | {quality} >= 95% | p99 within bound (hot forward) "
         "| p99 within bound (cold forward) |",
