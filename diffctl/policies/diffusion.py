@@ -35,7 +35,7 @@ from diffctl.policies.base import (
     read_agent_config,
     write_agent_dir,
 )
-from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
+from diffctl.policies.fused import FusedInputs, run_fused_chunk
 
 VERSION = 1
 PARAMETERIZATIONS = ("edm", "vp")
@@ -461,10 +461,8 @@ class DiffusionPolicy(Policy):
     def _fused_act_chunk(self) -> torch.Tensor:
         """``predict_chunk`` of the current history, cold, through the fused graph with preallocated inputs
         (``FusedInputs``): what ``act`` runs when ``sampler.fused`` is on."""
-        device = network_device(self)
-        hist = self._inputs.history(self._obs, device)
-        noise = self._inputs.noise((1, self.horizon, self.action_dim), self._generator, device)
-        return run_fused_chunk(self, hist, self._grid().to(device), noise, None)[0]
+        hist, noise = self._inputs.chunk_inputs(self, self._obs, self._generator)
+        return run_fused_chunk(self, hist, self._grid().to(hist.device), noise, None)[0]
 
     # ----- persistence ---------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -244,6 +244,14 @@ class FusedInputs:
             view[0, i] = frame
         return self._hist.to(device)
 
+    def chunk_inputs(
+        self, policy: Any, frames: Sequence[np.ndarray], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """History and start noise ``(1, H, Da)`` of a fused chunk of ``policy``, on its network's device."""
+        device = network_device(policy)
+        shape = (1, policy.horizon, policy.action_dim)
+        return self.history(frames, device), self.noise(shape, generator, device)
+
     def noise(
         self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
     ) -> torch.Tensor:

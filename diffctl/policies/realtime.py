@@ -34,7 +34,7 @@ from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
 from diffctl.policies.diffusion import history_tensor, prefix_tensor
-from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
+from diffctl.policies.fused import FusedInputs, run_fused_chunk
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -254,10 +254,8 @@ class RealTimePolicy(Policy):
                 end = self.decay_end if self.decay_end is not None else max(d, self.horizon - shift)
                 prefix, weights = ref, prefix_weights(self.horizon, d, min(max(end, d), self.horizon))
         if prefix is None and self.policy.sampler.fused:
-            device = network_device(self.policy)
-            hist = self._inputs.history(self._obs, device)
-            noise = self._inputs.noise((1, self.horizon, self.action_dim), self._generator, device)
-            chunk = self._fused_chunk(hist, noise, None if init is None else init.to(device))
+            hist, noise = self._inputs.chunk_inputs(self.policy, self._obs, self._generator)
+            chunk = self._fused_chunk(hist, noise, None if init is None else init.to(hist.device))
         else:
             hist = np.stack(self._obs)[None]
             chunk = self.predict_chunk(hist, prefix=prefix, init=init, weights=weights)
