@@ -135,3 +135,25 @@ def test_load_rejects_unknown_overrides_naming_both_kinds(tmp_path) -> None:
     agent.save(tmp_path / "agent")
     with pytest.raises(ValueError, match=r"load overrides \['n_candidate'\].*n_candidates.*steps"):
         dc.load(tmp_path / "agent", n_candidate=4)
+
+
+def test_noise_scale_scales_the_start_noise_and_zero_is_deterministic() -> None:
+    ds = TransitionDataset(_bandit(n=64))
+    obs = torch.tensor([[1.0]])
+    scaled = IDQL(1, 1, **{**SMALL, "n_candidates": 4}, noise_scale=0.5, sampler={"solver": "ddim"})
+    scaled.fit(ds)
+    plain = IDQL(1, 1, **{**SMALL, "n_candidates": 4}, sampler={"solver": "ddim"})
+    plain.fit(ds)
+    plain.network.load_state_dict(scaled.network.state_dict())
+    scaled.seed(3)
+    noise = 0.5 * torch.randn(1, 4, 1, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(scaled.select_actions(obs), plain.select_actions(obs, noise))
+
+    scaled.configure_act(noise_scale=0.0)
+    actions = set()
+    for seed in range(3):
+        scaled.seed(seed)
+        actions.add(float(scaled.select_actions(obs)[0, 0]))
+    assert len(actions) == 1
+    with pytest.raises(ValueError, match="noise_scale"):
+        IDQL(1, 1, noise_scale=-1.0)

@@ -45,7 +45,7 @@ from diffctl.policies.offline_rl.transitions import TransitionDataset
 VERSION = 1
 AGENT_KEYS = ("hyperparameters", "act", "normalizers", "sampler")
 SELECTIONS = ("argmax", "softmax")
-ACT_KEYS = ("n_candidates", "selection", "temperature")
+ACT_KEYS = ("n_candidates", "selection", "temperature", "noise_scale")
 DEFAULT_SAMPLER = {"solver": "ddpm", "steps": 5, "schedule": "vp"}
 
 
@@ -95,6 +95,7 @@ class OfflineRLAgent(Policy):
         n_candidates: int = 50,
         selection: str = "softmax",
         temperature: float = 1.0,
+        noise_scale: float = 1.0,
         seed: int = 0,
         sampler: SamplerConfig | Mapping[str, Any] | None = None,
         normalizers: Mapping[str, Normalizer] | None = None,
@@ -153,14 +154,22 @@ class OfflineRLAgent(Policy):
             value = ValueNet(self.state_dim, critic_hidden, critic_depth) if self.uses_value else None
             self.network: nn.Module = OfflineRLNet(actor, critic, value, self.uses_target_actor)
         self.sampler = sampler_cfg
-        self.configure_act(n_candidates=n_candidates, selection=selection, temperature=temperature)
+        self.configure_act(
+            n_candidates=n_candidates, selection=selection, temperature=temperature, noise_scale=noise_scale
+        )
         self.check_sampler()
         self.seed(self.sampler.seed)
         self.reset()
 
     # ----- settings ------------------------------------------------------------------------------------
     def configure_act(self, **settings: Any) -> None:
-        """Change ``n_candidates``, ``selection`` (argmax | softmax) or ``temperature`` without retraining."""
+        """Change ``n_candidates``, ``selection`` (argmax | softmax), ``temperature`` (of the softmax over Q)
+        or ``noise_scale`` without retraining.
+
+        ``noise_scale`` multiplies the start noise of every candidate: 1 samples the learned (behaviour-like)
+        distribution; below 1 is low-temperature sampling (Decision Diffuser); 0 with the deterministic
+        ``ddim`` solver gives one action per state, near the mode, like the mean action of a Gaussian
+        actor (then ``n_candidates=1`` suffices). Stochastic solvers (ddpm) still add their step noise."""
         unknown = sorted(set(settings) - set(ACT_KEYS))
         if unknown:
             raise ValueError(f"unknown act settings {unknown}; valid: {list(ACT_KEYS)}")
@@ -174,6 +183,10 @@ class OfflineRLAgent(Policy):
         if not float(merged["temperature"]) > 0:
             raise ValueError(f"temperature must be > 0, got {merged['temperature']!r}")
         merged["temperature"] = float(merged["temperature"])
+        scale = merged["noise_scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale < float("inf"):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {scale!r}")
+        merged["noise_scale"] = float(scale)
         self.act_settings = merged
 
     def check_sampler(self) -> None:
@@ -378,6 +391,9 @@ class OfflineRLAgent(Policy):
                     f"noise must have shape {(bsz, n, self.action_dim)}, got {tuple(noise.shape)}"
                 )
             noise = noise.reshape(bsz * n, self.action_dim)
+        else:
+            noise = torch.randn((bsz * n, self.action_dim), generator=self._generator)
+        noise = noise * self.act_settings["noise_scale"]
         was_training = self.network.training
         self.network.eval()
         try:
@@ -387,7 +403,7 @@ class OfflineRLAgent(Policy):
                 self.actor.sigmas(cfg.steps, cfg.spacing),
                 cfg.solver,
                 self._generator,
-                noise,
+                noise.to(device),
                 **cfg.options,
             )
             q = self.network.critic_target.q_min(state, cand).reshape(bsz, n)
