@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,10 @@ PEER_VENV = Path.home() / ".cache" / "diffctl" / "venvs" / "d3rlpy" / "bin" / "p
 PEER_SCRIPT = Path(__file__).with_name("d3rlpy_peer.py")
 DEFAULT_STEPS = 5000  # run files of other budgets carry a -steps<N> tag
 PEER_LR = 3e-4  # d3rlpy's reproduction learning rate, and this benchmark's first setting for diffctl agents
+# Act settings the final checkpoint is also scored with, beside its own (the method's stochastic sampling of N
+# candidates ranked by Q): "deterministic" is one DDIM sample from zero start noise, no critic ranking,
+# the counterpart of the greedy (mean) action d3rlpy's agents are scored with.
+VARIANTS = {"deterministic": {"solver": "ddim", "noise_scale": 0.0, "n_candidates": 1}}
 
 
 def task_of(dataset: str) -> str:
@@ -100,7 +105,9 @@ def evaluate(agent: Any, dataset: str, episodes: int, seed: int) -> dict[str, An
 def train_diffusion(
     name: str, store: EpisodeStore, dataset: str, args: argparse.Namespace, seed: int, run_dir: Path
 ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
-    """Train; evaluate every ``curve_every`` steps and the final EMA weights with ``episodes``."""
+    """Train; evaluate every ``curve_every`` steps and the final EMA weights with ``episodes``, with the
+    agent's act settings and with each of ``VARIANTS`` (the final agent is saved, and kept in
+    ``--keep-agents`` when given)."""
     goal = dataset in MAZES
     ds = TransitionDataset(store, goal="task" if goal else None)
     agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
@@ -121,6 +128,7 @@ def train_diffusion(
                       "episodes": result["episodes"]})  # fmt: skip
         if final:
             curve[-1]["result"] = result
+            policy.save(run_dir / "final_agent")
         timing["eval_s"] += time.perf_counter() - start
         return result
 
@@ -129,6 +137,16 @@ def train_diffusion(
     trainer.fit()
     train_s = time.perf_counter() - start - timing["eval_s"]
     final = curve[-1].pop("result")
+    import diffctl as dc
+
+    final["variants"] = {
+        variant: evaluate(dc.load(run_dir / "final_agent", **overrides), dataset, args.episodes, seed)
+        for variant, overrides in VARIANTS.items()
+    }
+    if args.keep_agents:
+        keep = Path(args.keep_agents) / f"{dataset}-{name}-lr{args.lr:g}-steps{args.steps}-seed{seed}"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(run_dir / "final_agent", keep)
     return final, curve, args.steps / train_s
 
 
@@ -187,6 +205,13 @@ def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespa
         "act_latency_ms_p99": result["act_latency_ms_p99"], "episodes": args.episodes, "curve": curve,
         "curve_episodes": args.curve_episodes, "machine": machine(),
         "behaviour_score": behaviour_score(store),
+        "variants": {
+            name: {"act": VARIANTS[name], "normalized_score": v["normalized_score"],
+                   "normalized_scores": v["normalized_scores"], "mean_return": v["mean_return"],
+                   "success_rate": v["success_rate"], "act_latency_ms_p50": v["act_latency_ms_p50"],
+                   "act_latency_ms_p99": v["act_latency_ms_p99"]}
+            for name, v in result.get("variants", {}).items()
+        },
     }  # fmt: skip
 
 
@@ -195,11 +220,21 @@ def machine() -> str:
 
 
 def label(row: dict[str, Any]) -> str:
-    """Agent name with the learning rate (d3rlpy's only when it differs from its reproduction setting)."""
+    """Agent name with the learning rate (d3rlpy's only when it differs from its reproduction setting) and
+    the act variant, if any."""
     lr = row.get("lr", PEER_LR)
-    if row["agent"] in D3RLPY and lr == PEER_LR:
-        return row["agent"]
-    return f"{row['agent']} (lr {lr:g})"
+    name = row["agent"] if row["agent"] in D3RLPY and lr == PEER_LR else f"{row['agent']} (lr {lr:g})"
+    return f"{name}, {row['variant']} act" if row.get("variant") else name
+
+
+def with_variants(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run rows plus one row per act variant of a run (its final scores under ``VARIANTS``; no curve)."""
+    out = []
+    for r in rows:
+        out.append(r)
+        for name, v in r.get("variants", {}).items():
+            out.append({**r, **{k: x for k, x in v.items() if k != "act"}, "variant": name, "curve": []})
+    return out
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -342,7 +377,7 @@ def write_summary(out: Path, command: str | None) -> str:
     commands = json.loads(meta_path.read_text())["meta"].get("commands", []) if meta_path.exists() else []
     if command and command not in commands:
         commands.append(command)
-    summary = summarize(rows)
+    summary = summarize(with_variants(rows))
     speedups = edp_speedups(summary)
     meta = {"commands": commands, "machine": machine()}
     runs = [{k: v for k, v in r.items() if k != "normalized_scores"} for r in rows]
@@ -372,6 +407,7 @@ def main() -> None:
     parser.add_argument("--skip-existing", action="store_true", help="keep run files already in --out")
     parser.add_argument("--summarize", action="store_true", help="only rebuild the summary from run files")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--keep-agents", type=Path, help="also keep each diffctl run's final agent here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.curve_every and args.steps % args.curve_every:
