@@ -97,9 +97,8 @@ def forward_pass(policy: Any, fused: bool = False) -> Any:
         if fused:
             denoise = trace_frozen(denoise, policy.network, (x, sigma), "forward pass")
 
-    def run() -> None:
-        with torch.no_grad():
-            denoise(x, sigma)
+    def run() -> None:  # callers disable autograd around their timing loop
+        denoise(x, sigma)
 
     return run
 
@@ -113,12 +112,13 @@ def forward_ms(policy: Any, repeats: int = 300, evict: bool = False, fused: bool
     sweep = np.ones(4_000_000) if evict else None
     run = forward_pass(policy, fused)
     times = []
-    for _ in range(repeats):
-        if sweep is not None:
-            sweep.sum()
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
+    with torch.no_grad():
+        for _ in range(repeats):
+            if sweep is not None:
+                sweep.sum()
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times))
 
 
@@ -173,7 +173,8 @@ def in_loop(make: Any, forward: Any, task: str, episodes: int, ticks: int) -> di
         agent = make()
         warm_up(agent, task, ticks)
         timer = NetworkTicks(agent, fwd)
-        evaluate(timer, task, episodes=episodes, seed=1, n_workers=0)
+        with torch.no_grad():
+            evaluate(timer, task, episodes=episodes, seed=1, n_workers=0)
         ms = 1e3 * np.array(timer.times)
         out[f"{name}_ms_p50"] = float(np.median(ms))
         out[f"{name}_ms_p99"] = float(np.percentile(ms, 99))
