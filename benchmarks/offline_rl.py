@@ -259,14 +259,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "train_steps_per_s": float(np.mean([r["train_steps_per_s"] for r in group])),
             "act_latency_ms_p50": float(np.mean([r["act_latency_ms_p50"] for r in group])),
             "act_latency_ms_p99": float(np.mean([r["act_latency_ms_p99"] for r in group])),
-            "behaviour_score": group[0].get("behaviour_score"),
+            "behaviour_score": group[0].get("behaviour_score"), "variant": group[0].get("variant"),
         })  # fmt: skip
     return out
 
 
 def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
     """EDP training steps/s over DiffusionQL's, per dataset, steps and lr (same data, steps and batch)."""
-    speed = {(s["dataset"], s["steps"], s["agent"]): s["train_steps_per_s"] for s in summary}
+    runs = [s for s in summary if not s["variant"]]
+    speed = {(s["dataset"], s["steps"], s["agent"]): s["train_steps_per_s"] for s in runs}
     return {
         f"{d} {n} steps {a[4:]}": speed[(d, n, a)] / speed[(d, n, "diffusion_ql" + a[3:])]
         for d, n, a in speed
