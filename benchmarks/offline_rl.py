@@ -108,6 +108,8 @@ def train_diffusion(
     """Train; evaluate every ``curve_every`` steps and the final EMA weights with ``episodes``, with the
     agent's act settings and with each of ``VARIANTS`` (the final agent is saved, and kept in
     ``--keep-agents`` when given)."""
+    import diffctl as dc
+
     goal = dataset in MAZES
     ds = TransitionDataset(store, goal="task" if goal else None)
     agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
@@ -137,8 +139,6 @@ def train_diffusion(
     trainer.fit()
     train_s = time.perf_counter() - start - timing["eval_s"]
     final = curve[-1].pop("result")
-    import diffctl as dc
-
     final["variants"] = {
         variant: evaluate(dc.load(run_dir / "final_agent", **overrides), dataset, args.episodes, seed)
         for variant, overrides in VARIANTS.items()
@@ -206,11 +206,11 @@ def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespa
         "curve_episodes": args.curve_episodes, "machine": machine(),
         "behaviour_score": behaviour_score(store),
         "variants": {
-            name: {"act": VARIANTS[name], "normalized_score": v["normalized_score"],
+            variant: {"act": VARIANTS[variant], "normalized_score": v["normalized_score"],
                    "normalized_scores": v["normalized_scores"], "mean_return": v["mean_return"],
                    "success_rate": v["success_rate"], "act_latency_ms_p50": v["act_latency_ms_p50"],
                    "act_latency_ms_p99": v["act_latency_ms_p99"]}
-            for name, v in result.get("variants", {}).items()
+            for variant, v in result.get("variants", {}).items()
         },
     }  # fmt: skip
 
