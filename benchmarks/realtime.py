@@ -103,14 +103,19 @@ def forward_pass(policy: Any, fused: bool = False) -> Any:
     return run
 
 
-def forward_ms(policy: Any, repeats: int = 300, evict: bool = False, fused: bool = False) -> float:
-    """Median time (ms) of ``forward_pass`` in a loop.
+def p50_p99_ms(seconds: list[float]) -> tuple[float, float]:
+    """Median and 99th percentile, in ms, of timings in seconds."""
+    ms = 1e3 * np.asarray(seconds)
+    return float(np.median(ms)), float(np.percentile(ms, 99))
+
+
+def forward_ms(run: Any, repeats: int = 300, evict: bool = False) -> float:
+    """Median time (ms) of a ``forward_pass`` callable in a loop.
 
     ``evict``: sweep 32 MB before each pass, as the simulator does between control ticks in ``evaluate``,
     so the weights come from memory rather than cache (the forward pass an ``act`` in the loop runs).
     """
     sweep = np.ones(4_000_000) if evict else None
-    run = forward_pass(policy, fused)
     times = []
     with torch.no_grad():
         for _ in range(repeats):
@@ -148,19 +153,12 @@ class NetworkTicks:
     def act(self, obs: np.ndarray) -> np.ndarray:
         if not self._runs_network():
             return self.agent.act(obs)
-        timed = self._started
-        self._started = True
-        if self.forward is None:
-            t = time.perf_counter()
-            action = self.agent.act(obs)
-            if timed:
-                self.times.append(time.perf_counter() - t)
-            return action
+        timed, self._started = self._started, True
         t = time.perf_counter()
-        self.forward()
+        action = self.agent.act(obs) if self.forward is None else self.forward()
         if timed:
             self.times.append(time.perf_counter() - t)
-        return self.agent.act(obs)
+        return action if self.forward is None else self.agent.act(obs)
 
 
 def in_loop(make: Any, forward: Any, task: str, episodes: int, ticks: int) -> dict[str, float]:
@@ -175,10 +173,8 @@ def in_loop(make: Any, forward: Any, task: str, episodes: int, ticks: int) -> di
         timer = NetworkTicks(agent, fwd)
         with torch.no_grad():
             evaluate(timer, task, episodes=episodes, seed=1, n_workers=0)
-        ms = 1e3 * np.array(timer.times)
-        out[f"{name}_ms_p50"] = float(np.median(ms))
-        out[f"{name}_ms_p99"] = float(np.percentile(ms, 99))
-        out["ticks"] = len(ms)
+        out[f"{name}_ms_p50"], out[f"{name}_ms_p99"] = p50_p99_ms(timer.times)
+        out["ticks"] = len(timer.times)
     return out
 
 
@@ -202,9 +198,7 @@ def tick_anatomy(agent: Any, call: Any, obs: np.ndarray, ticks: int = 2000) -> d
                     t = time.perf_counter()
                     fn(i)
                     times.append(time.perf_counter() - t)
-                ms = 1e3 * np.array(times)
-                out[f"{name}_ms_p50_{tag}"] = float(np.median(ms))
-                out[f"{name}_ms_p99_{tag}"] = float(np.percentile(ms, 99))
+                out[f"{name}_ms_p50_{tag}"], out[f"{name}_ms_p99_{tag}"] = p50_p99_ms(times)
     agent.reset()
     return out
 
@@ -357,12 +351,13 @@ def main() -> None:
                          warm_steps=2, fused=True)),
     ]  # fmt: skip
     nets = {"mlp": teacher_ckpt, "streaming": stream_ckpt}
-    fwd, cold = {}, {}
-    for net, ckpt in nets.items():
-        for fused in (False, True):
-            key = net + (" fused" if fused else "")
-            fwd[key] = forward_ms(dc.load(ckpt), fused=fused)
-            cold[key] = forward_ms(dc.load(ckpt), evict=True, fused=fused)
+    forwards = {
+        net + (" fused" if fused else ""): forward_pass(dc.load(ckpt), fused)
+        for net, ckpt in nets.items()
+        for fused in (False, True)
+    }
+    fwd = {key: forward_ms(run) for key, run in forwards.items()}
+    cold = {key: forward_ms(run, evict=True) for key, run in forwards.items()}
     results = []
     for name, solver, make in rows:
         t = time.perf_counter()
@@ -383,8 +378,7 @@ def main() -> None:
             "warm_steps": getattr(agent, "warm_steps", 0) if getattr(agent, "warm_sigma", 0) else 0,
         }  # fmt: skip
         if forward_bound(row) is not None:
-            net = row_network(name)
-            forward = forward_pass(dc.load(nets[net.split()[0]]), fused=net.endswith("fused"))
+            forward = forwards[row_network(name)]
             row["in_loop"] = in_loop(make, forward, task, budget.episodes, 2 * setup.horizon)
         row["seconds"] = time.perf_counter() - t
         results.append(row)
