@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,6 +130,10 @@ def train_diffusion(
         if final:
             curve[-1]["result"] = result
             policy.save(run_dir / "final_agent")
+            if args.keep_agents:
+                policy.save(
+                    Path(args.keep_agents) / f"{dataset}-{name}-lr{args.lr:g}-steps{args.steps}-seed{seed}"
+                )
         timing["eval_s"] += time.perf_counter() - start
         return result
 
@@ -143,10 +146,6 @@ def train_diffusion(
         variant: evaluate(dc.load(run_dir / "final_agent", **overrides), dataset, args.episodes, seed)
         for variant, overrides in VARIANTS.items()
     }
-    if args.keep_agents:
-        keep = Path(args.keep_agents) / f"{dataset}-{name}-lr{args.lr:g}-steps{args.steps}-seed{seed}"
-        shutil.rmtree(keep, ignore_errors=True)
-        shutil.copytree(run_dir / "final_agent", keep)
     return final, curve, args.steps / train_s
 
 
