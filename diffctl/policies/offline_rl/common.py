@@ -403,7 +403,7 @@ class OfflineRLAgent(Policy):
                 self.actor.sigmas(cfg.steps, cfg.spacing),
                 cfg.solver,
                 self._generator,
-                noise.to(device),
+                noise,
                 **cfg.options,
             )
             q = self.network.critic_target.q_min(state, cand).reshape(bsz, n)
