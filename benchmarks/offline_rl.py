@@ -112,7 +112,8 @@ def train_diffusion(
     goal = dataset in MAZES
     ds = TransitionDataset(store, goal="task" if goal else None)
     agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
-                            reward_normalization="none" if goal else "returns")  # fmt: skip
+                            reward_normalization="none" if goal else "returns",
+                            **args.options.get(name, {}))  # fmt: skip
     agent.fit(ds)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=0, seed=seed,
                       checkpoint_every=0, progress=args.progress, tensorboard=False, log_every=100,
@@ -131,9 +132,8 @@ def train_diffusion(
             curve[-1]["result"] = result
             policy.save(run_dir / "final_agent")
             if args.keep_agents:
-                policy.save(
-                    Path(args.keep_agents) / f"{dataset}-{name}-lr{args.lr:g}-steps{args.steps}-seed{seed}"
-                )
+                tag = f"-lr{args.lr:g}-steps{args.steps}{options_tag(args.options.get(name, {}))}"
+                policy.save(Path(args.keep_agents) / f"{dataset}-{name}{tag}-seed{seed}")
         timing["eval_s"] += time.perf_counter() - start
         return result
 
@@ -197,7 +197,7 @@ def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespa
         result, curve, sps = train(name, store, dataset, args, seed, Path(tmp))
     return {
         "agent": name, "dataset": dataset, "seed": seed, "steps": args.steps, "batch_size": args.batch_size,
-        "lr": args.lr if name in DIFFUSION else args.peer_lr,
+        "lr": args.lr if name in DIFFUSION else args.peer_lr, "options": args.options.get(name, {}),
         "train_steps_per_s": sps, "normalized_score": result["normalized_score"],
         "normalized_scores": result["normalized_scores"], "mean_return": result["mean_return"],
         "success_rate": result["success_rate"], "act_latency_ms_p50": result["act_latency_ms_p50"],
@@ -218,11 +218,35 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
+def parse_options(items: list[str]) -> dict[str, dict[str, float]]:
+    """``AGENT.KEY=VALUE`` strings (``idql.awr_beta=3``) -> ``{agent: {key: value}}`` (numeric values)."""
+    options: dict[str, dict[str, float]] = {}
+    for item in items:
+        head, sep, value = item.partition("=")
+        agent, dot, key = head.partition(".")
+        if not sep or not dot or agent not in DIFFUSION or not key:
+            raise ValueError(
+                f"--option {item!r}: expected AGENT.KEY=VALUE with AGENT one of {list(DIFFUSION)}"
+            )
+        try:
+            options.setdefault(agent, {})[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--option {item!r}: value {value!r} is not a number") from None
+    return options
+
+
+def options_tag(options: dict[str, float]) -> str:
+    """File-name tag of an agent's non-default options, e.g. ``-awr_beta3``."""
+    return "".join(f"-{k}{v:g}" for k, v in sorted(options.items()))
+
+
 def label(row: dict[str, Any]) -> str:
-    """Agent name with the learning rate (d3rlpy's only when it differs from its reproduction setting) and
-    the act variant, if any."""
+    """Agent name with the learning rate (d3rlpy's only when it differs from its reproduction setting),
+    its non-default options and the act variant, if any."""
     lr = row.get("lr", PEER_LR)
-    name = row["agent"] if row["agent"] in D3RLPY and lr == PEER_LR else f"{row['agent']} (lr {lr:g})"
+    settings = [] if row["agent"] in D3RLPY and lr == PEER_LR else [f"lr {lr:g}"]
+    settings += [f"{k} {v:g}" for k, v in sorted(row.get("options", {}).items())]
+    name = f"{row['agent']} ({', '.join(settings)})" if settings else row["agent"]
     return f"{name}, {row['variant']} act" if row.get("variant") else name
 
 
@@ -408,7 +432,18 @@ def main() -> None:
     parser.add_argument("--summarize", action="store_true", help="only rebuild the summary from run files")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--keep-agents", type=Path, help="also keep each diffctl run's final agent here")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="AGENT.KEY=VALUE",
+        help="constructor argument of a diffctl agent, e.g. idql.awr_beta=3 (repeatable)",
+    )
     args = parser.parse_args()
+    try:
+        args.options = parse_options(args.option)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(1)
     if args.curve_every and args.steps % args.curve_every:
         parser.error(f"--steps {args.steps} must be a multiple of --curve-every {args.curve_every}")
@@ -432,6 +467,7 @@ def main() -> None:
                 lr = args.lr if name in DIFFUSION else args.peer_lr
                 tag = f"-lr{lr:g}" if lr != PEER_LR else ""
                 tag += f"-steps{args.steps}" if args.steps != DEFAULT_STEPS else ""
+                tag += options_tag(args.options.get(name, {}))
                 path = runs_dir / f"{dataset}-{name}{tag}-seed{seed}.json"
                 if args.skip_existing and path.exists():
                     continue

@@ -1,0 +1,26 @@
+"""The offline RL benchmark's agent options: parsing, file tags and table labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.offline_rl import label, options_tag, parse_options
+
+
+def test_options_parse_per_agent_and_name_the_run() -> None:
+    options = parse_options(["idql.awr_beta=3", "idql.expectile=0.9", "edp.eta=0.5"])
+    assert options == {"idql": {"awr_beta": 3.0, "expectile": 0.9}, "edp": {"eta": 0.5}}
+    assert options_tag(options["idql"]) == "-awr_beta3-expectile0.9"
+    row = {"agent": "idql", "lr": 1e-3, "options": options["idql"], "variant": "deterministic"}
+    assert label(row) == "idql (lr 0.001, awr_beta 3, expectile 0.9), deterministic act"
+    assert label({"agent": "idql", "lr": 1e-3}) == "idql (lr 0.001)"
+    assert label({"agent": "d3rlpy_iql", "lr": 3e-4}) == "d3rlpy_iql"
+
+
+BAD_OPTIONS = ["awr_beta=3", "d3rlpy_iql.x=1", "idql.=1", "idql.awr_beta", "idql.awr_beta=x"]
+
+
+@pytest.mark.parametrize("item", BAD_OPTIONS)
+def test_bad_option_is_named(item: str) -> None:
+    with pytest.raises(ValueError, match="--option"):
+        parse_options([item])
