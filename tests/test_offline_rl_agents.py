@@ -116,6 +116,9 @@ def test_bad_inputs_give_clear_errors() -> None:
         IDQL(1, 1, n_candidates=0)
     with pytest.raises(ValueError, match="unknown IDQL arguments"):
         IDQL(1, 1, eta=1.0)
+    for bad in (-1.0, float("nan"), "3", True):
+        with pytest.raises(ValueError, match="awr_beta"):
+            IDQL(1, 1, awr_beta=bad)
     with pytest.raises(ValueError, match="NaN"):
         agent.act(np.array([np.nan], np.float32))
 

@@ -10,6 +10,7 @@ leaving all policy improvement to the act-time ranking. 0 (the default) is the p
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -41,7 +42,8 @@ class IDQL(OfflineRLAgent):
         name = type(self).__name__
         if not 0.0 < float(expectile) < 1.0:
             raise ValueError(f"{name} expectile must be in (0, 1), got {expectile!r}")
-        if isinstance(awr_beta, bool) or not 0.0 <= float(awr_beta) < float("inf"):
+        numeric = isinstance(awr_beta, (int, float)) and not isinstance(awr_beta, bool)
+        if not numeric or not 0 <= awr_beta < math.inf:
             raise ValueError(f"{name} awr_beta must be a finite number >= 0, got {awr_beta!r}")
         super().__init__(
             obs_dim, action_dim, expectile=float(expectile), awr_beta=float(awr_beta),
