@@ -219,7 +219,8 @@ def machine() -> str:
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, float]]:
-    """``AGENT.KEY=VALUE`` strings (``idql.awr_beta=3``) -> ``{agent: {key: value}}`` (numeric values)."""
+    """``AGENT.KEY=VALUE`` strings (``idql.awr_beta=0.5``) -> ``{agent: {key: value}}``; whole numbers
+    stay ints (``critic_depth=2``), other numbers are floats."""
     options: dict[str, dict[str, float]] = {}
     for item in items:
         head, sep, value = item.partition("=")
@@ -229,7 +230,9 @@ def parse_options(items: list[str]) -> dict[str, dict[str, float]]:
                 f"--option {item!r}: expected AGENT.KEY=VALUE with AGENT one of {list(DIFFUSION)}"
             )
         try:
-            options.setdefault(agent, {})[key] = float(value)
+            number = float(value)
+            whole = value.strip().lstrip("+-").isdigit()
+            options.setdefault(agent, {})[key] = int(value) if whole else number
         except ValueError:
             raise ValueError(f"--option {item!r}: value {value!r} is not a number") from None
     return options

@@ -8,8 +8,9 @@ from benchmarks.offline_rl import label, options_tag, parse_options
 
 
 def test_options_parse_per_agent_and_name_the_run() -> None:
-    options = parse_options(["idql.awr_beta=3", "idql.expectile=0.9", "edp.eta=0.5"])
-    assert options == {"idql": {"awr_beta": 3.0, "expectile": 0.9}, "edp": {"eta": 0.5}}
+    options = parse_options(["idql.awr_beta=3", "idql.expectile=0.9", "edp.eta=0.5", "edp.critic_depth=2"])
+    assert options == {"idql": {"awr_beta": 3, "expectile": 0.9}, "edp": {"eta": 0.5, "critic_depth": 2}}
+    assert isinstance(options["edp"]["critic_depth"], int) and isinstance(options["edp"]["eta"], float)
     assert options_tag(options["idql"]) == "-awr_beta3-expectile0.9"
     row = {"agent": "idql", "lr": 1e-3, "options": options["idql"], "variant": "deterministic"}
     assert label(row) == "idql (lr 0.001, awr_beta 3, expectile 0.9), deterministic act"
