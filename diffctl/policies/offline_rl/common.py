@@ -60,12 +60,16 @@ class OfflineRLNet(nn.Module):
 
 
 class Transitions:
-    """A normalized batch: states ``s``, ``s2`` (goal appended), actions ``a``, rewards ``r``, ``done``."""
+    """A normalized batch: states ``s``, ``s2`` (goal appended), actions ``a``, rewards ``r``, ``done``.
+
+    ``advantage`` (no gradient) is filled by a critic loss that computes ``Q - V`` of the batch anyway (IDQL),
+    so that the actor loss of the same step reuses it instead of running the critics again."""
 
     def __init__(
         self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, s2: torch.Tensor, done: torch.Tensor
     ):
         self.s, self.a, self.r, self.s2, self.done = s, a, r, s2, done
+        self.advantage: torch.Tensor | None = None
 
 
 class OfflineRLAgent(Policy):

@@ -56,6 +56,7 @@ class IDQL(OfflineRLAgent):
             q_target = net.critic_target.q_min(tr.s, tr.a)
             target = td_target(tr.r, tr.done, net.value(tr.s2), self.hparams["discount"])
         v = net.value(tr.s)
+        tr.advantage = (q_target - v).detach()
         v_loss = expectile_loss(q_target - v, self.hparams["expectile"]).mean()
         q1, q2 = net.critic(tr.s, tr.a)
         q_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
@@ -64,11 +65,13 @@ class IDQL(OfflineRLAgent):
         return v_loss + q_loss, info
 
     def advantage_weights(self, tr: Transitions) -> torch.Tensor:
-        """``min(exp(awr_beta * (Q_target(s, a) - V(s))), AWR_MAX_WEIGHT)`` per sample, no gradient."""
-        net = self.network
-        with torch.no_grad():
-            adv = net.critic_target.q_min(tr.s, tr.a) - net.value(tr.s)
-            return torch.exp(self.hparams["awr_beta"] * adv).clamp(max=AWR_MAX_WEIGHT)
+        """``min(exp(awr_beta * (Q_target(s, a) - V(s))), AWR_MAX_WEIGHT)`` per sample, no gradient; the
+        advantage comes from this step's ``critic_loss`` when it ran on ``tr``."""
+        if tr.advantage is None:
+            net = self.network
+            with torch.no_grad():
+                tr.advantage = net.critic_target.q_min(tr.s, tr.a) - net.value(tr.s)
+        return torch.exp(self.hparams["awr_beta"] * tr.advantage).clamp(max=AWR_MAX_WEIGHT)
 
     def actor_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
         bc, _ = self.actor.denoise_step(tr.s, tr.a)
