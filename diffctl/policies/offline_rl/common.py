@@ -49,6 +49,15 @@ ACT_KEYS = ("n_candidates", "selection", "temperature", "noise_scale")
 DEFAULT_SAMPLER = {"solver": "ddpm", "steps": 5, "schedule": "vp"}
 
 
+def finite_non_negative(label: str, value: Any) -> float:
+    """``value`` as a float when it is a finite int or float >= 0 (not a bool or a string), else a
+    ValueError naming ``label``."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or not 0.0 <= value < float("inf"):
+        raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 class OfflineRLNet(nn.Module):
     """Container the Trainer optimizes: actor, critic, optional value; frozen target copies."""
 
@@ -187,10 +196,7 @@ class OfflineRLAgent(Policy):
         if not float(merged["temperature"]) > 0:
             raise ValueError(f"temperature must be > 0, got {merged['temperature']!r}")
         merged["temperature"] = float(merged["temperature"])
-        scale = merged["noise_scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale < float("inf"):
-            raise ValueError(f"noise_scale must be a finite number >= 0, got {scale!r}")
-        merged["noise_scale"] = float(scale)
+        merged["noise_scale"] = finite_non_negative("noise_scale", merged["noise_scale"])
         self.act_settings = merged
 
     def check_sampler(self) -> None:

@@ -10,12 +10,11 @@ leaving all policy improvement to the act-time ranking. 0 (the default) is the p
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from diffctl.policies.offline_rl.common import OfflineRLAgent, Transitions
+from diffctl.policies.offline_rl.common import OfflineRLAgent, Transitions, finite_non_negative
 from diffctl.policies.offline_rl.critics import expectile_loss, td_target
 
 AWR_MAX_WEIGHT = 100.0
@@ -42,11 +41,9 @@ class IDQL(OfflineRLAgent):
         name = type(self).__name__
         if not 0.0 < float(expectile) < 1.0:
             raise ValueError(f"{name} expectile must be in (0, 1), got {expectile!r}")
-        numeric = isinstance(awr_beta, (int, float)) and not isinstance(awr_beta, bool)
-        if not numeric or not 0 <= awr_beta < math.inf:
-            raise ValueError(f"{name} awr_beta must be a finite number >= 0, got {awr_beta!r}")
         super().__init__(
-            obs_dim, action_dim, expectile=float(expectile), awr_beta=float(awr_beta),
+            obs_dim, action_dim, expectile=float(expectile),
+            awr_beta=finite_non_negative(f"{name} awr_beta", awr_beta),
             n_candidates=n_candidates, **kwargs,
         )  # fmt: skip
 
