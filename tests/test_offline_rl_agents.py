@@ -160,3 +160,55 @@ def test_noise_scale_scales_the_start_noise_and_zero_is_deterministic() -> None:
     assert len(actions) == 1
     with pytest.raises(ValueError, match="noise_scale"):
         IDQL(1, 1, noise_scale=-1.0)
+
+
+def test_raw_critic_inputs_read_unnormalized_states_after_fit_and_load(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    data = {"observations": rng.normal(5.0, 3.0, size=(40, 2)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (40, 2)).astype(np.float32), "rewards": np.zeros(40, np.float32),
+            "terminals": np.zeros(40, bool),
+            "infos/goal": rng.normal(-2.0, 0.5, size=(40, 2)).astype(np.float32)}  # fmt: skip
+    ds = TransitionDataset(EpisodeStore.from_arrays(data, np.array([20, 40])), goal="task")
+    obs, goal = torch.from_numpy(data["observations"][:5]), torch.from_numpy(data["infos/goal"][:5])
+    raw = torch.cat([obs, goal], dim=-1)
+    agent = IDQL(2, 2, goal_dim=2, **SMALL)
+    assert agent.hparams["critic_activation"] == "relu" and agent.hparams["critic_inputs"] == "raw"
+    assert isinstance(agent.network.critic.q1[1], torch.nn.ReLU)
+    agent.fit(ds)
+    state = agent._state(obs, goal)
+    assert not torch.allclose(state, raw, atol=0.1)
+    net = agent.network
+    for module in (net.critic, net.critic_target, net.value):
+        assert torch.allclose(module.state_input(state), raw, atol=1e-4)
+    loaded = dc.load(agent.save(tmp_path / "idql"))
+    assert torch.allclose(loaded.network.value.state_input(state), raw, atol=1e-4)
+    action = state[:, :2]
+    assert torch.allclose(loaded.network.critic.q_min(state, action), net.critic.q_min(state, action))
+
+    dql = DiffusionQL(2, 2, goal_dim=2, **SMALL)
+    dql.fit(ds)
+    assert isinstance(dql.network.critic.q1[1], torch.nn.Mish)
+    assert torch.equal(dql.network.critic.state_input(state), state)
+
+
+def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_path) -> None:
+    import json
+
+    ds = TransitionDataset(_bandit(32))
+    agent = IDQL(1, 1, critic_activation="mish", critic_inputs="normalized", **SMALL)
+    agent.fit(ds)
+    path = agent.save(tmp_path / "old")
+    config = json.loads((path / "config.json").read_text())
+    for key in ("critic_activation", "critic_inputs"):
+        del config["hyperparameters"][key]
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = dc.load(path)
+    assert loaded.hparams["critic_activation"] == "mish" and loaded.hparams["critic_inputs"] == "normalized"
+    s, a = torch.tensor([[1.0], [-1.0]]), torch.tensor([[0.5], [-0.2]])
+    assert torch.equal(loaded.network.critic.q_min(s, a), agent.network.critic.q_min(s, a))
+
+
+@pytest.mark.parametrize("key, value", [("critic_activation", "tanh"), ("critic_inputs", "zscore")])
+def test_bad_critic_settings_are_named(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{key} must be one of"):
+        IDQL(1, 1, **{key: value})

@@ -9,15 +9,21 @@ from torch import nn
 
 from diffctl.nets.layers import check_inputs, noise_embedding
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU}
 
-def mlp(in_dim: int, out_dim: int, hidden: int = 256, depth: int = 2) -> nn.Sequential:
-    """Plain Mish MLP with ``depth`` hidden layers."""
+
+def mlp(
+    in_dim: int, out_dim: int, hidden: int = 256, depth: int = 2, activation: str = "mish"
+) -> nn.Sequential:
+    """Plain MLP with ``depth`` hidden layers and ``activation`` (a key of ``ACTIVATIONS``) after each."""
     if depth < 1:
         raise ValueError(f"mlp depth must be >= 1, got {depth}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"mlp activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
     dims = [in_dim] + [hidden] * depth
     for a, b in itertools.pairwise(dims):
-        layers += [nn.Linear(a, b), nn.Mish()]
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
 

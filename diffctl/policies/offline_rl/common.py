@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from diffctl.datasets.normalizer import Normalizer
+from diffctl.nets.mlp import ACTIVATIONS
 from diffctl.policies.base import (
     Policy,
     SamplerConfig,
@@ -39,6 +40,7 @@ from diffctl.policies.offline_rl.critics import (
     frozen_copy,
     polyak_update,
     returns_reward_scale,
+    set_state_inputs,
 )
 from diffctl.policies.offline_rl.transitions import TransitionDataset
 
@@ -47,6 +49,9 @@ AGENT_KEYS = ("hyperparameters", "act", "normalizers", "sampler")
 SELECTIONS = ("argmax", "softmax")
 ACT_KEYS = ("n_candidates", "selection", "temperature", "noise_scale")
 DEFAULT_SAMPLER = {"solver": "ddpm", "steps": 5, "schedule": "vp"}
+CRITIC_INPUTS = ("normalized", "raw")
+# What agents saved before a hyperparameter existed were built with (loaded agents keep their critics).
+LEGACY_HPARAMS = {"critic_activation": "mish", "critic_inputs": "normalized"}
 
 
 def finite_non_negative(label: str, value: Any) -> float:
@@ -98,6 +103,8 @@ class OfflineRLAgent(Policy):
         depth: int = 3,
         critic_hidden: int = 256,
         critic_depth: int = 3,
+        critic_activation: str = "mish",
+        critic_inputs: str = "normalized",
         num_train_timesteps: int = 5,
         beta_schedule: str = "dql_vp",
         discount: float = 0.99,
@@ -127,6 +134,12 @@ class OfflineRLAgent(Policy):
                 raise ValueError(f"{name} {key} must be a positive integer, got {value!r}")
         if not isinstance(goal_dim, int) or goal_dim < 0:
             raise ValueError(f"{name} goal_dim must be an integer >= 0, got {goal_dim!r}")
+        if critic_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"{name} critic_activation must be one of {sorted(ACTIVATIONS)}, got {critic_activation!r}"
+            )
+        if critic_inputs not in CRITIC_INPUTS:
+            raise ValueError(f"{name} critic_inputs must be one of {CRITIC_INPUTS}, got {critic_inputs!r}")
         if not 0.0 <= discount < 1.0:
             raise ValueError(f"{name} discount must be in [0, 1), got {discount}")
         if not 0.0 < tau <= 1.0:
@@ -142,6 +155,7 @@ class OfflineRLAgent(Policy):
         self.hparams: dict[str, Any] = {
             "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "hidden": hidden,
             "depth": depth, "critic_hidden": critic_hidden, "critic_depth": critic_depth,
+            "critic_activation": critic_activation, "critic_inputs": critic_inputs,
             "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
             "discount": float(discount), "tau": float(tau), "reward_scale": float(reward_scale),
             "reward_bias": float(reward_bias), "reward_normalization": reward_normalization, "seed": seed,
@@ -163,9 +177,14 @@ class OfflineRLAgent(Policy):
             actor = DiffusionActor(
                 self.state_dim, action_dim, num_train_timesteps, beta_schedule, hidden, depth
             )
-            critic = TwinQ(self.state_dim, action_dim, critic_hidden, critic_depth)
-            value = ValueNet(self.state_dim, critic_hidden, critic_depth) if self.uses_value else None
+            critic = TwinQ(self.state_dim, action_dim, critic_hidden, critic_depth, critic_activation)
+            value = (
+                ValueNet(self.state_dim, critic_hidden, critic_depth, critic_activation)
+                if self.uses_value
+                else None
+            )
             self.network: nn.Module = OfflineRLNet(actor, critic, value, self.uses_target_actor)
+        self._set_critic_inputs()
         self.sampler = sampler_cfg
         self.configure_act(
             n_candidates=n_candidates, selection=selection, temperature=temperature, noise_scale=noise_scale
@@ -233,6 +252,19 @@ class OfflineRLAgent(Policy):
                     f"goal-conditioned agent (goal_dim={self.goal_dim}) needs goals to fit normalizers"
                 )
             self.normalizers["goal"] = Normalizer.fit(goal, mode, name="goals")
+        self._set_critic_inputs()
+
+    def _set_critic_inputs(self) -> None:
+        """Point the critics' ``StateInput`` at what ``critic_inputs`` asks for: the normalized state as is,
+        or (``raw``) the inverse of the observation and goal normalizers. Identity until they are fitted."""
+        scale, offset = torch.ones(self.state_dim), torch.zeros(self.state_dim)
+        keys = ("obs", "goal") if self.goal_dim else ("obs",)
+        if self.hparams["critic_inputs"] == "raw" and all(k in self.normalizers for k in keys):
+            scale = torch.cat([torch.as_tensor(1.0 / self.normalizers[k].scale) for k in keys])
+            offset = torch.cat(
+                [torch.as_tensor(-self.normalizers[k].offset / self.normalizers[k].scale) for k in keys]
+            )
+        set_state_inputs(self.network, scale.float(), offset.float())
 
     @classmethod
     def make_dataset(cls, store: Any, task: Mapping[str, Any]) -> TransitionDataset:
@@ -465,6 +497,7 @@ class OfflineRLAgent(Policy):
         """Rebuild a saved agent; overrides are ``n_candidates``/``selection``/``temperature`` or
         ``SamplerConfig`` fields (solver, steps, ...)."""
         config, state = read_agent_config(path, cls.__name__, VERSION, AGENT_KEYS)
+        config = {**config, "hyperparameters": {**LEGACY_HPARAMS, **config["hyperparameters"]}}
         sampler_keys = set(SamplerConfig.__dataclass_fields__)
         unknown = sorted(set(overrides) - set(ACT_KEYS) - sampler_keys)
         if unknown:

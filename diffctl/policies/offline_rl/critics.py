@@ -1,8 +1,10 @@
 """Q-learning parts shared by the offline RL agents: twin critics, target networks, IQL expectile value.
 
-Critics take the normalized state (observation, plus the goal when the task has one) and the normalized
-action. Only true ``terminals`` cut bootstrapping; episodes that end by a time limit keep bootstrapping
-(the transition sampler drops steps whose next observation is unknown).
+Critics are called with the agent's normalized state (observation, plus the goal when the task has one) and
+normalized action. Their first module, ``StateInput``, maps that state to what the critic's MLP sees: the
+same normalized state (Diffusion-QL's critics) or the raw state (IQL's, which reads unnormalized
+observations). Only true ``terminals`` cut bootstrapping; episodes that end by a time limit keep
+bootstrapping (the transition sampler drops steps whose next observation is unknown).
 """
 
 from __future__ import annotations
@@ -13,16 +15,45 @@ from torch import nn
 from diffctl.nets import mlp
 
 
+class StateInput(nn.Module):
+    """A fixed per-feature affine map ``state * scale + offset`` in front of a critic (identity until set).
+
+    Its buffers are not saved: the agent derives them from its normalizers (``set_state_inputs``)."""
+
+    def __init__(self, state_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(state_dim), persistent=False)
+        self.register_buffer("offset", torch.zeros(state_dim), persistent=False)
+
+    @torch.no_grad()
+    def set(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        self.scale.copy_(scale)
+        self.offset.copy_(offset)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return state * self.scale + self.offset
+
+
+def set_state_inputs(module: nn.Module, scale: torch.Tensor, offset: torch.Tensor) -> None:
+    """Set every ``StateInput`` inside ``module`` (online and target critics, value net) to one map."""
+    for m in module.modules():
+        if isinstance(m, StateInput):
+            m.set(scale, offset)
+
+
 class TwinQ(nn.Module):
     """Two independent ``Q(s, a)`` MLPs (clipped double Q); ``forward`` returns both as ``(B,)`` tensors."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, depth: int = 3) -> None:
+    def __init__(
+        self, state_dim: int, action_dim: int, hidden: int = 256, depth: int = 3, activation: str = "mish"
+    ) -> None:
         super().__init__()
-        self.q1 = mlp(state_dim + action_dim, 1, hidden, depth)
-        self.q2 = mlp(state_dim + action_dim, 1, hidden, depth)
+        self.state_input = StateInput(state_dim)
+        self.q1 = mlp(state_dim + action_dim, 1, hidden, depth, activation)
+        self.q2 = mlp(state_dim + action_dim, 1, hidden, depth, activation)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sa = torch.cat([state, action], dim=-1)
+        sa = torch.cat([self.state_input(state), action], dim=-1)
         return self.q1(sa).squeeze(-1), self.q2(sa).squeeze(-1)
 
     def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -34,12 +65,13 @@ class TwinQ(nn.Module):
 class ValueNet(nn.Module):
     """State value ``V(s)`` (IQL's expectile of Q over the behaviour actions), ``(B,)``."""
 
-    def __init__(self, state_dim: int, hidden: int = 256, depth: int = 3) -> None:
+    def __init__(self, state_dim: int, hidden: int = 256, depth: int = 3, activation: str = "mish") -> None:
         super().__init__()
-        self.v = mlp(state_dim, 1, hidden, depth)
+        self.state_input = StateInput(state_dim)
+        self.v = mlp(state_dim, 1, hidden, depth, activation)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.v(state).squeeze(-1)
+        return self.v(self.state_input(state)).squeeze(-1)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -36,6 +36,8 @@ class IDQL(OfflineRLAgent):
         expectile: float = 0.7,
         awr_beta: float = 0.0,
         n_candidates: int = 64,
+        critic_activation: str = "relu",
+        critic_inputs: str = "raw",
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
@@ -44,7 +46,8 @@ class IDQL(OfflineRLAgent):
         super().__init__(
             obs_dim, action_dim, expectile=float(expectile),
             awr_beta=finite_non_negative(f"{name} awr_beta", awr_beta),
-            n_candidates=n_candidates, **kwargs,
+            n_candidates=n_candidates, critic_activation=critic_activation, critic_inputs=critic_inputs,
+            **kwargs,
         )  # fmt: skip
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
