@@ -218,10 +218,11 @@ def machine() -> str:
     return f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
-def parse_options(items: list[str]) -> dict[str, dict[str, float]]:
-    """``AGENT.KEY=VALUE`` strings (``idql.awr_beta=0.5``) -> ``{agent: {key: value}}``; whole numbers
-    stay ints (``critic_depth=2``), other numbers are floats."""
-    options: dict[str, dict[str, float]] = {}
+def parse_options(items: list[str]) -> dict[str, dict[str, float | str]]:
+    """``AGENT.KEY=VALUE`` strings (``idql.awr_beta=0.5``, ``idql.critic_activation=mish``) ->
+    ``{agent: {key: value}}``; whole numbers stay ints (``critic_depth=2``), other numbers are floats and
+    words (letters, digits, ``_``) stay strings."""
+    options: dict[str, dict[str, float | str]] = {}
     for item in items:
         head, sep, value = item.partition("=")
         agent, dot, key = head.partition(".")
@@ -231,16 +232,25 @@ def parse_options(items: list[str]) -> dict[str, dict[str, float]]:
             )
         try:
             number = float(value)
-            whole = value.strip().lstrip("+-").isdigit()
-            options.setdefault(agent, {})[key] = int(value) if whole else number
         except ValueError:
-            raise ValueError(f"--option {item!r}: value {value!r} is not a number") from None
+            if not (value.isidentifier() and value.isascii()):
+                raise ValueError(
+                    f"--option {item!r}: value {value!r} is neither a number nor a word"
+                ) from None
+            options.setdefault(agent, {})[key] = value
+            continue
+        whole = value.strip().lstrip("+-").isdigit()
+        options.setdefault(agent, {})[key] = int(value) if whole else number
     return options
 
 
-def options_tag(options: dict[str, float]) -> str:
-    """File-name tag of an agent's non-default options, e.g. ``-awr_beta3``."""
-    return "".join(f"-{k}{v:g}" for k, v in sorted(options.items()))
+def _text(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def options_tag(options: dict[str, float | str]) -> str:
+    """File-name tag of an agent's non-default options, e.g. ``-awr_beta3`` or ``-critic_activationmish``."""
+    return "".join(f"-{k}{_text(v)}" for k, v in sorted(options.items()))
 
 
 def label(row: dict[str, Any]) -> str:
@@ -248,7 +258,7 @@ def label(row: dict[str, Any]) -> str:
     its non-default options and the act variant, if any."""
     lr = row.get("lr", PEER_LR)
     settings = [] if row["agent"] in D3RLPY and lr == PEER_LR else [f"lr {lr:g}"]
-    settings += [f"{k} {v:g}" for k, v in sorted(row.get("options", {}).items())]
+    settings += [f"{k} {_text(v)}" for k, v in sorted(row.get("options", {}).items())]
     name = f"{row['agent']} ({', '.join(settings)})" if settings else row["agent"]
     return f"{name}, {row['variant']} act" if row.get("variant") else name
 

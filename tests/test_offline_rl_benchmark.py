@@ -18,7 +18,15 @@ def test_options_parse_per_agent_and_name_the_run() -> None:
     assert label({"agent": "d3rlpy_iql", "lr": 3e-4}) == "d3rlpy_iql"
 
 
-BAD_OPTIONS = ["awr_beta=3", "d3rlpy_iql.x=1", "idql.=1", "idql.awr_beta", "idql.awr_beta=x"]
+def test_word_options_stay_strings() -> None:
+    options = parse_options(["idql.critic_activation=mish", "idql.critic_inputs=normalized"])
+    assert options == {"idql": {"critic_activation": "mish", "critic_inputs": "normalized"}}
+    assert options_tag(options["idql"]) == "-critic_activationmish-critic_inputsnormalized"
+    row = {"agent": "idql", "lr": 1e-3, "options": options["idql"]}
+    assert label(row) == "idql (lr 0.001, critic_activation mish, critic_inputs normalized)"
+
+
+BAD_OPTIONS = ["awr_beta=3", "d3rlpy_iql.x=1", "idql.=1", "idql.awr_beta", "idql.awr_beta=x-1", "idql.a=b c"]
 
 
 @pytest.mark.parametrize("item", BAD_OPTIONS)
