@@ -6,6 +6,9 @@ takes the one the target critic scores highest (or draws from a softmax over Q).
 ``AWR_MAX_WEIGHT``): IQL's advantage-weighted regression with the diffusion ELBO in place of the Gaussian
 log-likelihood, as in EDP's IQL variant. It tilts the actor toward actions the critic prefers instead of
 leaving all policy improvement to the act-time ranking. 0 (the default) is the paper's pure BC actor.
+
+The critics default to IQL's: ReLU MLPs reading raw (unnormalized) states. With Diffusion-QL's Mish critics on
+z-scored states the advantages were worse than none on hopper-medium (``benchmarks/critic_probe.py``).
 """
 
 from __future__ import annotations
