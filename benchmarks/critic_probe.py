@@ -25,22 +25,17 @@ import torch
 from torch import nn
 
 from diffctl.atomic import write_json
-from diffctl.policies.offline_rl import TransitionDataset
+from diffctl.policies.offline_rl import IDQL, TransitionDataset
+from diffctl.policies.offline_rl.common import Transitions
+from diffctl.policies.offline_rl.idql import AWR_MAX_WEIGHT, awr_weights
 
-MAX_WEIGHT = 100.0
 
-
-@torch.no_grad()
-def advantages(agent: Any, dataset: TransitionDataset, chunk: int = 8192) -> torch.Tensor:
-    """``Q_target(s, a) - V(s)`` of every transition (``dataset`` order) from the agent's frozen critic."""
-    net = agent.network
-    if getattr(net, "value", None) is None:
+def advantages(agent: Any, batch: Transitions, chunk: int = 8192) -> torch.Tensor:
+    """``IDQL.advantage`` (frozen critic) of every transition of ``batch``, ``chunk`` rows at a time."""
+    if not isinstance(agent, IDQL):
         raise ValueError(f"{type(agent).__name__} has no value net; the probe needs V(s) (use an IDQL agent)")
-    out = []
-    for start in range(0, len(dataset), chunk):
-        tr = agent.transitions(dataset.get_batch(np.arange(start, min(start + chunk, len(dataset)))))
-        out.append(net.critic_target.q_min(tr.s, tr.a) - net.value(tr.s))
-    return torch.cat(out)
+    rows = range(0, len(batch.s), chunk)
+    return torch.cat([agent.advantage(batch.s[i : i + chunk], batch.a[i : i + chunk]) for i in rows])
 
 
 class GaussianProbe(nn.Module):
@@ -77,9 +72,9 @@ def fit_probe(
     """Fit the Gaussian probe by AWR with temperature ``beta`` on the agent's frozen advantages."""
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"probe beta must be finite and >= 0, got {beta}")
-    adv = advantages(agent, dataset)
-    weights = torch.exp(beta * adv).clamp(max=MAX_WEIGHT)
     states = agent.transitions(dataset.get_batch(np.arange(len(dataset))))
+    adv = advantages(agent, states)
+    weights = awr_weights(adv, beta)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         probe = GaussianProbe(agent)
@@ -98,7 +93,7 @@ def fit_probe(
         loss.backward()
         optimizer.step()
         schedule.step()
-    clipped = float((weights >= MAX_WEIGHT).float().mean())
+    clipped = float((weights >= AWR_MAX_WEIGHT).float().mean())
     stats = {"advantage_mean": float(adv.mean()), "advantage_std": float(adv.std()),
              "weight_mean": float(weights.mean()), "weight_clipped_frac": clipped}  # fmt: skip
     return probe, stats

@@ -23,6 +23,11 @@ from diffctl.policies.offline_rl.critics import expectile_loss, td_target
 AWR_MAX_WEIGHT = 100.0
 
 
+def awr_weights(advantage: torch.Tensor, beta: float) -> torch.Tensor:
+    """IQL's advantage weights ``min(exp(beta * advantage), AWR_MAX_WEIGHT)``."""
+    return torch.exp(beta * advantage).clamp(max=AWR_MAX_WEIGHT)
+
+
 class IDQL(OfflineRLAgent):
     """IDQL; ``expectile`` (0.7 in the paper's locomotion runs) sets how optimistic V is over Q and
     ``awr_beta`` (0: pure BC; IQL uses 3 on locomotion) how strongly the actor's denoising loss is weighted
@@ -67,14 +72,18 @@ class IDQL(OfflineRLAgent):
                 "q_mean": float(q1.detach().mean())}  # fmt: skip
         return v_loss + q_loss, info
 
+    @torch.no_grad()
+    def advantage(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``Q_target(s, a) - V(s)`` of normalized states and actions, no gradient."""
+        net = self.network
+        return net.critic_target.q_min(state, action) - net.value(state)
+
     def advantage_weights(self, tr: Transitions) -> torch.Tensor:
-        """``min(exp(awr_beta * (Q_target(s, a) - V(s))), AWR_MAX_WEIGHT)`` per sample, no gradient; the
-        advantage comes from this step's ``critic_loss`` when it ran on ``tr``."""
+        """``awr_weights`` of the batch's advantages at ``awr_beta``, no gradient; the advantage comes from
+        this step's ``critic_loss`` when it ran on ``tr``."""
         if tr.advantage is None:
-            net = self.network
-            with torch.no_grad():
-                tr.advantage = net.critic_target.q_min(tr.s, tr.a) - net.value(tr.s)
-        return torch.exp(self.hparams["awr_beta"] * tr.advantage).clamp(max=AWR_MAX_WEIGHT)
+            tr.advantage = self.advantage(tr.s, tr.a)
+        return awr_weights(tr.advantage, self.hparams["awr_beta"])
 
     def actor_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
         bc, _ = self.actor.denoise_step(tr.s, tr.a)
