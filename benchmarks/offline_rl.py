@@ -25,6 +25,7 @@ invocations (one per core) can share an output folder; every invocation then reb
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ from diffctl.train import TrainConfig, Trainer
 
 DIFFUSION = {"diffusion_ql": DiffusionQL, "idql": IDQL, "edp": EDP}
 D3RLPY = {"d3rlpy_iql": "iql", "d3rlpy_td3bc": "td3bc"}
+CRITIC_KEYS = ("critic_activation", "critic_inputs")
 AGENTS = (*DIFFUSION, *D3RLPY)
 MAZES = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
 PEER_VENV = Path.home() / ".cache" / "diffctl" / "venvs" / "d3rlpy" / "bin" / "python"
@@ -296,18 +298,30 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "act_latency_ms_p50": float(np.mean([r["act_latency_ms_p50"] for r in group])),
             "act_latency_ms_p99": float(np.mean([r["act_latency_ms_p99"] for r in group])),
             "behaviour_score": group[0].get("behaviour_score"), "variant": group[0].get("variant"),
+            "lr": group[0].get("lr"), "options": group[0].get("options", {}),
         })  # fmt: skip
     return out
 
 
+def settings(method: str, options: dict[str, float | str]) -> tuple[tuple[str, Any], ...]:
+    """A diffctl agent's options with its own critic defaults filled in, so runs of different agents
+    compare like for like (EDP defaults to ReLU critics on raw states, DiffusionQL to Mish on normalized)."""
+    params = inspect.signature(DIFFUSION[method]).parameters
+    full = {k: params[k].default for k in CRITIC_KEYS} | options
+    return tuple(sorted(full.items()))
+
+
 def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
-    """EDP training steps/s over DiffusionQL's, per dataset, steps and lr (same data, steps and batch)."""
-    runs = [s for s in summary if not s["variant"]]
-    speed = {(s["dataset"], s["steps"], s["agent"]): s["train_steps_per_s"] for s in runs}
+    """EDP training steps/s over DiffusionQL's, per dataset, steps, lr and critic (same data, steps, batch
+    and critics: the two differ only in how the actor's Q term reaches the actor)."""
+    runs = [s for s in summary if not s["variant"] and s["method"] in ("edp", "diffusion_ql")]
+    speed = {(s["dataset"], s["steps"], s["lr"], settings(s["method"], s["options"]), s["method"]): s
+             for s in runs}  # fmt: skip
     return {
-        f"{d} {n} steps {a[4:]}": speed[(d, n, a)] / speed[(d, n, "diffusion_ql" + a[3:])]
-        for d, n, a in speed
-        if a.startswith("edp ") and (d, n, "diffusion_ql" + a[3:]) in speed
+        f"{d} {n} steps {s['agent'][4:]}": s["train_steps_per_s"]
+        / speed[(d, n, lr, o, "diffusion_ql")]["train_steps_per_s"]
+        for (d, n, lr, o, m), s in speed.items()
+        if m == "edp" and (d, n, lr, o, "diffusion_ql") in speed
     }
 
 

@@ -3,6 +3,7 @@ sampler overrides), pickling for evaluate's workers, and clear errors on bad inp
 
 from __future__ import annotations
 
+import inspect
 import pickle
 
 import numpy as np
@@ -189,6 +190,14 @@ def test_raw_critic_inputs_read_unnormalized_states_after_fit_and_load(tmp_path)
     dql.fit(ds)
     assert isinstance(dql.network.critic.q1[1], torch.nn.Mish)
     assert torch.equal(dql.network.critic.state_input(state), state)
+
+    edp = EDP(2, 2, goal_dim=2, eta=0.5, **SMALL)
+    edp.fit(ds)
+    hp = edp.hparams
+    assert (hp["critic_activation"], hp["critic_inputs"], hp["eta"]) == ("relu", "raw", 0.5)
+    assert isinstance(edp.network.critic.q1[1], torch.nn.ReLU)
+    assert torch.allclose(edp.network.critic_target.state_input(state), raw, atol=1e-4)
+    assert "eta" in inspect.signature(EDP).parameters
 
 
 def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_path) -> None:

@@ -1,10 +1,10 @@
-"""The offline RL benchmark's agent options: parsing, file tags and table labels."""
+"""The offline RL benchmark's agent options: parsing, file tags, table labels and the EDP speed-up pairing."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.offline_rl import label, options_tag, parse_options
+from benchmarks.offline_rl import edp_speedups, label, options_tag, parse_options
 
 
 def test_options_parse_per_agent_and_name_the_run() -> None:
@@ -33,3 +33,19 @@ BAD_OPTIONS = ["awr_beta=3", "d3rlpy_iql.x=1", "idql.=1", "idql.awr_beta", "idql
 def test_bad_option_is_named(item: str) -> None:
     with pytest.raises(ValueError, match="--option"):
         parse_options([item])
+
+
+def test_edp_speedup_pairs_runs_with_the_same_critics() -> None:
+    mish = {"critic_activation": "mish", "critic_inputs": "normalized"}
+    relu = {"critic_activation": "relu", "critic_inputs": "raw"}
+
+    def row(method: str, options: dict[str, str], speed: float) -> dict:
+        agent = label({"agent": method, "lr": 1e-3, "options": options})
+        return {"dataset": "hopper-medium", "steps": 100, "lr": 1e-3, "method": method, "agent": agent,
+                "options": options, "variant": None, "train_steps_per_s": speed}  # fmt: skip
+
+    summary = [row("diffusion_ql", {}, 10.0), row("edp", mish, 15.0), row("edp", {}, 18.0)]
+    key = "hopper-medium 100 steps (lr 0.001, critic_activation mish, critic_inputs normalized)"
+    assert edp_speedups(summary) == {key: 1.5}
+    summary.append(row("diffusion_ql", relu, 12.0))
+    assert edp_speedups(summary) == {key: 1.5, "hopper-medium 100 steps (lr 0.001)": 1.5}

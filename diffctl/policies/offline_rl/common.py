@@ -513,10 +513,10 @@ class OfflineRLAgent(Policy):
 
     @classmethod
     def merge_signature(cls) -> None:
-        """Expose the base keyword arguments in the subclass ``__init__`` signature (the train pipeline
-        validates config keys against it)."""
+        """Expose the parent's keyword arguments (merged in turn, up to ``OfflineRLAgent``) in the subclass
+        ``__init__`` signature (the train pipeline validates config keys against it)."""
         sub = inspect.signature(cls.__init__)
-        base = inspect.signature(OfflineRLAgent.__init__)
+        base = inspect.signature(cls.__bases__[0].__init__)
         own = [p for p in sub.parameters.values() if p.kind is not p.VAR_KEYWORD]
         rest = [p for n, p in base.parameters.items() if n not in sub.parameters and p.kind is p.KEYWORD_ONLY]
         cls.__init__.__signature__ = sub.replace(parameters=own + rest)  # type: ignore[attr-defined]
