@@ -56,8 +56,12 @@ DEFAULT_STEPS = 5000  # run files of other budgets carry a -steps<N> tag
 PEER_LR = 3e-4  # d3rlpy's reproduction learning rate, and this benchmark's first setting for diffctl agents
 # Act settings the final checkpoint is also scored with, beside its own (the method's stochastic sampling of N
 # candidates ranked by Q): "deterministic" is one DDIM sample from zero start noise, no critic ranking,
-# the counterpart of the greedy (mean) action d3rlpy's agents are scored with.
-VARIANTS = {"deterministic": {"solver": "ddim", "noise_scale": 0.0, "n_candidates": 1}}
+# the counterpart of the greedy (mean) action d3rlpy's agents are scored with; "low-noise argmax" draws 16
+# DDIM candidates from half-scale start noise (near the mode) and takes the one the critic scores highest.
+VARIANTS = {
+    "deterministic": {"solver": "ddim", "noise_scale": 0.0, "n_candidates": 1},
+    "low-noise argmax": {"solver": "ddim", "noise_scale": 0.5, "n_candidates": 16, "selection": "argmax"},
+}
 
 
 def task_of(dataset: str) -> str:
@@ -134,8 +138,8 @@ def train_diffusion(
             curve[-1]["result"] = result
             policy.save(run_dir / "final_agent")
             if args.keep_agents:
-                tag = f"-lr{args.lr:g}-steps{args.steps}{options_tag(args.options.get(name, {}))}"
-                policy.save(Path(args.keep_agents) / f"{dataset}-{name}{tag}-seed{seed}")
+                options = args.options.get(name, {})
+                policy.save(args.keep_agents / kept_name(dataset, name, args.lr, args.steps, options, seed))
         timing["eval_s"] += time.perf_counter() - start
         return result
 
@@ -149,6 +153,36 @@ def train_diffusion(
         for variant, overrides in VARIANTS.items()
     }
     return final, curve, args.steps / train_s
+
+
+def kept_name(dataset: str, agent: str, lr: float, steps: int, options: dict[str, Any], seed: int) -> str:
+    """Directory name of a run's final agent under ``--keep-agents``."""
+    return f"{dataset}-{agent}-lr{lr:g}-steps{steps}{options_tag(options)}-seed{seed}"
+
+
+def rescore(runs_dir: Path, agents_dir: Path) -> list[Path]:
+    """Score the final agents kept in ``agents_dir`` with the ``VARIANTS`` their run files lack (act settings
+    added after the run), on the run's own evaluation episodes, without retraining; returns the files
+    updated. Runs whose agent was not kept are left as they are."""
+    import diffctl as dc
+
+    updated = []
+    for path in sorted(runs_dir.glob("*.json")):
+        row = json.loads(path.read_text())
+        missing = [v for v in VARIANTS if v not in row.get("variants", {})]
+        if row["agent"] not in DIFFUSION or not missing:
+            continue
+        kept = agents_dir / kept_name(row["dataset"], row["agent"], row.get("lr", PEER_LR), row["steps"],
+                                      row.get("options", {}), row["seed"])  # fmt: skip
+        if not (kept / "config.json").is_file():
+            continue
+        for variant in missing:
+            agent = dc.load(kept, **VARIANTS[variant])
+            result = evaluate(agent, row["dataset"], row["episodes"], row["seed"])
+            row.setdefault("variants", {})[variant] = result
+        write_json(path, row)
+        updated.append(path)
+    return updated
 
 
 class TorchScriptAgent:
@@ -460,6 +494,12 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--keep-agents", type=Path, help="also keep each diffctl run's final agent here")
     parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the agents kept in --keep-agents with the act variants their run files lack, then "
+        "rebuild the summary (no training)",
+    )
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
@@ -477,7 +517,12 @@ def main() -> None:
     command = "python benchmarks/offline_rl.py " + " ".join(sys.argv[1:])
     runs_dir = args.out / "offline_rl"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    if args.summarize:
+    if args.rescore:
+        if args.keep_agents is None or not args.keep_agents.is_dir():
+            parser.error(f"--rescore needs --keep-agents DIR with the kept agents, got {args.keep_agents}")
+        for path in rescore(runs_dir, args.keep_agents):
+            print(f"rescored {path}", flush=True)
+    if args.summarize or args.rescore:
         print(write_summary(args.out, None))
         return
     args.peer_python = find_peer_python(args.d3rlpy_python)

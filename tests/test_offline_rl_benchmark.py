@@ -1,10 +1,15 @@
-"""The offline RL benchmark's agent options: parsing, file tags, table labels and the EDP speed-up pairing."""
+"""The offline RL benchmark's agent options (parsing, file tags, table labels), the EDP speed-up pairing and
+rescoring kept agents with new act variants."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from benchmarks.offline_rl import edp_speedups, label, options_tag, parse_options
+import benchmarks.offline_rl as bench
+from benchmarks.offline_rl import edp_speedups, kept_name, label, options_tag, parse_options, rescore
+from diffctl.policies.offline_rl import IDQL
 
 
 def test_options_parse_per_agent_and_name_the_run() -> None:
@@ -49,3 +54,36 @@ def test_edp_speedup_pairs_runs_with_the_same_critics() -> None:
     assert edp_speedups(summary) == {key: 1.5}
     summary.append(row("diffusion_ql", relu, 12.0))
     assert edp_speedups(summary) == {key: 1.5, "hopper-medium 100 steps (lr 0.001)": 1.5}
+
+
+def test_rescore_scores_kept_agents_with_the_variants_their_runs_lack(tmp_path, monkeypatch) -> None:
+    runs, kept = tmp_path / "runs", tmp_path / "agents"
+    runs.mkdir()
+    options = {"awr_beta": 1}
+    IDQL(3, 2, hidden=16, depth=1, critic_hidden=16, critic_depth=1, **options).save(
+        kept / kept_name("hopper-medium", "idql", 1e-3, 100, options, 4)
+    )
+    old = {"deterministic": {"normalized_score": 7.0}}
+    run = {"agent": "idql", "dataset": "hopper-medium", "lr": 1e-3, "steps": 100, "seed": 4, "episodes": 3,
+           "options": options, "variants": old}  # fmt: skip
+    (runs / "a.json").write_text(json.dumps(run))
+    (runs / "b.json").write_text(json.dumps({**run, "seed": 5}))  # its agent was not kept
+    calls = []
+
+    def fake_evaluate(agent, dataset: str, episodes: int, seed: int) -> dict:
+        calls.append((dict(agent.act_settings), agent.sampler.solver, dataset, episodes, seed))
+        return {"normalized_score": 1.0}
+
+    monkeypatch.setattr(bench, "evaluate", fake_evaluate)
+    assert rescore(runs, kept) == [runs / "a.json"]
+    new = [v for v in bench.VARIANTS if v not in old]
+    assert new and len(calls) == len(new)
+    for (act, solver, dataset, episodes, seed), variant in zip(calls, new, strict=True):
+        overrides = bench.VARIANTS[variant]
+        assert solver == overrides["solver"]
+        assert all(act[k] == v for k, v in overrides.items() if k != "solver")
+        assert (dataset, episodes, seed) == ("hopper-medium", 3, 4)
+    variants = json.loads((runs / "a.json").read_text())["variants"]
+    assert variants == {**old, **{v: {"normalized_score": 1.0} for v in new}}
+    assert json.loads((runs / "b.json").read_text())["variants"] == old
+    assert rescore(runs, kept) == []
