@@ -20,6 +20,7 @@ invocations (one per core) can share an output folder; every invocation then reb
     python benchmarks/offline_rl.py --datasets hopper-medium maze2d-umaze --agents idql edp d3rlpy_iql \\
         --steps 5000 --seeds 0 1 --episodes 10
     python benchmarks/offline_rl.py --summarize          # only rebuild the tables and the plot
+    python benchmarks/offline_rl.py --rescore --keep-agents DIR   # score kept agents with new act variants
 """
 
 from __future__ import annotations
