@@ -26,7 +26,7 @@ from torch import nn
 
 from diffctl.atomic import write_json
 from diffctl.policies.offline_rl import IDQL, TransitionDataset
-from diffctl.policies.offline_rl.common import Transitions
+from diffctl.policies.offline_rl.common import Transitions, finite_non_negative
 from diffctl.policies.offline_rl.idql import AWR_MAX_WEIGHT, awr_weights
 
 
@@ -70,8 +70,7 @@ def fit_probe(
     lr: float = 1e-3, progress: bool = False,
 ) -> tuple[GaussianProbe, dict[str, float]]:  # fmt: skip
     """Fit the Gaussian probe by AWR with temperature ``beta`` on the agent's frozen advantages."""
-    if not np.isfinite(beta) or beta < 0:
-        raise ValueError(f"probe beta must be finite and >= 0, got {beta}")
+    beta = finite_non_negative("probe beta", beta)
     states = agent.transitions(dataset.get_batch(np.arange(len(dataset))))
     adv = advantages(agent, states)
     weights = awr_weights(adv, beta)

@@ -114,7 +114,6 @@ def train_diffusion(
     """Train; evaluate every ``curve_every`` steps and the final EMA weights with ``episodes``, with the
     agent's act settings and with each of ``VARIANTS`` (the final agent is saved, and kept in
     ``--keep-agents`` when given)."""
-    import diffctl as dc
 
     goal = dataset in MAZES
     ds = TransitionDataset(store, goal="task" if goal else None)
@@ -149,11 +148,17 @@ def train_diffusion(
     trainer.fit()
     train_s = time.perf_counter() - start - timing["eval_s"]
     final = curve[-1].pop("result")
-    final["variants"] = {
-        variant: evaluate(dc.load(run_dir / "final_agent", **overrides), dataset, args.episodes, seed)
-        for variant, overrides in VARIANTS.items()
-    }
+    final["variants"] = score_variants(run_dir / "final_agent", dataset, args.episodes, seed, list(VARIANTS))
     return final, curve, args.steps / train_s
+
+
+def score_variants(
+    agent_dir: Path, dataset: str, episodes: int, seed: int, variants: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The saved agent's evaluation under each of the named ``VARIANTS`` act settings."""
+    import diffctl as dc
+
+    return {v: evaluate(dc.load(agent_dir, **VARIANTS[v]), dataset, episodes, seed) for v in variants}
 
 
 def kept_name(dataset: str, agent: str, lr: float, steps: int, options: dict[str, Any], seed: int) -> str:
@@ -165,8 +170,6 @@ def rescore(runs_dir: Path, agents_dir: Path) -> list[Path]:
     """Score the final agents kept in ``agents_dir`` with the ``VARIANTS`` their run files lack (act settings
     added after the run), on the run's own evaluation episodes, without retraining; returns the files
     updated. Runs whose agent was not kept are left as they are."""
-    import diffctl as dc
-
     updated = []
     for path in sorted(runs_dir.glob("*.json")):
         row = json.loads(path.read_text())
@@ -177,10 +180,8 @@ def rescore(runs_dir: Path, agents_dir: Path) -> list[Path]:
                                       row.get("options", {}), row["seed"])  # fmt: skip
         if not (kept / "config.json").is_file():
             continue
-        for variant in missing:
-            agent = dc.load(kept, **VARIANTS[variant])
-            result = evaluate(agent, row["dataset"], row["episodes"], row["seed"])
-            row.setdefault("variants", {})[variant] = result
+        scores = score_variants(kept, row["dataset"], row["episodes"], row["seed"], missing)
+        row["variants"] = {**row.get("variants", {}), **scores}
         write_json(path, row)
         updated.append(path)
     return updated

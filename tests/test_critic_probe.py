@@ -7,23 +7,12 @@ import numpy as np
 import pytest
 
 from benchmarks.critic_probe import fit_probe
-from diffctl.datasets import EpisodeStore
 from diffctl.policies.offline_rl import IDQL, DiffusionQL, TransitionDataset
 from diffctl.train import TrainConfig, Trainer
 
 
-def _bandit(n: int = 512) -> TransitionDataset:
-    """One-step episodes, s in {-1, +1}, a uniform in [-1, 1], reward 1 - (a - 0.6 s)^2 (best a = 0.6 s)."""
-    rng = np.random.default_rng(0)
-    s = rng.choice([-1.0, 1.0], size=(n, 1)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(n, 1)).astype(np.float32)
-    rewards = (1 - (a - 0.6 * s) ** 2).reshape(-1).astype(np.float32)
-    data = {"observations": s, "actions": a, "rewards": rewards, "terminals": np.ones(n, dtype=bool)}
-    return TransitionDataset(EpisodeStore.from_arrays(data, np.arange(1, n + 1)))
-
-
-def test_probe_follows_the_critic_from_behaviour_mean_to_best_action(tmp_path) -> None:
-    ds = _bandit()
+def test_probe_follows_the_critic_from_behaviour_mean_to_best_action(tmp_path, bandit) -> None:
+    ds = TransitionDataset(bandit())
     agent = IDQL(1, 1, hidden=64, depth=2, critic_hidden=64, critic_depth=2, tau=0.05)
     agent.fit(ds)
     cfg = TrainConfig(steps=400, batch_size=128, lr=1e-3, warmup_steps=0, ema=False, progress=False,
@@ -38,8 +27,8 @@ def test_probe_follows_the_critic_from_behaviour_mean_to_best_action(tmp_path) -
     assert stats["advantage_std"] > 0.1 and 0.0 <= stats["weight_clipped_frac"] < 1.0
 
 
-def test_probe_needs_a_value_net_and_a_sane_beta() -> None:
-    ds = _bandit(16)
+def test_probe_needs_a_value_net_and_a_sane_beta(bandit) -> None:
+    ds = TransitionDataset(bandit(16))
     dql = DiffusionQL(1, 1, hidden=16, depth=1, critic_hidden=16, critic_depth=1)
     dql.fit(ds)
     with pytest.raises(ValueError, match="no value net"):

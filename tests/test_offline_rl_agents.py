@@ -20,21 +20,6 @@ SMALL = {"hidden": 64, "depth": 2, "critic_hidden": 64, "critic_depth": 2, "n_ca
          "selection": "argmax"}  # fmt: skip
 
 
-def _bandit(n: int = 512, seed: int = 0) -> EpisodeStore:
-    """One-step episodes: state s in {-1, +1}, behaviour actions uniform in [-1, 1], reward
-    ``1 - (a - 0.6 s)^2``, terminal. The best action is 0.6 s; the behaviour mean is 0."""
-    rng = np.random.default_rng(seed)
-    s = rng.choice([-1.0, 1.0], size=(n, 1)).astype(np.float32)
-    a = rng.uniform(-1, 1, size=(n, 1)).astype(np.float32)
-    data = {
-        "observations": s,
-        "actions": a,
-        "rewards": (1 - (a - 0.6 * s) ** 2).reshape(-1).astype(np.float32),
-        "terminals": np.ones(n, dtype=bool),
-    }
-    return EpisodeStore.from_arrays(data, np.arange(1, n + 1))
-
-
 def _train(cls, ds, tmp_path, steps: int = 300):
     agent = cls(1, 1, **SMALL)
     agent.fit(ds)
@@ -45,8 +30,8 @@ def _train(cls, ds, tmp_path, steps: int = 300):
 
 
 @pytest.mark.parametrize("cls", AGENTS, ids=lambda c: c.__name__)
-def test_agent_overfits_bandit_and_round_trips(cls, tmp_path) -> None:
-    ds = TransitionDataset(_bandit())
+def test_agent_overfits_bandit_and_round_trips(cls, tmp_path, bandit) -> None:
+    ds = TransitionDataset(bandit())
     steps = 600 if cls is IDQL else 300  # IDQL's pure-BC actor needs longer to cover the action range
     agent, summary = _train(cls, ds, tmp_path, steps)
     assert summary["step"] == steps and np.isfinite(summary["loss"])
@@ -95,8 +80,8 @@ def test_goal_conditioned_agent_takes_state_then_goal() -> None:
         agent.act(np.zeros(2, np.float32))
 
 
-def test_bad_inputs_give_clear_errors() -> None:
-    ds = TransitionDataset(_bandit(16))
+def test_bad_inputs_give_clear_errors(bandit) -> None:
+    ds = TransitionDataset(bandit(16))
     agent = DiffusionQL(1, 1, **SMALL)
     agent.fit(ds)
     batch = ds.get_batch(np.arange(4))
@@ -133,16 +118,16 @@ def test_grad_groups_cover_every_trainable_parameter_once(cls) -> None:
     assert {id(p) for p in grouped} == {id(p) for p in trainable}
 
 
-def test_load_rejects_unknown_overrides_naming_both_kinds(tmp_path) -> None:
+def test_load_rejects_unknown_overrides_naming_both_kinds(tmp_path, bandit) -> None:
     agent = IDQL(1, 1, **SMALL)
-    agent.fit(TransitionDataset(_bandit(n=16)))
+    agent.fit(TransitionDataset(bandit(n=16)))
     agent.save(tmp_path / "agent")
     with pytest.raises(ValueError, match=r"load overrides \['n_candidate'\].*n_candidates.*steps"):
         dc.load(tmp_path / "agent", n_candidate=4)
 
 
-def test_noise_scale_scales_the_start_noise_and_zero_is_deterministic() -> None:
-    ds = TransitionDataset(_bandit(n=64))
+def test_noise_scale_scales_the_start_noise_and_zero_is_deterministic(bandit) -> None:
+    ds = TransitionDataset(bandit(n=64))
     obs = torch.tensor([[1.0]])
     scaled = IDQL(1, 1, **{**SMALL, "n_candidates": 4}, noise_scale=0.5, sampler={"solver": "ddim"})
     scaled.fit(ds)
@@ -200,10 +185,10 @@ def test_raw_critic_inputs_read_unnormalized_states_after_fit_and_load(tmp_path)
     assert "eta" in inspect.signature(EDP).parameters
 
 
-def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_path) -> None:
+def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_path, bandit) -> None:
     import json
 
-    ds = TransitionDataset(_bandit(32))
+    ds = TransitionDataset(bandit(32))
     agent = IDQL(1, 1, critic_activation="mish", critic_inputs="normalized", **SMALL)
     agent.fit(ds)
     path = agent.save(tmp_path / "old")
