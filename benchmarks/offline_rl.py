@@ -361,22 +361,60 @@ def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def target_check(summary: list[dict[str, Any]]) -> list[str]:
-    """The issue's target: every diffusion agent at least matches d3rlpy IQL's final score per dataset,
-    at the same step budget (against IQL's best learning rate where several were run)."""
-    iql: dict[tuple[str, int], float] = {}
-    for s in summary:
-        if s["method"] == "d3rlpy_iql":
-            key = (s["dataset"], s["steps"])
-            iql[key] = max(iql.get(key, -np.inf), s["normalized_score_mean"])
-    lines = []
+def seed_difference(a: list[float], b: list[float]) -> tuple[float, float | None]:
+    """Difference of the seed means of two runs and its standard error over seeds (Welch), or None where
+    either side has a single seed: seeds, not episodes, are the independent repeats of a training run."""
+    diff = float(np.mean(a) - np.mean(b))
+    if len(a) < 2 or len(b) < 2:
+        return diff, None
+    return diff, float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+
+
+def iql_reference(summary: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """d3rlpy IQL's row per dataset and step budget, at its best learning rate where several were run."""
+    best: dict[tuple[str, int], dict[str, Any]] = {}
     for s in summary:
         key = (s["dataset"], s["steps"])
-        if s["method"] in DIFFUSION and key in iql:
-            ok = s["normalized_score_mean"] >= iql[key]
-            score = s["normalized_score_mean"]
-            lines.append(f"| {s['dataset']} | {s['steps']} | {s['agent']} | {score:.1f} | "
-                         f"{iql[key]:.1f} | {'met' if ok else 'MISSED'} |")  # fmt: skip
+        if s["method"] == "d3rlpy_iql" and (
+            key not in best or s["normalized_score_mean"] > best[key]["normalized_score_mean"]
+        ):
+            best[key] = s
+    return best
+
+
+def target_check(summary: list[dict[str, Any]]) -> list[str]:
+    """The issue's target: every diffusion agent at least matches d3rlpy IQL's final score per dataset,
+    at the same step budget (against IQL's best learning rate where several were run). The difference
+    carries its standard error over seeds, so a tie within the noise reads as one."""
+    iql = iql_reference(summary)
+    lines = []
+    for s in summary:
+        ref = iql.get((s["dataset"], s["steps"]))
+        if s["method"] not in DIFFUSION or ref is None:
+            continue
+        diff, se = seed_difference(s["seed_means"], ref["seed_means"])
+        ok = s["normalized_score_mean"] >= ref["normalized_score_mean"]
+        delta = f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}")
+        score, ref_score = s["normalized_score_mean"], ref["normalized_score_mean"]
+        lines.append(f"| {s['dataset']} | {s['steps']} | {s['agent']} | {score:.1f} | {ref_score:.1f} | "
+                     f"{delta} | {'met' if ok else 'MISSED'} |")  # fmt: skip
+    return lines
+
+
+def target_overview(summary: list[dict[str, Any]]) -> list[str]:
+    """Per step budget and agent row (agent, options, act) run on every dataset that d3rlpy IQL was run on
+    at that budget: on how many it meets the target, and which it misses."""
+    iql = iql_reference(summary)
+    lines = []
+    for steps, agent in sorted({(s["steps"], s["agent"]) for s in summary if s["method"] in DIFFUSION}):
+        datasets = sorted(d for d, n in iql if n == steps)
+        scores = {s["dataset"]: s["normalized_score_mean"] for s in summary
+                  if s["steps"] == steps and s["agent"] == agent}  # fmt: skip
+        if not datasets or any(d not in scores for d in datasets):
+            continue
+        missed = [d for d in datasets if scores[d] < iql[d, steps]["normalized_score_mean"]]
+        met = len(datasets) - len(missed)
+        lines.append(f"| {steps} | {agent} | {met} of {len(datasets)} | {', '.join(missed) or '-'} |")
     return lines
 
 
@@ -410,9 +448,13 @@ def markdown(summary: list[dict[str, Any]], speedups: dict[str, float], meta: di
               + (", ".join(f"{d}: {v:.2f}x" for d, v in speedups.items()) or "not measured")]  # fmt: skip
     target = target_check(summary)
     if target:
-        header = "| dataset | steps | agent | score | d3rlpy IQL (best lr) | target |"
-        lines += ["", "Target: each diffusion agent's final score >= d3rlpy IQL's on the same dataset.", "",
-                  header, "|---|---|---|---|---|---|", *target]  # fmt: skip
+        header = "| dataset | steps | agent | score | d3rlpy IQL (best lr) | difference ± se | target |"
+        lines += ["", "Target: each diffusion agent's final score >= d3rlpy IQL's on the same dataset. The "
+                  "difference's standard error is over seed means (Welch; none with one seed on a side).",
+                  "", header, "|---|---|---|---|---|---|---|", *target,
+                  "", "Agents and acts run on every dataset d3rlpy IQL was run on at that budget:", "",
+                  "| steps | agent | target met on | missed on |", "|---|---|---|---|",
+                  *target_overview(summary)]  # fmt: skip
     lines += ["", "Learning curves: `offline_rl_curves.png`."]
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,17 @@ import json
 import pytest
 
 import benchmarks.offline_rl as bench
-from benchmarks.offline_rl import edp_speedups, kept_name, label, options_tag, parse_options, rescore
+from benchmarks.offline_rl import (
+    edp_speedups,
+    kept_name,
+    label,
+    options_tag,
+    parse_options,
+    rescore,
+    seed_difference,
+    target_check,
+    target_overview,
+)
 from diffctl.policies.offline_rl import IDQL
 
 
@@ -54,6 +64,34 @@ def test_edp_speedup_pairs_runs_with_the_same_critics() -> None:
     assert edp_speedups(summary) == {key: 1.5}
     summary.append(row("diffusion_ql", relu, 12.0))
     assert edp_speedups(summary) == {key: 1.5, "hopper-medium 100 steps (lr 0.001)": 1.5}
+
+
+def test_seed_difference_is_over_seed_means() -> None:
+    assert seed_difference([1.0, 3.0], [2.0, 2.0, 2.0]) == (0.0, 1.0)
+    diff, se = seed_difference([4.0], [1.0, 2.0])
+    assert diff == pytest.approx(2.5) and se is None
+
+
+def summary_row(dataset: str, method: str, seed_means: list[float], agent: str | None = None) -> dict:
+    return {"dataset": dataset, "steps": 100, "method": method, "agent": agent or method,
+            "seed_means": seed_means, "normalized_score_mean": sum(seed_means) / len(seed_means)}  # fmt: skip
+
+
+def test_target_tables_compare_with_iqls_best_lr_and_list_misses() -> None:
+    summary = [
+        summary_row("hopper-medium", "d3rlpy_iql", [10.0, 12.0]),
+        summary_row("hopper-medium", "d3rlpy_iql", [30.0, 32.0], agent="d3rlpy_iql (lr 0.001)"),
+        summary_row("maze2d-umaze", "d3rlpy_iql", [50.0]),
+        summary_row("hopper-medium", "edp", [31.0, 31.0]),
+        summary_row("maze2d-umaze", "edp", [40.0, 44.0]),
+        summary_row("hopper-medium", "idql", [33.0, 34.0]),
+    ]
+    lines = target_check(summary)
+    assert lines[0] == "| hopper-medium | 100 | edp | 31.0 | 31.0 | +0.0 ± 1.0 | met |"
+    assert lines[1] == "| maze2d-umaze | 100 | edp | 42.0 | 50.0 | -8.0 | MISSED |"
+    assert len(lines) == 3
+    # idql was not run on maze2d-umaze, so it cannot meet the target everywhere and has no overview row
+    assert target_overview(summary) == ["| 100 | edp | 1 of 2 | maze2d-umaze |"]
 
 
 def test_rescore_scores_kept_agents_with_the_variants_their_runs_lack(tmp_path, monkeypatch) -> None:
