@@ -4,7 +4,7 @@ replaced by the one-step reconstruction of a noised dataset action,
 the same network call, so the actor update never runs the sampling chain.
 
 The critics default to IQL's (ReLU MLPs reading raw states), as IDQL's do: on hopper-medium they lift EDP's
-deterministic act from 26.9 to 29.7 (README, offline RL). Diffusion-QL keeps its paper's Mish critics on
+deterministic act from 26.9 to 29.5 (README, offline RL). Diffusion-QL keeps its paper's Mish critics on
 normalized states.
 """
 
