@@ -114,7 +114,6 @@ def train_diffusion(
     """Train; evaluate every ``curve_every`` steps and the final EMA weights with ``episodes``, with the
     agent's act settings and with each of ``VARIANTS`` (the final agent is saved, and kept in
     ``--keep-agents`` when given)."""
-
     goal = dataset in MAZES
     ds = TransitionDataset(store, goal="task" if goal else None)
     agent = DIFFUSION[name](ds.obs_dim, ds.action_dim, goal_dim=ds.goal_dim, seed=seed,
@@ -382,39 +381,48 @@ def iql_reference(summary: list[dict[str, Any]]) -> dict[tuple[str, int], dict[s
     return best
 
 
-def target_check(summary: list[dict[str, Any]]) -> list[str]:
-    """The issue's target: every diffusion agent at least matches d3rlpy IQL's final score per dataset,
-    at the same step budget (against IQL's best learning rate where several were run). The difference
-    carries its standard error over seeds, so a tie within the noise reads as one."""
+def target_results(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's target per diffusion row: its final score at least d3rlpy IQL's on the same dataset and
+    step budget (IQL's best learning rate where several were run), with the difference over seed means."""
     iql = iql_reference(summary)
-    lines = []
+    out = []
     for s in summary:
         ref = iql.get((s["dataset"], s["steps"]))
-        if s["method"] not in DIFFUSION or ref is None:
-            continue
-        diff, se = seed_difference(s["seed_means"], ref["seed_means"])
-        ok = s["normalized_score_mean"] >= ref["normalized_score_mean"]
-        delta = f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}")
-        score, ref_score = s["normalized_score_mean"], ref["normalized_score_mean"]
-        lines.append(f"| {s['dataset']} | {s['steps']} | {s['agent']} | {score:.1f} | {ref_score:.1f} | "
-                     f"{delta} | {'met' if ok else 'MISSED'} |")  # fmt: skip
+        if s["method"] in DIFFUSION and ref is not None:
+            diff, se = seed_difference(s["seed_means"], ref["seed_means"])
+            out.append({"dataset": s["dataset"], "steps": s["steps"], "agent": s["agent"],
+                        "score": s["normalized_score_mean"], "iql": ref["normalized_score_mean"],
+                        "diff": diff, "se": se,
+                        "met": s["normalized_score_mean"] >= ref["normalized_score_mean"]})  # fmt: skip
+    return out
+
+
+def target_check(summary: list[dict[str, Any]]) -> list[str]:
+    """Table rows of ``target_results``; the difference carries its standard error over seeds, so a tie
+    within the noise reads as one."""
+    lines = []
+    for t in target_results(summary):
+        delta = f"{t['diff']:+.1f}" + ("" if t["se"] is None else f" ± {t['se']:.1f}")
+        lines.append(f"| {t['dataset']} | {t['steps']} | {t['agent']} | {t['score']:.1f} | {t['iql']:.1f} | "
+                     f"{delta} | {'met' if t['met'] else 'MISSED'} |")  # fmt: skip
     return lines
 
 
 def target_overview(summary: list[dict[str, Any]]) -> list[str]:
     """Per step budget and agent row (agent, options, act) run on every dataset that d3rlpy IQL was run on
     at that budget: on how many it meets the target, and which it misses."""
-    iql = iql_reference(summary)
+    iql_datasets: dict[int, set[str]] = {}
+    for dataset, steps in iql_reference(summary):
+        iql_datasets.setdefault(steps, set()).add(dataset)
+    results = target_results(summary)
     lines = []
-    for steps, agent in sorted({(s["steps"], s["agent"]) for s in summary if s["method"] in DIFFUSION}):
-        datasets = sorted(d for d, n in iql if n == steps)
-        scores = {s["dataset"]: s["normalized_score_mean"] for s in summary
-                  if s["steps"] == steps and s["agent"] == agent}  # fmt: skip
-        if not datasets or any(d not in scores for d in datasets):
+    for steps, agent in sorted({(t["steps"], t["agent"]) for t in results}):
+        met = {t["dataset"]: t["met"] for t in results if t["steps"] == steps and t["agent"] == agent}
+        if set(met) != iql_datasets[steps]:
             continue
-        missed = [d for d in datasets if scores[d] < iql[d, steps]["normalized_score_mean"]]
-        met = len(datasets) - len(missed)
-        lines.append(f"| {steps} | {agent} | {met} of {len(datasets)} | {', '.join(missed) or '-'} |")
+        missed = sorted(d for d, ok in met.items() if not ok)
+        lines.append(f"| {steps} | {agent} | {len(met) - len(missed)} of {len(met)} | "
+                     f"{', '.join(missed) or '-'} |")  # fmt: skip
     return lines
 
 
