@@ -20,8 +20,8 @@ SMALL = {"hidden": 64, "depth": 2, "critic_hidden": 64, "critic_depth": 2, "n_ca
          "selection": "argmax"}  # fmt: skip
 
 
-def _train(cls, ds, tmp_path, steps: int = 300):
-    agent = cls(1, 1, **SMALL)
+def _train(cls, ds, tmp_path, steps: int = 300, **kw):
+    agent = cls(1, 1, **SMALL, **kw)
     agent.fit(ds)
     cfg = TrainConfig(steps=steps, batch_size=128, lr=1e-3, warmup_steps=0, ema=False, progress=False,
                       tensorboard=False, checkpoint_every=0, log_every=50, device="cpu")  # fmt: skip
@@ -109,9 +109,38 @@ def test_bad_inputs_give_clear_errors(bandit) -> None:
         agent.act(np.array([np.nan], np.float32))
 
 
-@pytest.mark.parametrize("cls", AGENTS, ids=lambda c: c.__name__)
-def test_grad_groups_cover_every_trainable_parameter_once(cls) -> None:
-    agent = cls(3, 2, **SMALL)
+def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, bandit) -> None:
+    ds = TransitionDataset(bandit())
+    agent, summary = _train(EDP, ds, tmp_path, backup="expectile", expectile=0.8)
+    assert summary["step"] == 300 and np.isfinite(summary["loss"])
+    assert agent.network.value is not None and agent.network.actor_target is None
+    agent.reset(seed=0)
+    for s in (-1.0, 1.0):
+        actions = [float(agent.act(np.array([s], np.float32))[0]) for _ in range(4)]
+        assert np.abs(np.array(actions) - 0.6 * s).max() < 0.25, (s, actions)
+
+    loaded = dc.load(tmp_path / "EDP" / "checkpoint")
+    assert (loaded.hparams["backup"], loaded.hparams["expectile"]) == ("expectile", 0.8)
+    state = torch.tensor([[1.0], [-1.0]])
+    assert torch.equal(loaded.network.value(state), agent.network.value(state))
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [({"backup": "td3"}, "backup must be one of"), ({"backup": "expectile", "expectile": 1.0}, "expectile")],
+)
+def test_bad_edp_backup_settings_are_named(kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        EDP(1, 1, **kw)
+
+
+@pytest.mark.parametrize(
+    "cls, kw",
+    [(c, {}) for c in AGENTS] + [(EDP, {"backup": "expectile"})],
+    ids=lambda x: getattr(x, "__name__", str(x)),
+)
+def test_grad_groups_cover_every_trainable_parameter_once(cls, kw) -> None:
+    agent = cls(3, 2, **SMALL, **kw)
     grouped = [p for params in agent.grad_groups().values() for p in params]
     trainable = [p for p in agent.network.parameters() if p.requires_grad]
     assert len(grouped) == len({id(p) for p in grouped}) == len(trainable)

@@ -11,6 +11,7 @@ import torch
 
 from diffctl.datasets import EpisodeStore
 from diffctl.policies.offline_rl import (
+    EDP,
     IDQL,
     DiffusionQL,
     TransitionDataset,
@@ -121,9 +122,17 @@ def _make(cls, ds, **kw):
     return agent
 
 
-def test_iql_critic_learns_known_q_values() -> None:
+@pytest.mark.parametrize(
+    "cls, kw", [(IDQL, {}), (EDP, {"backup": "expectile"})], ids=["IDQL", "EDP-expectile"]
+)
+def test_iql_critic_learns_known_q_values(cls, kw, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = TransitionDataset(_mdp_store(with_next=True))
-    agent = _make(IDQL, ds, expectile=0.7)
+    agent = _make(cls, ds, expectile=0.7, **kw)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("IQL's in-sample backup must not sample actions")
+
+    monkeypatch.setattr(agent, "sample_actions", no_sampling)
     _train_critic(agent, ds)
     for (s, a), q in ORACLE.items():
         assert _q_of(agent, s, a) == pytest.approx(q, abs=0.05 * max(1.0, q)), (s, a)

@@ -6,6 +6,12 @@ the same network call, so the actor update never runs the sampling chain.
 The critics default to IQL's (ReLU MLPs reading raw states), as IDQL's do: on hopper-medium they lift EDP's
 deterministic act from 26.9 to 29.5 (README, offline RL). Diffusion-QL keeps its paper's Mish critics on
 normalized states.
+
+``backup`` picks the critics' Bellman target. ``policy`` (the default, EDP on TD3 / Diffusion-QL) bootstraps
+from ``min Q_target(s', a')`` with ``a'`` sampled from the target actor. ``expectile`` is IQL's in-sample
+target ``r + discount * V(s')`` with V the ``expectile`` of Q over the dataset actions (as in IDQL), so no
+action the data does not contain is ever valued; the actor still follows the Q gradient through ``a0_hat``
+(a deterministic-gradient extraction of an IQL critic instead of IQL's advantage weighting).
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ import torch
 
 from diffctl.policies.offline_rl.common import Transitions
 from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL
+from diffctl.policies.offline_rl.idql import expectile_critic_loss
+
+BACKUPS = ("policy", "expectile")
 
 
 class EDP(DiffusionQL):
     """Diffusion-QL with EDP's action approximation in the actor's Q term."""
+
+    extra_keys = ("eta", "backup", "expectile")
 
     def __init__(
         self,
@@ -28,11 +39,27 @@ class EDP(DiffusionQL):
         *,
         critic_activation: str = "relu",
         critic_inputs: str = "raw",
+        backup: str = "policy",
+        expectile: float = 0.7,
         **kwargs: Any,
     ) -> None:
+        name = type(self).__name__
+        if backup not in BACKUPS:
+            raise ValueError(f"{name} backup must be one of {BACKUPS}, got {backup!r}")
+        if not 0.0 < float(expectile) < 1.0:
+            raise ValueError(f"{name} expectile must be in (0, 1), got {expectile!r}")
+        self.uses_value = backup == "expectile"
+        self.uses_target_actor = backup == "policy"
         super().__init__(
-            obs_dim, action_dim, critic_activation=critic_activation, critic_inputs=critic_inputs, **kwargs
-        )
+            obs_dim, action_dim, critic_activation=critic_activation, critic_inputs=critic_inputs,
+            backup=backup, expectile=float(expectile), **kwargs,
+        )  # fmt: skip
+
+    def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
+        hp = self.hparams
+        if hp["backup"] == "expectile":
+            return expectile_critic_loss(self.network, tr, hp["discount"], hp["expectile"])
+        return super().critic_loss(tr)
 
     def policy_actions(self, tr: Transitions) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor.denoise_step(tr.s, tr.a)

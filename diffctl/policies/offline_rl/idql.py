@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 
-from diffctl.policies.offline_rl.common import OfflineRLAgent, Transitions, finite_non_negative
+from diffctl.policies.offline_rl.common import (
+    OfflineRLAgent,
+    OfflineRLNet,
+    Transitions,
+    finite_non_negative,
+)
 from diffctl.policies.offline_rl.critics import expectile_loss, td_target
 
 AWR_MAX_WEIGHT = 100.0
@@ -26,6 +31,25 @@ AWR_MAX_WEIGHT = 100.0
 def awr_weights(advantage: torch.Tensor, beta: float) -> torch.Tensor:
     """IQL's advantage weights ``min(exp(beta * advantage), AWR_MAX_WEIGHT)``."""
     return torch.exp(beta * advantage).clamp(max=AWR_MAX_WEIGHT)
+
+
+def expectile_critic_loss(
+    net: OfflineRLNet, tr: Transitions, discount: float, expectile: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """IQL's critic losses on a batch: V fitted to the ``expectile`` of the target critic's ``min(Q1, Q2)``
+    over the dataset actions, and both Q fitted to ``r + discount * V(s')``; no action is ever sampled.
+    Stores the batch's advantage ``Q_target - V`` in ``tr.advantage`` for the actor loss."""
+    with torch.no_grad():
+        q_target = net.critic_target.q_min(tr.s, tr.a)
+        target = td_target(tr.r, tr.done, net.value(tr.s2), discount)
+    v = net.value(tr.s)
+    tr.advantage = (q_target - v).detach()
+    v_loss = expectile_loss(q_target - v, expectile).mean()
+    q1, q2 = net.critic(tr.s, tr.a)
+    q_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+    info = {"value_loss": float(v_loss.detach()), "critic_loss": float(q_loss.detach()),
+            "q_mean": float(q1.detach().mean())}  # fmt: skip
+    return v_loss + q_loss, info
 
 
 class IDQL(OfflineRLAgent):
@@ -59,18 +83,7 @@ class IDQL(OfflineRLAgent):
         )  # fmt: skip
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
-        net = self.network
-        with torch.no_grad():
-            q_target = net.critic_target.q_min(tr.s, tr.a)
-            target = td_target(tr.r, tr.done, net.value(tr.s2), self.hparams["discount"])
-        v = net.value(tr.s)
-        tr.advantage = (q_target - v).detach()
-        v_loss = expectile_loss(q_target - v, self.hparams["expectile"]).mean()
-        q1, q2 = net.critic(tr.s, tr.a)
-        q_loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
-        info = {"value_loss": float(v_loss.detach()), "critic_loss": float(q_loss.detach()),
-                "q_mean": float(q1.detach().mean())}  # fmt: skip
-        return v_loss + q_loss, info
+        return expectile_critic_loss(self.network, tr, self.hparams["discount"], self.hparams["expectile"])
 
     @torch.no_grad()
     def advantage(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
