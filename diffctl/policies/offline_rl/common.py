@@ -63,6 +63,14 @@ def finite_non_negative(label: str, value: Any) -> float:
     return float(value)
 
 
+def open_unit_interval(label: str, value: Any) -> float:
+    """``value`` as a float when it lies strictly between 0 and 1 (an expectile), else a ValueError naming
+    ``label``."""
+    if not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{label} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
 class OfflineRLNet(nn.Module):
     """Container the Trainer optimizes: actor, critic, optional value; frozen target copies."""
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from diffctl.policies.offline_rl.common import Transitions
+from diffctl.policies.offline_rl.common import Transitions, open_unit_interval
 from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL
 from diffctl.policies.offline_rl.idql import expectile_critic_loss
 
@@ -46,13 +46,11 @@ class EDP(DiffusionQL):
         name = type(self).__name__
         if backup not in BACKUPS:
             raise ValueError(f"{name} backup must be one of {BACKUPS}, got {backup!r}")
-        if not 0.0 < float(expectile) < 1.0:
-            raise ValueError(f"{name} expectile must be in (0, 1), got {expectile!r}")
         self.uses_value = backup == "expectile"
         self.uses_target_actor = backup == "policy"
         super().__init__(
             obs_dim, action_dim, critic_activation=critic_activation, critic_inputs=critic_inputs,
-            backup=backup, expectile=float(expectile), **kwargs,
+            backup=backup, expectile=open_unit_interval(f"{name} expectile", expectile), **kwargs,
         )  # fmt: skip
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:

@@ -22,6 +22,7 @@ from diffctl.policies.offline_rl.common import (
     OfflineRLNet,
     Transitions,
     finite_non_negative,
+    open_unit_interval,
 )
 from diffctl.policies.offline_rl.critics import expectile_loss, td_target
 
@@ -73,10 +74,8 @@ class IDQL(OfflineRLAgent):
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
-        if not 0.0 < float(expectile) < 1.0:
-            raise ValueError(f"{name} expectile must be in (0, 1), got {expectile!r}")
         super().__init__(
-            obs_dim, action_dim, expectile=float(expectile),
+            obs_dim, action_dim, expectile=open_unit_interval(f"{name} expectile", expectile),
             awr_beta=finite_non_negative(f"{name} awr_beta", awr_beta),
             n_candidates=n_candidates, critic_activation=critic_activation, critic_inputs=critic_inputs,
             **kwargs,
