@@ -110,8 +110,9 @@ def test_bad_inputs_give_clear_errors(bandit) -> None:
 
 
 def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, bandit) -> None:
+    assert inspect.signature(EDP).parameters["backup"].default == "expectile"
     ds = TransitionDataset(bandit())
-    agent, summary = _train(EDP, ds, tmp_path, backup="expectile", expectile=0.8)
+    agent, summary = _train(EDP, ds, tmp_path, expectile=0.8)
     assert summary["step"] == 300 and np.isfinite(summary["loss"])
     assert agent.network.value is not None and agent.network.actor_target is None
     agent.reset(seed=0)
@@ -136,7 +137,7 @@ def test_bad_edp_backup_settings_are_named(kw, message) -> None:
 
 @pytest.mark.parametrize(
     "cls, kw",
-    [(c, {}) for c in AGENTS] + [(EDP, {"backup": "expectile"})],
+    [(c, {}) for c in AGENTS] + [(EDP, {"backup": "policy"})],
     ids=lambda x: getattr(x, "__name__", str(x)),
 )
 def test_grad_groups_cover_every_trainable_parameter_once(cls, kw) -> None:
@@ -229,6 +230,23 @@ def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_pa
     assert loaded.hparams["critic_activation"] == "mish" and loaded.hparams["critic_inputs"] == "normalized"
     s, a = torch.tensor([[1.0], [-1.0]]), torch.tensor([[0.5], [-0.2]])
     assert torch.equal(loaded.network.critic.q_min(s, a), agent.network.critic.q_min(s, a))
+
+
+def test_edp_saved_before_the_backup_key_loads_with_the_policy_backup(tmp_path, bandit) -> None:
+    import json
+
+    agent = EDP(1, 1, backup="policy", **SMALL)
+    agent.fit(TransitionDataset(bandit(32)))
+    path = agent.save(tmp_path / "old")
+    config = json.loads((path / "config.json").read_text())
+    for key in ("backup", "expectile"):
+        del config["hyperparameters"][key]
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = dc.load(path)
+    assert loaded.hparams["backup"] == "policy"
+    assert loaded.network.actor_target is not None and loaded.network.value is None
+    saved = agent.network.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in loaded.network.state_dict().items())
 
 
 @pytest.mark.parametrize("key, value", [("critic_activation", "tanh"), ("critic_inputs", "zscore")])

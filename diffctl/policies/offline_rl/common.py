@@ -15,7 +15,7 @@ import os
 from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -100,6 +100,7 @@ class OfflineRLAgent(Policy):
     uses_value: bool = False
     uses_target_actor: bool = False
     extra_keys: tuple[str, ...] = ()
+    legacy_hparams: ClassVar[dict[str, Any]] = LEGACY_HPARAMS
 
     def __init__(
         self,
@@ -505,7 +506,7 @@ class OfflineRLAgent(Policy):
         """Rebuild a saved agent; overrides are ``n_candidates``/``selection``/``temperature`` or
         ``SamplerConfig`` fields (solver, steps, ...)."""
         config, state = read_agent_config(path, cls.__name__, VERSION, AGENT_KEYS)
-        config = {**config, "hyperparameters": {**LEGACY_HPARAMS, **config["hyperparameters"]}}
+        config = {**config, "hyperparameters": {**cls.legacy_hparams, **config["hyperparameters"]}}
         sampler_keys = set(SamplerConfig.__dataclass_fields__)
         unknown = sorted(set(overrides) - set(ACT_KEYS) - sampler_keys)
         if unknown:
