@@ -215,34 +215,31 @@ def test_raw_critic_inputs_read_unnormalized_states_after_fit_and_load(tmp_path)
     assert "eta" in inspect.signature(EDP).parameters
 
 
-def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_path, bandit) -> None:
+def _saved_without(agent, path, keys: tuple[str, ...]):
+    """``agent`` saved as a version that predates the hyperparameters ``keys`` would have saved it."""
     import json
 
-    ds = TransitionDataset(bandit(32))
-    agent = IDQL(1, 1, critic_activation="mish", critic_inputs="normalized", **SMALL)
-    agent.fit(ds)
-    path = agent.save(tmp_path / "old")
+    path = agent.save(path)
     config = json.loads((path / "config.json").read_text())
-    for key in ("critic_activation", "critic_inputs"):
+    for key in keys:
         del config["hyperparameters"][key]
     (path / "config.json").write_text(json.dumps(config))
-    loaded = dc.load(path)
+    return path
+
+
+def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_path, bandit) -> None:
+    agent = IDQL(1, 1, critic_activation="mish", critic_inputs="normalized", **SMALL)
+    agent.fit(TransitionDataset(bandit(32)))
+    loaded = dc.load(_saved_without(agent, tmp_path / "old", ("critic_activation", "critic_inputs")))
     assert loaded.hparams["critic_activation"] == "mish" and loaded.hparams["critic_inputs"] == "normalized"
     s, a = torch.tensor([[1.0], [-1.0]]), torch.tensor([[0.5], [-0.2]])
     assert torch.equal(loaded.network.critic.q_min(s, a), agent.network.critic.q_min(s, a))
 
 
 def test_edp_saved_before_the_backup_key_loads_with_the_policy_backup(tmp_path, bandit) -> None:
-    import json
-
     agent = EDP(1, 1, backup="policy", **SMALL)
     agent.fit(TransitionDataset(bandit(32)))
-    path = agent.save(tmp_path / "old")
-    config = json.loads((path / "config.json").read_text())
-    for key in ("backup", "expectile"):
-        del config["hyperparameters"][key]
-    (path / "config.json").write_text(json.dumps(config))
-    loaded = dc.load(path)
+    loaded = dc.load(_saved_without(agent, tmp_path / "old", ("backup", "expectile")))
     assert loaded.hparams["backup"] == "policy"
     assert loaded.network.actor_target is not None and loaded.network.value is None
     saved = agent.network.state_dict()
