@@ -13,6 +13,7 @@ import torch
 import diffctl as dc
 from diffctl.datasets import EpisodeStore
 from diffctl.policies.offline_rl import EDP, IDQL, DiffusionQL, TransitionDataset
+from diffctl.policies.offline_rl.edp import DISTILL_NOISE_SCALE
 from diffctl.train import TrainConfig, Trainer
 
 AGENTS = (IDQL, DiffusionQL, EDP)
@@ -109,10 +110,11 @@ def test_bad_inputs_give_clear_errors(bandit) -> None:
         agent.act(np.array([np.nan], np.float32))
 
 
-def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, bandit) -> None:
+@pytest.mark.parametrize("distill", [0, 4], ids=["plain", "distilled"])
+def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, bandit, distill) -> None:
     assert inspect.signature(EDP).parameters["backup"].default == "expectile"
     ds = TransitionDataset(bandit())
-    agent, summary = _train(EDP, ds, tmp_path, expectile=0.8)
+    agent, summary = _train(EDP, ds, tmp_path, expectile=0.8, distill_candidates=distill)
     assert summary["step"] == 300 and np.isfinite(summary["loss"])
     assert agent.network.value is not None and agent.network.actor_target is None
     agent.reset(seed=0)
@@ -122,17 +124,44 @@ def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, ban
 
     loaded = dc.load(tmp_path / "EDP" / "checkpoint")
     assert (loaded.hparams["backup"], loaded.hparams["expectile"]) == ("expectile", 0.8)
+    assert loaded.hparams["distill_candidates"] == distill
     state = torch.tensor([[1.0], [-1.0]])
     assert torch.equal(loaded.network.value(state), agent.network.value(state))
 
 
 @pytest.mark.parametrize(
     "kw, message",
-    [({"backup": "td3"}, "backup must be one of"), ({"backup": "expectile", "expectile": 1.0}, "expectile")],
-)
-def test_bad_edp_backup_settings_are_named(kw, message) -> None:
+    [({"backup": "td3"}, "backup must be one of"), ({"backup": "expectile", "expectile": 1.0}, "expectile"),
+     ({"distill_candidates": -1}, "distill_candidates must be an integer >= 0, got -1"),
+     ({"distill_candidates": 2.0}, "distill_candidates"), ({"distill_states": True}, "distill_states"),
+     ({"distill_states": 0}, "distill_states must be an integer >= 1"),
+     ({"distill_weight": float("nan")}, "distill_weight must be a finite number")],
+)  # fmt: skip
+def test_bad_edp_settings_are_named(kw, message) -> None:
     with pytest.raises(ValueError, match=message):
         EDP(1, 1, **kw)
+
+
+def test_edp_distillation_targets_the_critics_best_candidate(bandit) -> None:
+    agent = EDP(1, 1, **SMALL, distill_candidates=6, distill_states=3)
+    ds = TransitionDataset(bandit(32))
+    agent.fit(ds)
+    agent.network.critic_target.q_min = lambda s, a: -(a - 0.3).pow(2).sum(-1)  # known Q: best action 0.3
+    state = torch.tensor([[1.0], [-1.0]])
+    torch.manual_seed(5)
+    best = agent.best_of_samples(state)
+    torch.manual_seed(5)
+    cand, _ = agent.scored_candidates(state, DISTILL_NOISE_SCALE * torch.randn(2, 6, 1), solver="ddim")
+    closest = cand[torch.arange(2), (cand - 0.3).abs().squeeze(-1).argmin(dim=-1)]
+    assert torch.equal(best, closest)
+    assert cand.std(dim=1).min() > 0  # the six candidates differ, so the pick is a real choice
+
+    tr = agent.transitions(ds.get_batch(np.arange(8)))
+    loss, info = agent.actor_loss(tr)
+    loss.backward()
+    assert info["distill_loss"] > 0
+    assert all(p.grad is None for p in agent.network.critic.parameters())
+    assert any(p.grad is not None for p in agent.actor.parameters())
 
 
 @pytest.mark.parametrize(
@@ -239,8 +268,9 @@ def test_agents_saved_before_the_critic_keys_load_with_their_mish_critics(tmp_pa
 def test_edp_saved_before_the_backup_key_loads_with_the_policy_backup(tmp_path, bandit) -> None:
     agent = EDP(1, 1, backup="policy", **SMALL)
     agent.fit(TransitionDataset(bandit(32)))
-    loaded = dc.load(_saved_without(agent, tmp_path / "old", ("backup", "expectile")))
-    assert loaded.hparams["backup"] == "policy"
+    distill = ("distill_candidates", "distill_states", "distill_weight")
+    loaded = dc.load(_saved_without(agent, tmp_path / "old", ("backup", "expectile", *distill)))
+    assert loaded.hparams["backup"] == "policy" and loaded.hparams["distill_candidates"] == 0
     assert loaded.network.actor_target is not None and loaded.network.value is None
     saved = agent.network.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in loaded.network.state_dict().items())

@@ -415,6 +415,22 @@ class OfflineRLAgent(Policy):
         net = actor if actor is not None else self.actor
         return net.sample(state, net.sigmas(cfg.steps, cfg.spacing), cfg.solver, generator, **cfg.options)
 
+    def scored_candidates(
+        self, state: torch.Tensor, noise: torch.Tensor, solver: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates ``(B, N, Da)`` sampled from normalized states ``(B, Ds)`` and start noise ``(B, N, Da)``
+        with the agent's sampler (``solver`` overrides its solver and drops its options), and their target
+        critic's ``min(Q1, Q2)`` ``(B, N)``; no gradient."""
+        bsz, n, da = noise.shape
+        cfg = self.sampler
+        rep = state.repeat_interleave(n, dim=0)
+        options = cfg.options if solver is None else {}
+        with torch.no_grad():
+            cand = self.actor.sample(rep, self.actor.sigmas(cfg.steps, cfg.spacing), solver or cfg.solver,
+                                     self._generator, noise.reshape(bsz * n, da), **options)  # fmt: skip
+            q = self.network.critic_target.q_min(rep, cand).reshape(bsz, n)
+        return cand.reshape(bsz, n, da), q
+
     # ----- acting --------------------------------------------------------------------------------------
     def _split(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         width = self.obs_dim + self.goal_dim
@@ -435,36 +451,24 @@ class OfflineRLAgent(Policy):
             raise ValueError("observation contains NaN or inf")
         o, g = self._split(obs)
         bsz, n = obs.shape[0], self.act_settings["n_candidates"]
-        state = self._state(o, g).repeat_interleave(n, dim=0)
         if noise is not None:
             if tuple(noise.shape) != (bsz, n, self.action_dim):
                 raise ValueError(
                     f"noise must have shape {(bsz, n, self.action_dim)}, got {tuple(noise.shape)}"
                 )
-            noise = noise.reshape(bsz * n, self.action_dim)
         else:
-            noise = torch.randn((bsz * n, self.action_dim), generator=self._generator)
-        noise = noise * self.act_settings["noise_scale"]
+            noise = torch.randn((bsz, n, self.action_dim), generator=self._generator)
         was_training = self.network.training
         self.network.eval()
         try:
-            cfg = self.sampler
-            cand = self.actor.sample(
-                state,
-                self.actor.sigmas(cfg.steps, cfg.spacing),
-                cfg.solver,
-                self._generator,
-                noise,
-                **cfg.options,
-            )
-            q = self.network.critic_target.q_min(state, cand).reshape(bsz, n)
+            cand, q = self.scored_candidates(self._state(o, g), noise * self.act_settings["noise_scale"])
         finally:
             self.network.train(was_training)
         if self.act_settings["selection"] == "argmax":
             pick = q.argmax(dim=-1)
         else:
             pick = softmax_pick(q, self.act_settings["temperature"], self._generator)
-        best = cand.reshape(bsz, n, self.action_dim)[torch.arange(bsz, device=device), pick]
+        best = cand[torch.arange(bsz, device=device), pick]
         return self._normalizer("action").unnormalize(best)
 
     def predict_chunk(

@@ -14,6 +14,13 @@ deterministic-gradient extraction of an IQL critic instead of IQL's advantage we
 ``policy`` backup does and trains faster, since no step samples the actor's chain (README, offline RL).
 ``policy`` (EDP on TD3 / Diffusion-QL, the default before) bootstraps from ``min Q_target(s', a')`` with
 ``a'`` sampled from the target actor; EDP agents saved before ``backup`` existed load with it.
+
+``distill_candidates > 0`` adds a self-distillation term to the actor loss: for ``distill_states`` states of
+the batch the actor samples that many low-noise DDIM candidates (start noise ``DISTILL_NOISE_SCALE``, as in
+the low-noise argmax act), the target critic picks the best, and the actor's denoising loss on that action is
+added with weight ``distill_weight``. It moves the act-time Q ranking into the actor itself (best-of-N policy
+improvement, as in SfBC's and IDQL's resampling, turned into a training target). 0 (the default) is EDP as
+published. Sampling the candidates costs the most, so only part of the batch gets them.
 """
 
 from __future__ import annotations
@@ -22,18 +29,25 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffctl.policies.offline_rl.common import LEGACY_HPARAMS, Transitions, open_unit_interval
+from diffctl.policies.offline_rl.common import (
+    LEGACY_HPARAMS,
+    Transitions,
+    finite_non_negative,
+    open_unit_interval,
+)
 from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL
 from diffctl.policies.offline_rl.idql import expectile_critic_loss
 
 BACKUPS = ("policy", "expectile")
+DISTILL_NOISE_SCALE = 0.5
+DISTILL_OFF = {"distill_candidates": 0, "distill_states": 64, "distill_weight": 1.0}
 
 
 class EDP(DiffusionQL):
     """Diffusion-QL with EDP's action approximation in the actor's Q term."""
 
-    extra_keys = ("eta", "backup", "expectile")
-    legacy_hparams: ClassVar[dict[str, Any]] = {**LEGACY_HPARAMS, "backup": "policy"}
+    extra_keys = ("eta", "backup", "expectile", "distill_candidates", "distill_states", "distill_weight")
+    legacy_hparams: ClassVar[dict[str, Any]] = {**LEGACY_HPARAMS, "backup": "policy", **DISTILL_OFF}
 
     def __init__(
         self,
@@ -44,16 +58,25 @@ class EDP(DiffusionQL):
         critic_inputs: str = "raw",
         backup: str = "expectile",
         expectile: float = 0.7,
+        distill_candidates: int = 0,
+        distill_states: int = 64,
+        distill_weight: float = 1.0,
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
         if backup not in BACKUPS:
             raise ValueError(f"{name} backup must be one of {BACKUPS}, got {backup!r}")
+        counts = {"distill_candidates": (distill_candidates, 0), "distill_states": (distill_states, 1)}
+        for key, (value, low) in counts.items():
+            if type(value) is not int or value < low:
+                raise ValueError(f"{name} {key} must be an integer >= {low}, got {value!r}")
         self.uses_value = backup == "expectile"
         self.uses_target_actor = backup == "policy"
         super().__init__(
             obs_dim, action_dim, critic_activation=critic_activation, critic_inputs=critic_inputs,
-            backup=backup, expectile=open_unit_interval(f"{name} expectile", expectile), **kwargs,
+            backup=backup, expectile=open_unit_interval(f"{name} expectile", expectile),
+            distill_candidates=distill_candidates, distill_states=distill_states,
+            distill_weight=finite_non_negative(f"{name} distill_weight", distill_weight), **kwargs,
         )  # fmt: skip
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
@@ -64,6 +87,23 @@ class EDP(DiffusionQL):
 
     def policy_actions(self, tr: Transitions) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor.denoise_step(tr.s, tr.a)
+
+    def best_of_samples(self, state: torch.Tensor) -> torch.Tensor:
+        """Per state ``(B, Ds)``, the target critic's best of ``distill_candidates`` low-noise DDIM samples of
+        the actor ``(B, Da)``; no gradient."""
+        n = self.hparams["distill_candidates"]
+        noise = DISTILL_NOISE_SCALE * torch.randn(state.shape[0], n, self.action_dim, device=state.device)
+        cand, q = self.scored_candidates(state, noise, solver="ddim")
+        return cand[torch.arange(state.shape[0], device=state.device), q.argmax(dim=-1)]
+
+    def actor_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, info = super().actor_loss(tr)
+        if self.hparams["distill_candidates"] == 0:
+            return loss, info
+        state = tr.s[: self.hparams["distill_states"]]
+        distill, _ = self.actor.denoise_step(state, self.best_of_samples(state))
+        info = {**info, "distill_loss": float(distill.detach().mean())}
+        return loss + self.hparams["distill_weight"] * distill.mean(), info
 
 
 EDP.merge_signature()
