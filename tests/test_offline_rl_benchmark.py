@@ -128,3 +128,17 @@ def test_rescore_scores_kept_agents_with_the_variants_their_runs_lack(tmp_path, 
     assert variants == {**old, **{v: {"normalized_score": 1.0} for v in new}}
     assert json.loads((runs / "b.json").read_text())["variants"] == old
     assert rescore(runs, kept) == []
+
+
+def test_missing_dataset_is_named_with_its_command_and_not_recorded(tmp_path, monkeypatch, capsys) -> None:
+    out, data = tmp_path / "results", tmp_path / "data"
+    argv = ["offline_rl.py", "--datasets", "hopper-medium", "--agents", "edp", "--data-dir", str(data),
+            "--out", str(out), "--d3rlpy-python", "/nonexistent/python"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert "hopper-medium" in str(exit_info.value.code)
+    err = capsys.readouterr().err
+    assert f"{data / 'hopper-medium.zarr'} does not exist" in err
+    assert f"diffctl data generate hopper-medium --out {data / 'hopper-medium.zarr'}" in err
+    assert json.loads((out / "offline_rl.json").read_text())["meta"]["commands"] == []
