@@ -74,8 +74,8 @@ def missing_dataset_message(name: str, data_dir: Path) -> str:
     path = data_dir / f"{name}.zarr"
     return (
         f"skip {name}: {path} does not exist; make it with `diffctl data generate {name} --out {path}` "
-        "(SAC via stable-baselines3, extra rl: about 25 SAC steps/s on one core, so 2-2.5 h for the 200k "
-        "steps; the SAC run is cached and shared by the task's datasets)"
+        "(a SAC run via stable-baselines3, extra rl, that takes hours; its time and cache are described in "
+        "diffctl.datasets.generators.locomotion)"
     )
 
 
