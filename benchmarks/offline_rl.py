@@ -235,7 +235,7 @@ def train_d3rlpy(
         n = args.episodes if step == args.steps else args.curve_episodes
         result = evaluate(TorchScriptAgent(run_dir / "peer" / f"policy-{step}.pt"), dataset, n, seed)
         curve.append({"step": step, "normalized_score": result["normalized_score"], "episodes": n})
-    return result, curve, float(info["train_steps_per_s"])
+    return {**result, "d3rlpy_version": info.get("d3rlpy")}, curve, float(info["train_steps_per_s"])
 
 
 def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespace, seed: int) -> dict:
@@ -250,6 +250,7 @@ def run_one(name: str, dataset: str, store: EpisodeStore, args: argparse.Namespa
         "success_rate": result["success_rate"], "act_latency_ms_p50": result["act_latency_ms_p50"],
         "act_latency_ms_p99": result["act_latency_ms_p99"], "episodes": args.episodes, "curve": curve,
         "curve_episodes": args.curve_episodes, "machine": machine(),
+        **({"d3rlpy_version": result["d3rlpy_version"]} if "d3rlpy_version" in result else {}),
         "behaviour_score": behaviour_score(store),
         "variants": {
             variant: {"act": VARIANTS[variant], "normalized_score": v["normalized_score"],
@@ -442,7 +443,12 @@ def markdown(summary: list[dict[str, Any]], speedups: dict[str, float], meta: di
         "# Offline RL: final-checkpoint D4RL normalized scores",
         "",
         f"Commands: {'; '.join(f'`{c}`' for c in meta['commands'])} on {meta['machine']} (one torch thread "
-        "per run, two runs at a time on a shared machine).",
+        "per run, two runs at a time on a shared machine)"
+        + (
+            f"; d3rlpy {', '.join(meta['d3rlpy_versions'])} in the runs that record it."
+            if meta.get("d3rlpy_versions")
+            else "."
+        ),
         "Score = the final checkpoint (diffctl: Trainer EMA weights at the last step; d3rlpy: last step), "
         "mean over seeds and evaluation episodes ± standard error over episodes, with the per-seed means "
         "beside it. 'Best during training' is the best point of the learning curve (fewer episodes per "
@@ -527,7 +533,8 @@ def write_summary(out: Path, command: str | None) -> str:
         commands.append(command)
     summary = summarize(with_variants(rows))
     speedups = edp_speedups(summary)
-    meta = {"commands": commands, "machine": machine()}
+    peer_versions = sorted({r["d3rlpy_version"] for r in rows if r.get("d3rlpy_version")})
+    meta = {"commands": commands, "machine": machine(), "d3rlpy_versions": peer_versions}
     runs = [{k: v for k, v in r.items() if k != "normalized_scores"} for r in rows]
     write_json(meta_path, {"meta": meta, "summary": summary, "edp_speedup": speedups, "runs": runs})
     text = markdown(summary, speedups, meta)

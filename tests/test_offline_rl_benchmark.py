@@ -142,3 +142,23 @@ def test_missing_dataset_is_named_with_its_command_and_not_recorded(tmp_path, mo
     assert f"{data / 'hopper-medium.zarr'} does not exist" in err
     assert f"diffctl data generate hopper-medium --out {data / 'hopper-medium.zarr'}" in err
     assert json.loads((out / "offline_rl.json").read_text())["meta"]["commands"] == []
+
+
+def peer_run(seed: int, **extra: str) -> dict:
+    return {"agent": "d3rlpy_iql", "dataset": "maze2d-umaze", "seed": seed, "steps": 100, "lr": 1e-3,
+            "options": {}, "normalized_score": 50.0, "normalized_scores": [50.0], "success_rate": 1.0,
+            "train_steps_per_s": 40.0, "act_latency_ms_p50": 0.1, "act_latency_ms_p99": 0.2,
+            "curve": [{"step": 100, "normalized_score": 50.0, "episodes": 1}], **extra}  # fmt: skip
+
+
+def test_summary_names_the_d3rlpy_version_its_runs_record(tmp_path) -> None:
+    runs = tmp_path / "offline_rl"
+    runs.mkdir()
+    (runs / "old.json").write_text(json.dumps(peer_run(0)))
+    bench.write_summary(tmp_path, None)
+    assert json.loads((tmp_path / "offline_rl.json").read_text())["meta"]["d3rlpy_versions"] == []
+    assert "d3rlpy 2" not in (tmp_path / "offline_rl.md").read_text()
+    (runs / "new.json").write_text(json.dumps(peer_run(1, d3rlpy_version="2.8.1")))
+    bench.write_summary(tmp_path, None)
+    assert json.loads((tmp_path / "offline_rl.json").read_text())["meta"]["d3rlpy_versions"] == ["2.8.1"]
+    assert "d3rlpy 2.8.1 in the runs that record it" in (tmp_path / "offline_rl.md").read_text()
