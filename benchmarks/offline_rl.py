@@ -439,16 +439,13 @@ def target_overview(summary: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown(summary: list[dict[str, Any]], speedups: dict[str, float], meta: dict) -> str:
+    versions = meta.get("d3rlpy_versions")
+    peer = f"; d3rlpy {', '.join(versions)} in the runs that record it" if versions else ""
     lines = [
         "# Offline RL: final-checkpoint D4RL normalized scores",
         "",
         f"Commands: {'; '.join(f'`{c}`' for c in meta['commands'])} on {meta['machine']} (one torch thread "
-        "per run, two runs at a time on a shared machine)"
-        + (
-            f"; d3rlpy {', '.join(meta['d3rlpy_versions'])} in the runs that record it."
-            if meta.get("d3rlpy_versions")
-            else "."
-        ),
+        f"per run, two runs at a time on a shared machine){peer}.",
         "Score = the final checkpoint (diffctl: Trainer EMA weights at the last step; d3rlpy: last step), "
         "mean over seeds and evaluation episodes ± standard error over episodes, with the per-seed means "
         "beside it. 'Best during training' is the best point of the learning curve (fewer episodes per "
