@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -486,16 +487,27 @@ def _fmt(value: float | None) -> str:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per dataset and step budget, one line per agent (mean over seeds of each evaluated step)."""
+    """A grid of panels, one row per dataset and one column per step budget, one line per agent (mean over
+    seeds of each evaluated step). Each agent keeps its colour in every panel; one legend below the grid."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["dataset"], r["steps"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (dataset, budget) in zip(axes[0], panels, strict=True):
+    datasets = sorted({r["dataset"] for r in rows})
+    budgets = sorted({r["steps"] for r in rows})
+    agents = sorted({label(r) for r in rows})
+    palette = plt.get_cmap("tab20")
+    colours = {agent: palette(i % palette.N) for i, agent in enumerate(agents)}
+    legend_h = 0.16 * (-(-(len(agents) + 1) // 3)) + 0.2
+    height = 3.0 * len(datasets) + legend_h
+    fig, axes = plt.subplots(len(datasets), len(budgets), figsize=(4.2 * len(budgets), height), squeeze=False)
+    for (i, dataset), (j, budget) in itertools.product(enumerate(datasets), enumerate(budgets)):
+        ax = axes[i][j]
         runs = [r for r in rows if r["dataset"] == dataset and r["steps"] == budget]
+        if not runs:
+            ax.set_visible(False)
+            continue
         for agent in sorted({label(r) for r in runs}):
             points: dict[int, list[float]] = {}
             for r in runs:
@@ -504,16 +516,21 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
                         points.setdefault(int(p["step"]), []).append(float(p["normalized_score"]))
             steps = sorted(points)
             ax.plot(steps, [np.mean(points[s]) for s in steps], marker="o", ms=3, label=agent,
-                    ls="--" if agent.split(" ")[0] in D3RLPY else "-")  # fmt: skip
-        data_score = next((r.get("behaviour_score") for r in rows if r["dataset"] == dataset), None)
+                    color=colours[agent], ls="--" if agent.split(" ")[0] in D3RLPY else "-")  # fmt: skip
+        data_score = next((r.get("behaviour_score") for r in runs), None)
         if data_score is not None:
             ax.axhline(data_score, color="grey", ls=":", lw=1, label="data policy")
         ax.set_title(f"{dataset}, {budget} steps", fontsize=9)
-        ax.set_xlabel("training step")
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylabel("D4RL normalized score", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("D4RL normalized score")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        handles, names = ax.get_legend_handles_labels()
+        legend.update({name: h for name, h in zip(names, handles, strict=True) if name not in legend})
+    names = sorted(legend, key=lambda name: (name == "data policy", name))
+    fig.legend([legend[n] for n in names], names, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110)

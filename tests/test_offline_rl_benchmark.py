@@ -162,3 +162,34 @@ def test_summary_names_the_d3rlpy_version_its_runs_record(tmp_path) -> None:
     bench.write_summary(tmp_path, None)
     assert json.loads((tmp_path / "offline_rl.json").read_text())["meta"]["d3rlpy_versions"] == ["2.8.1"]
     assert "d3rlpy 2.8.1 in the runs that record it" in (tmp_path / "offline_rl.md").read_text()
+
+
+def test_curves_grid_keeps_each_agent_colour_and_hides_empty_panels(tmp_path, monkeypatch) -> None:
+    import matplotlib.pyplot as plt
+
+    def run(dataset: str, agent: str, steps: int) -> dict:
+        curve = [{"step": s, "normalized_score": float(s)} for s in (steps // 2, steps)]
+        return {"dataset": dataset, "agent": agent, "lr": 1e-3, "steps": steps, "curve": curve,
+                "behaviour_score": 1.0}  # fmt: skip
+
+    rows = [
+        run("hopper-medium", "edp", 100),
+        run("hopper-medium", "idql", 100),
+        run("maze2d-umaze", "idql", 200),
+    ]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    bench.plot_curves(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = figures[0].axes
+    assert [ax.get_visible() for ax in axes] == [True, False, False, True]
+    colour = {ax.get_title(): {line.get_label(): line.get_color() for line in ax.lines} for ax in axes}
+    assert (
+        colour["hopper-medium, 100 steps"]["idql (lr 0.001)"]
+        == colour["maze2d-umaze, 200 steps"]["idql (lr 0.001)"]
+    )
+    assert (
+        colour["hopper-medium, 100 steps"]["edp (lr 0.001)"]
+        != colour["hopper-medium, 100 steps"]["idql (lr 0.001)"]
+    )
+    assert len(figures[0].legends[0].get_texts()) == 3
