@@ -29,6 +29,7 @@ import argparse
 import inspect
 import itertools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -499,7 +500,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     agents = sorted({label(r) for r in rows})
     palette = plt.get_cmap("tab20")
     colours = {agent: palette(i % palette.N) for i, agent in enumerate(agents)}
-    legend_h = 0.16 * (-(-(len(agents) + 1) // 3)) + 0.2
+    legend_h = 0.16 * math.ceil((len(agents) + 1) / 3) + 0.2  # inches: agents and the data line, 3 a row
     height = 3.0 * len(datasets) + legend_h
     fig, axes = plt.subplots(len(datasets), len(budgets), figsize=(4.2 * len(budgets), height), squeeze=False)
     for (i, dataset), (j, budget) in itertools.product(enumerate(datasets), enumerate(budgets)):
