@@ -50,7 +50,7 @@ from diffctl.train import TrainConfig, Trainer
 
 DIFFUSION = {"diffusion_ql": DiffusionQL, "idql": IDQL, "edp": EDP}
 D3RLPY = {"d3rlpy_iql": "iql", "d3rlpy_td3bc": "td3bc"}
-CRITIC_KEYS = ("critic_activation", "critic_inputs", "backup")
+PAIRED_KEYS = ("critic_activation", "critic_inputs", "backup", "eta")  # EDP / DiffusionQL speed pairs
 AGENTS = (*DIFFUSION, *D3RLPY)
 MAZES = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
 PEER_VENV = Path.home() / ".cache" / "diffctl" / "venvs" / "d3rlpy" / "bin" / "python"
@@ -352,17 +352,18 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def settings(method: str, options: dict[str, float | str]) -> tuple[tuple[str, Any], ...]:
-    """A diffctl agent's options with its own critic defaults filled in, so runs of different agents
-    compare like for like (EDP defaults to ReLU critics on raw states trained with IQL's expectile backup,
-    DiffusionQL to Mish on normalized states and always backs up through its target actor)."""
+    """A diffctl agent's options with its own defaults for ``PAIRED_KEYS`` filled in, so runs of different
+    agents compare like for like (EDP defaults to ReLU critics on raw states trained with IQL's expectile
+    backup and ``eta=10``, DiffusionQL to Mish on normalized states, ``eta=1``, and always backs up through
+    its target actor)."""
     params = inspect.signature(DIFFUSION[method]).parameters
-    full = {"backup": "policy"} | {k: params[k].default for k in CRITIC_KEYS if k in params} | options
+    full = {"backup": "policy"} | {k: params[k].default for k in PAIRED_KEYS if k in params} | options
     return tuple(sorted(full.items()))
 
 
 def edp_speedups(summary: list[dict[str, Any]]) -> dict[str, float]:
     """EDP training steps/s over DiffusionQL's, per dataset, steps, lr and critic (same data, steps, batch,
-    critics and critic target: the two differ only in how the actor's Q term reaches the actor)."""
+    critics, critic target and ``eta``: the two differ only in how the actor's Q term reaches the actor)."""
     runs = [s for s in summary if not s["variant"] and s["method"] in ("edp", "diffusion_ql")]
     speed = {(s["dataset"], s["steps"], s["lr"], settings(s["method"], s["options"]), s["method"]): s
              for s in runs}  # fmt: skip

@@ -113,6 +113,8 @@ def test_bad_inputs_give_clear_errors(bandit) -> None:
 @pytest.mark.parametrize("distill", [0, 4], ids=["plain", "distilled"])
 def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, bandit, distill) -> None:
     assert inspect.signature(EDP).parameters["backup"].default == "expectile"
+    etas = (inspect.signature(EDP).parameters["eta"].default, DiffusionQL(1, 1, **SMALL).hparams["eta"])
+    assert etas == (10, 1), "EDP's Q term defaults to 10 times the paper's (and DiffusionQL's) weight"
     ds = TransitionDataset(bandit())
     agent, summary = _train(EDP, ds, tmp_path, expectile=0.8, distill_candidates=distill)
     assert summary["step"] == 300 and np.isfinite(summary["loss"])
@@ -123,7 +125,8 @@ def test_edp_with_expectile_backup_overfits_bandit_and_round_trips(tmp_path, ban
         assert np.abs(np.array(actions) - 0.6 * s).max() < 0.25, (s, actions)
 
     loaded = dc.load(tmp_path / "EDP" / "checkpoint")
-    assert (loaded.hparams["backup"], loaded.hparams["expectile"]) == ("expectile", 0.8)
+    hp = loaded.hparams
+    assert (hp["backup"], hp["expectile"], hp["eta"]) == ("expectile", 0.8, 10)
     assert loaded.hparams["distill_candidates"] == distill
     state = torch.tensor([[1.0], [-1.0]])
     assert torch.equal(loaded.network.value(state), agent.network.value(state))

@@ -50,8 +50,8 @@ def test_bad_option_is_named(item: str) -> None:
         parse_options([item])
 
 
-def test_edp_speedup_pairs_runs_with_the_same_critics_and_backup() -> None:
-    mish = {"critic_activation": "mish", "critic_inputs": "normalized", "backup": "policy"}
+def test_edp_speedup_pairs_runs_with_the_same_critics_backup_and_eta() -> None:
+    mish = {"critic_activation": "mish", "critic_inputs": "normalized", "backup": "policy", "eta": 1}
     relu = {"critic_activation": "relu", "critic_inputs": "raw"}
 
     def row(method: str, options: dict[str, str], speed: float) -> dict:
@@ -60,13 +60,16 @@ def test_edp_speedup_pairs_runs_with_the_same_critics_and_backup() -> None:
                 "options": options, "variant": None, "train_steps_per_s": speed}  # fmt: skip
 
     summary = [row("diffusion_ql", {}, 10.0), row("edp", mish, 15.0), row("edp", {}, 18.0)]
-    mish_key = "lr 0.001, backup policy, critic_activation mish, critic_inputs normalized"
+    mish_key = "lr 0.001, backup policy, critic_activation mish, critic_inputs normalized, eta 1"
     key = f"hopper-medium 100 steps ({mish_key})"
     assert edp_speedups(summary) == {key: 1.5}
     summary.append(row("diffusion_ql", relu, 12.0))
     assert edp_speedups(summary) == {key: 1.5}, "EDP's default expectile backup has no DiffusionQL twin"
-    summary.append(row("edp", {"backup": "policy"}, 24.0))
-    assert edp_speedups(summary) == {key: 1.5, "hopper-medium 100 steps (lr 0.001, backup policy)": 2.0}
+    summary.append(row("edp", {"backup": "policy"}, 20.0))
+    assert edp_speedups(summary) == {key: 1.5}, "EDP's default eta=10 has no DiffusionQL twin"
+    summary.append(row("edp", {"backup": "policy", "eta": 1}, 24.0))
+    policy_key = "hopper-medium 100 steps (lr 0.001, backup policy, eta 1)"
+    assert edp_speedups(summary) == {key: 1.5, policy_key: 2.0}
 
 
 def test_seed_difference_is_over_seed_means() -> None:
