@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from diffctl.envs.maze import MazeLayout, maze_layout
-from diffctl.envs.registry import get_task
+from diffctl.envs.tasks import get_task
 
 
 class WaypointController:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from diffctl.envs.registry import TaskSpec, get_task, register_robotics_envs
+from diffctl.envs.tasks import TaskSpec, get_task, register_robotics_envs
 
 VELOCITY_LIMIT = 5.0
 POSITION_NOISE = 0.25

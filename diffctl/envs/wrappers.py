@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from diffctl.envs.registry import TaskSpec, register_robotics_envs
+from diffctl.envs.tasks import TaskSpec, register_robotics_envs
 
 RENDER_SIZE = 256
 

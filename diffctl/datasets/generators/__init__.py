@@ -10,13 +10,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-MAZE_DATASETS = ("maze2d-umaze", "maze2d-medium", "maze2d-large")
-LOCOMOTION_TASKS = ("hopper", "halfcheetah", "walker2d")
-LOCOMOTION_KINDS = ("medium", "medium-replay", "expert", "medium-expert")
-LOCOMOTION_DATASETS = tuple(f"{t}-{k}" for t in LOCOMOTION_TASKS for k in LOCOMOTION_KINDS)
-DATASETS = MAZE_DATASETS + LOCOMOTION_DATASETS
+from diffctl.datasets.generators.catalog import (
+    DATASETS,
+    LOCOMOTION_DATASETS,
+    LOCOMOTION_KINDS,
+    LOCOMOTION_TASKS,
+    MAZE_DATASETS,
+)
 
-__all__ = ["DATASETS", "generate"]
+__all__ = [
+    "DATASETS",
+    "LOCOMOTION_DATASETS",
+    "LOCOMOTION_KINDS",
+    "LOCOMOTION_TASKS",
+    "MAZE_DATASETS",
+    "generate",
+]
 
 
 def generate(

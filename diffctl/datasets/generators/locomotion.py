@@ -66,7 +66,7 @@ def _require_sb3() -> Any:
 
 
 def _split(name: str) -> tuple[str, str]:
-    from diffctl.datasets.generators import LOCOMOTION_KINDS, LOCOMOTION_TASKS
+    from diffctl.datasets.generators.catalog import LOCOMOTION_KINDS, LOCOMOTION_TASKS
 
     for task in LOCOMOTION_TASKS:
         kind = name[len(task) + 1 :]
@@ -359,8 +359,8 @@ def generate_locomotion(
     ``episodes`` caps the number of rollout episodes (``steps`` is the transition budget per policy).
     """
     _require_sb3()
-    from diffctl.datasets import EpisodeStore
     from diffctl.datasets.generators.card import make_card
+    from diffctl.datasets.store import EpisodeStore
     from diffctl.envs.registry import get_task, normalized_score
 
     if budget not in BUDGETS:

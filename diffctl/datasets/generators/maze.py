@@ -167,8 +167,8 @@ def generate_maze(
     progress: bool = True,
 ) -> Any:
     """Write a maze2d dataset to ``out``; ``size="d4rl"`` gives D4RL's step count (1M / 2M / 4M)."""
-    from diffctl.datasets import EpisodeStore
     from diffctl.datasets.generators.card import make_card
+    from diffctl.datasets.store import EpisodeStore
     from diffctl.envs.registry import get_task
 
     if action_noise < 0 or goal_radius <= 0:
