@@ -6,6 +6,10 @@ batch 1 with one torch thread, so the measured ``act`` latency is what one contr
 ``agent.seed`` when the agent has one), so results do not depend on the number of workers. Maze tasks follow
 D4RL: the goal is fixed at the task's evaluation cell for the whole episode, the episode runs to its limit,
 the reward is 1 per step within 0.5 of the goal, and success means the goal was reached.
+
+The video and the trajectory plot are optional outputs: when their backend is missing (imageio /
+imageio-ffmpeg, matplotlib) or fails (rendering, the writer), ``evaluate`` emits one warning naming what was
+skipped and why, and still returns its results, with ``video_path`` / ``plot_path`` None.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
-from diffctl.envs.registry import TaskSpec, get_task, normalized_score
+from diffctl.envs.registry import TaskSpec, get_task, make_env, normalized_score
 
 _WORKER: dict[str, Any] = {}
 
@@ -36,6 +41,20 @@ def _seed_everything(agent: Any, value: int) -> None:
     seed_fn = getattr(agent, "seed", None)
     if callable(seed_fn):
         seed_fn(value)
+
+
+def _one_line(err: BaseException | str) -> str:
+    """An error as one line of text (some writers raise multi-line messages)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if isinstance(err, BaseException) else text
+
+
+def _skipped(what: str, path: Any, reason: BaseException | str) -> None:
+    """One warning line: which optional output of ``evaluate`` was skipped, and why (points at its caller)."""
+    warnings.warn(
+        f"evaluate: {what} {os.fspath(path)} skipped ({_one_line(reason)}); the evaluation results are kept",
+        stacklevel=3,
+    )
 
 
 def _reset_options(spec: TaskSpec, goal_cell: Any) -> dict[str, Any] | None:
@@ -56,13 +75,29 @@ def run_episode(
     frame_stride: int = 2,
 ) -> dict[str, Any]:
     """One episode to termination or the time limit; returns return, success, length, latencies (s),
-    the xy trajectory and goal for mazes, and every ``frame_stride``-th rendered frame when ``record``."""
+    the xy trajectory and goal for mazes, and every ``frame_stride``-th rendered frame when ``record``.
+
+    Frames are optional: when ``env.render`` fails the episode goes on unrecorded, with ``frames`` empty and
+    the error in ``render_error``.
+    """
     ep_seed = episode_seed(seed, index)
     _seed_everything(agent, ep_seed)
     obs, info = env.reset(seed=ep_seed, options=_reset_options(spec, goal_cell))
     agent.reset()
     latencies: list[float] = []
-    frames = [env.render()] if record else []
+    frames: list[Any] = []
+    render_error: str | None = None
+
+    def capture() -> None:
+        nonlocal record, render_error
+        try:
+            frames.append(env.render())
+        except Exception as err:
+            record, render_error = False, _one_line(err)
+            frames.clear()
+
+    if record:
+        capture()
     xy = [np.asarray(obs[:2], dtype=np.float64)] if spec.is_maze else []
     total, success, terminated, truncated = 0.0, False, False, False
     while not (terminated or truncated):
@@ -81,7 +116,7 @@ def run_episode(
         if spec.is_maze:
             xy.append(np.asarray(obs[:2], dtype=np.float64))
         if record and (len(latencies) % frame_stride == 0 or terminated or truncated):
-            frames.append(env.render())
+            capture()
     if spec.kind == "locomotion":
         success = not terminated
     result: dict[str, Any] = {
@@ -94,8 +129,10 @@ def run_episode(
     if spec.is_maze:
         result["trajectory"] = np.stack(xy).astype(np.float32)
         result["goal"] = np.asarray(info["goal"], dtype=np.float32)
-    if record:
+    if record or render_error is not None:
         result["frames"] = frames
+    if render_error is not None:
+        result["render_error"] = render_error
     return result
 
 
@@ -113,8 +150,6 @@ def _local_init(agent: Any, task: str, env_kwargs: dict[str, Any]) -> None:
 
 
 def _env(render: bool) -> Any:
-    from diffctl.envs.registry import make_env
-
     envs = _WORKER["envs"]
     if render not in envs:
         envs[render] = make_env(
@@ -168,7 +203,8 @@ def evaluate(
     evaluation cell, ``None`` draws a goal per episode, or a (row, col). ``video_path`` (.mp4/.gif)
     records episode 0; ``plot_path`` (mazes) draws every trajectory over the maze. Returns
     success_rate, mean_return, normalized_score (None when the task has no D4RL reference),
-    act_latency_ms_{p50,p99,mean} and the per-episode lists.
+    act_latency_ms_{p50,p99,mean} and the per-episode lists, plus ``video_path`` / ``plot_path`` when they
+    were asked for: the written file, or None when it was skipped (one warning says why).
     """
     spec = get_task(task)
     if not hasattr(agent, "act") or not hasattr(agent, "reset"):
@@ -178,15 +214,21 @@ def evaluate(
     episodes = int(episodes)
     if plot_path is not None and not spec.is_maze:
         raise ValueError(f"plot_path: trajectory plots exist for maze tasks only, not {spec.name!r}")
+    video_skip: BaseException | str | None = None
     if video_path is not None:
-        from diffctl.envs.video import check_video_path
+        from diffctl.envs.video import check_video_path, video_backend
 
         check_video_path(video_path)
+        try:
+            video_backend(video_path)  # checked before the episodes, so none renders frames for nothing
+        except ImportError as err:
+            video_skip = err
     workers = min(2, episodes) if n_workers is None else min(int(n_workers), episodes)
     if workers < 0:
         raise ValueError(f"n_workers must be >= 0, got {n_workers}")
     env_kwargs = dict(env_kwargs or {})
-    jobs = [(int(seed), i, goal_cell, video_path is not None and i == 0) for i in range(episodes)]
+    record = video_path is not None and video_skip is None
+    jobs = [(int(seed), i, goal_cell, record and i == 0) for i in range(episodes)]
     started = time.perf_counter()
     if workers == 0:
         _local_init(agent, spec.name, env_kwargs)
@@ -223,17 +265,30 @@ def evaluate(
     if spec.is_maze:
         out["goal_threshold"] = spec.success_threshold
     if video_path is not None:
-        from diffctl.envs.video import write_video
+        out["video_path"] = None
+        if video_skip is None and "render_error" in results[0]:
+            video_skip = f"rendering failed: {results[0]['render_error']}"
+        if video_skip is None:
+            from diffctl.envs.video import write_video
 
-        out["video_path"] = str(write_video(video_path, results[0]["frames"], fps=video_fps))
+            try:
+                out["video_path"] = str(write_video(video_path, results[0]["frames"], fps=video_fps))
+            except Exception as err:
+                video_skip = err
+        if video_skip is not None:
+            _skipped("video", video_path, video_skip)
     if plot_path is not None:
-        from diffctl.envs.video import plot_maze_trajectories
-
         title = f"{spec.name}: success {out['success_rate']:.2f}, return {mean_return:.1f}"
-        out["plot_path"] = str(
-            plot_maze_trajectories(
-                plot_path, spec.name, [r["trajectory"] for r in results], [r["goal"] for r in results],
-                successes, title,
-            )
-        )  # fmt: skip
+        try:
+            from diffctl.envs.video import plot_maze_trajectories
+
+            out["plot_path"] = str(
+                plot_maze_trajectories(
+                    plot_path, spec.name, [r["trajectory"] for r in results], [r["goal"] for r in results],
+                    successes, title,
+                )
+            )  # fmt: skip
+        except Exception as err:
+            out["plot_path"] = None
+            _skipped("plot", plot_path, err)
     return out

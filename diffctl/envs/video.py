@@ -21,10 +21,25 @@ def check_video_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def video_backend(path: str | os.PathLike[str]) -> Any:
+    """``imageio.v2`` when it can write ``path``'s format (.gif: imageio; .mp4: imageio and imageio-ffmpeg);
+    otherwise an ImportError naming what to install."""
+    p = check_video_path(path)
+    mp4 = p.suffix.lower() == ".mp4"
+    try:
+        import imageio.v2 as imageio
+
+        if mp4:
+            import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin writes the libx264 mp4)
+    except ImportError as err:
+        need = "imageio and imageio-ffmpeg" if mp4 else "imageio"
+        raise ImportError(f"{p.suffix} videos need {need} (pip install diffctl[sim]); {err}") from err
+    return imageio
+
+
 def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps: int = 30) -> Path:
     """Write RGB frames (H, W, 3 uint8) to ``path`` (.mp4 or .gif) atomically."""
-    import imageio.v2 as imageio
-
+    imageio = video_backend(path)
     p = check_video_path(path)
     if len(frames) == 0:
         raise ValueError(f"no frames to write to {p}")
