@@ -62,7 +62,7 @@ class GaussianProbe(nn.Module):
         x = torch.as_tensor(np.asarray(obs, np.float32))[None]
         o, g = self.agent._split(x)
         action = torch.tanh(self.mean(self.agent._state(o, g)))
-        return self.agent._normalizer("action").unnormalize(action)[0].numpy()
+        return self.agent.normalizer("action").unnormalize(action)[0].numpy()
 
 
 def fit_probe(

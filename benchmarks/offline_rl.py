@@ -26,7 +26,6 @@ invocations (one per core) can share an output folder; every invocation then reb
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import math
@@ -356,8 +355,8 @@ def settings(method: str, options: dict[str, float | str]) -> tuple[tuple[str, A
     agents compare like for like (EDP defaults to ReLU critics on raw states trained with IQL's expectile
     backup and ``eta=10``, DiffusionQL to Mish on normalized states, ``eta=1``, and always backs up through
     its target actor)."""
-    params = inspect.signature(DIFFUSION[method]).parameters
-    full = {"backup": "policy"} | {k: params[k].default for k in PAIRED_KEYS if k in params} | options
+    defaults = DIFFUSION[method].config_class.defaults()
+    full = {"backup": "policy"} | {k: defaults[k] for k in PAIRED_KEYS if k in defaults} | options
     return tuple(sorted(full.items()))
 
 

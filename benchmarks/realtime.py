@@ -91,7 +91,7 @@ def forward_pass(policy: Any, fused: bool = False) -> Any:
     sigma = torch.ones(1)
     with torch.no_grad():
         if hasattr(policy, "buffer_len"):
-            denoise = policy._conditioned(hist)
+            denoise = policy.conditioned_denoiser(torch.as_tensor(hist, dtype=torch.float32))
         else:
             denoise = conditioned_denoiser(policy, hist)
         if fused:
@@ -223,7 +223,7 @@ def anatomy_rows(cp_ckpt: Path, stream_ckpt: Path, task: str) -> dict[str, dict[
     rows = {
         "consistency-1": tick_anatomy(
             RealTimePolicy(cp, seam="naive", replan_every=1),
-            lambda: run_fused_chunk(cp, hist, cp._grid(), noise, None), obs,
+            lambda: run_fused_chunk(cp, hist, cp.grid(), noise, None), obs,
         )
     }  # fmt: skip
     stream = dc.load(stream_ckpt, fused=True)

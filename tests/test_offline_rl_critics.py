@@ -111,7 +111,7 @@ def _train_critic(agent, ds, steps: int = 1400) -> None:
 @torch.no_grad()
 def _q_of(agent, state: int, action: float) -> float:
     s = agent._state(torch.eye(3)[state : state + 1], None)
-    a = agent._normalizer("action").normalize(torch.tensor([[action]]))
+    a = agent.normalizer("action").normalize(torch.tensor([[action]]))
     return float(agent.network.critic.q_min(s, a))
 
 
@@ -149,7 +149,7 @@ def test_diffusion_ql_critic_target_with_oracle_next_actions(monkeypatch: pytest
     def oracle(state: torch.Tensor, actor=None, generator=None) -> torch.Tensor:
         idx = state.argmax(dim=-1).tolist()
         raw = torch.tensor([[act_of.get(i, 0.0)] for i in idx])
-        return agent._normalizer("action").normalize(raw)
+        return agent.normalizer("action").normalize(raw)
 
     monkeypatch.setattr(agent, "sample_actions", oracle)
     _train_critic(agent, ds)
@@ -167,7 +167,7 @@ def test_idql_advantage_weights_follow_the_learned_critic() -> None:
     tr = agent.transitions(batch)
     log_ratio = torch.log(agent.advantage_weights(tr)[a_minus] / agent.advantage_weights(tr)[a_plus])
     assert float(log_ratio) / 0.5 == pytest.approx(9.5 - 0.9, abs=0.6)  # Q(A,-1) - Q(A,+1); V cancels
-    agent.hparams["awr_beta"] = 5.0
+    agent.config = agent.config.replace(awr_beta=5.0)
     weights = agent.advantage_weights(tr)
     assert float(weights[a_minus]) == 100.0  # exp(5 * 2.6) clipped at AWR_MAX_WEIGHT
     assert float(weights[a_plus]) < 1e-6
@@ -176,7 +176,7 @@ def test_idql_advantage_weights_follow_the_learned_critic() -> None:
 def _share_of_better_action(agent: IDQL, ds: TransitionDataset, awr_beta: float) -> float:
     """Train the actor with ``awr_beta`` against the agent's (already trained) critic and return the share
     of sampled actions in state A that are the high-Q action -1 (the data holds -1 and +1 once each)."""
-    agent.hparams["awr_beta"] = awr_beta
+    agent.config = agent.config.replace(awr_beta=awr_beta)
     opt = torch.optim.Adam(agent.network.actor.parameters(), lr=3e-3)
     tr = agent.transitions(ds.get_batch(np.repeat(np.arange(len(ds)), 64)))
     for _ in range(400):

@@ -172,7 +172,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         Diffuser(STATE + GOAL, ACT, goal_dim=GOAL, horizon=H, goal_dims=[0, 7])
     with pytest.raises(ValueError, match="condition 'goal' needs goal_dim"):
         DecisionDiffuser(STATE, ACT, horizon=H, condition="goal")
-    with pytest.raises(ValueError, match="sampler steps"):
+    with pytest.raises(ValueError, match=r"sampler\.steps"):
         Diffuser(STATE, ACT, horizon=H, sampler={"steps": 0})
     with pytest.raises(ValueError, match="noise must have shape"):
         planner.plan(np.zeros(6), noise=torch.zeros(1, H, 3))

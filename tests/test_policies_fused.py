@@ -167,7 +167,7 @@ def test_noise_level_work_is_folded_out_of_the_graph():
     hist = torch.from_numpy(histories(goal=False))
     x, sigma = torch.zeros(1, H, ACT), torch.ones(1)
     forward = trace_frozen(conditioned_denoiser(pol, hist), pol.network, (x, sigma), "forward")
-    chunk, _ = fused_chunk_sampler(pol, pol._grid(), hist, warm=False)
+    chunk, _ = fused_chunk_sampler(pol, pol.grid(), hist, warm=False)
 
     def linears(graph) -> int:
         return sum(n.kind() == "aten::linear" for n in graph.graph.nodes())

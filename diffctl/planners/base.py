@@ -13,24 +13,19 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from diffctl.core.config import Config, Configurable
+from diffctl.core.persistence import agent_config, build_agent, read_agent_config, write_agent_dir
+from diffctl.core.sampler import SamplerConfig, refuse_fused
+from diffctl.core.seeding import SeededSampler
 from diffctl.datasets.normalizer import Normalizer
-from diffctl.policies.base import (
-    SamplerConfig,
-    SeededSampler,
-    agent_config,
-    build_agent,
-    read_agent_config,
-    write_agent_dir,
-)
-from diffctl.policies.fused import refuse_fused
 
 VERSION = 1
 EDM_NOISE_SCALE = 250.0
@@ -94,59 +89,115 @@ def check_positive(owner: str, **values: Any) -> None:
             raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
 
 
-class Planner(SeededSampler, ABC):
-    """Base of trajectory planners; subclasses build ``network`` and implement ``plan``, ``loss`` and the
-    tracking action ``_track_action``. Hyperparameters live in ``self.hparams`` (saved in ``config.json``)."""
+@dataclass
+class PlannerConfig(Config):
+    """Settings every planner shares: dimensions, the denoiser's EDM settings and plan execution."""
+
+    section: ClassVar[str] = "Planner"
+
+    obs_dim: int
+    """Observation features: the state, then the goal when the task has one (read off the data)."""
+    action_dim: int
+    """Action features (read off the data)."""
+    goal_dim: int = 0
+    """Goal features at the end of the observation."""
+    horizon: int = 64
+    """Planned steps (the training window)."""
+    state_dim: int | None = None
+    """State features (None: ``obs_dim - goal_dim``)."""
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the denoiser backbone."""
+    sigma_data: float = 0.5
+    """EDM data standard deviation."""
+    p_mean: float = -1.2
+    """EDM training noise: ln sigma ~ N(p_mean, p_std^2)."""
+    p_std: float = 1.2
+    """EDM training noise spread."""
+    discount: float = 0.99
+    """Discount of the returns-to-go the planner models."""
+    n_plans: int = 1
+    """Plans sampled per decision (the best is executed)."""
+    replan_every: int = 0
+    """Steps between replans (0: only when the plan is used up)."""
+    replan_threshold: float | None = None
+    """Replan as soon as the state leaves the plan by more than this (normalized units)."""
+    tracking: Literal["auto", "plan", "pd", "inverse_dynamics"] = "auto"
+    """How plans become actions: the planned actions, a PD law on the next waypoint, or inverse dynamics."""
+    kp: float = 1.0
+    """PD tracking: gain on the position error."""
+    kd: float = 1.0
+    """PD tracking: gain on the velocity error."""
+    seed: int = 0
+    """Seed of the networks' initial weights."""
+
+    def validate(self) -> None:
+        name = self.section
+        for key in ("obs_dim", "action_dim", "horizon", "n_plans"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{name} {key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.goal_dim < 0:
+            raise ValueError(f"{name} goal_dim must be an integer >= 0, got {self.goal_dim!r}")
+        if self.horizon < 2:
+            raise ValueError(f"{name} horizon must be >= 2 (a plan needs a next state), got {self.horizon}")
+        if self.state_dim is None:
+            self.state_dim = self.obs_dim - self.goal_dim
+        if not 1 <= self.state_dim <= self.obs_dim:
+            raise ValueError(
+                f"{name} state_dim must be in [1, obs_dim={self.obs_dim}], got {self.state_dim!r}"
+            )
+        if self.goal_dim > self.state_dim:
+            raise ValueError(f"{name} goal_dim={self.goal_dim} exceeds state_dim={self.state_dim}")
+        if self.replan_every < 0:
+            raise ValueError(f"{name} replan_every must be an integer >= 0, got {self.replan_every!r}")
+        if self.replan_threshold is not None and not self.replan_threshold > 0:
+            raise ValueError(f"{name} replan_threshold must be None or > 0, got {self.replan_threshold!r}")
+        if not 0.0 <= self.discount <= 1.0:
+            raise ValueError(f"{name} discount must be in [0, 1], got {self.discount}")
+
+
+class Planner(Configurable, SeededSampler, ABC):
+    """Base of trajectory planners: a typed ``config_class``, a ``network`` built by ``build_network``
+    (seeded by ``config.seed``), ``plan``, ``loss`` and the tracking action ``_track_action``."""
 
     network: nn.Module
+    config_class: ClassVar[type[PlannerConfig]] = PlannerConfig
     INFERENCE_KEYS: ClassVar[tuple[str, ...]] = ("n_plans", "replan_every", "replan_threshold", "tracking")
 
-    def _init_common(
+    def __init__(
         self,
         obs_dim: int,
         action_dim: int,
-        goal_dim: int,
-        horizon: int,
-        state_dim: int | None,
-        sampler: SamplerConfig | Mapping[str, Any] | None,
-        normalizers: Mapping[str, Normalizer] | None,
+        *,
+        sampler: SamplerConfig | Mapping[str, Any] | None = None,
+        normalizers: Mapping[str, Normalizer] | None = None,
+        **settings: Any,
     ) -> None:
-        name = type(self).__name__
-        check_positive(name, obs_dim=obs_dim, action_dim=action_dim, horizon=horizon)
-        if not isinstance(goal_dim, int) or goal_dim < 0:
-            raise ValueError(f"{name} goal_dim must be an integer >= 0, got {goal_dim!r}")
-        if horizon < 2:
-            raise ValueError(f"{name} horizon must be >= 2 (a plan needs a next state), got {horizon}")
-        state_dim = obs_dim - goal_dim if state_dim is None else state_dim
-        if not isinstance(state_dim, int) or not 1 <= state_dim <= obs_dim:
-            raise ValueError(f"{name} state_dim must be in [1, obs_dim={obs_dim}], got {state_dim!r}")
-        if goal_dim > state_dim:
-            raise ValueError(f"{name} goal_dim={goal_dim} exceeds state_dim={state_dim}")
-        self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
-        self.state_dim, self.horizon = state_dim, horizon
+        self.config = self.config_class.from_dict({"obs_dim": obs_dim, "action_dim": action_dim, **settings})
+        cfg = self.config
+        self.obs_dim, self.action_dim, self.goal_dim = cfg.obs_dim, cfg.action_dim, cfg.goal_dim
+        self.state_dim, self.horizon = int(cfg.state_dim), cfg.horizon
         self.sampler = (
             sampler if isinstance(sampler, SamplerConfig) else SamplerConfig.from_dict(sampler or {})
         )
-        refuse_fused(self.sampler, name)
+        refuse_fused(self.sampler, type(self).__name__)
         self.normalizers: dict[str, Normalizer] = dict(normalizers or {})
-        self._check_inference()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.network = self.build_network()
+        if self.tracking_mode() == "pd" and self.state_dim < 2 * self.action_dim:
+            raise ValueError(
+                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
+                f"= {2 * self.action_dim}, got state_dim={self.state_dim}"
+            )
         self.seed(self.sampler.seed)
         self.reset()
 
-    def _check_inference(self) -> None:
-        hp, name = self.hparams, type(self).__name__
-        if not isinstance(hp["n_plans"], int) or hp["n_plans"] < 1:
-            raise ValueError(f"{name} n_plans must be a positive integer, got {hp['n_plans']!r}")
-        if not isinstance(hp["replan_every"], int) or hp["replan_every"] < 0:
-            raise ValueError(f"{name} replan_every must be an integer >= 0, got {hp['replan_every']!r}")
-        thr = hp["replan_threshold"]
-        if thr is not None and not (isinstance(thr, int | float) and thr > 0):
-            raise ValueError(f"{name} replan_threshold must be None or > 0, got {thr!r}")
-        if hp["tracking"] not in TRACKING_MODES:
-            raise ValueError(f"{name} tracking must be one of {TRACKING_MODES}, got {hp['tracking']!r}")
+    @abstractmethod
+    def build_network(self) -> nn.Module:
+        """The trainable networks, built from ``config`` (the global RNG is seeded and restored around it)."""
 
     # ----- observations and normalizers ----------------------------------------------------------------
-    def _normalizer(self, key: str) -> Normalizer:
+    def normalizer(self, key: str) -> Normalizer:
         if key not in self.normalizers:
             raise ValueError(
                 f"{type(self).__name__} has no {key!r} normalizer; call fit_normalizers(...) before use"
@@ -315,7 +366,7 @@ class Planner(SeededSampler, ABC):
             mask,
             float(self.hparams["discount"]),
         )
-        return self._normalizer("returns").normalize(ret[:, None])[:, 0]
+        return self.normalizer("returns").normalize(ret[:, None])[:, 0]
 
     # ----- the planning interface ----------------------------------------------------------------------
     @abstractmethod
@@ -367,13 +418,13 @@ class Planner(SeededSampler, ABC):
         if arr.ndim != 1:
             raise ValueError(f"act() takes one observation of shape (D,), got {arr.shape}")
         state, _ = self.split_obs(arr)
-        state_norm = self._normalizer("state").normalize(state)
+        state_norm = self.normalizer("state").normalize(state)
         if self._needs_plan(state_norm):
             init = None
             if self.sampler.warm_start > 0 and self._plan is not None and self._plan.trajectory is not None:
                 init = shift_trajectory(self._plan.trajectory[:, 0], self._t)
             self._plan = self.plan(arr, init=init)
-            self._plan_norm = self._normalizer("state").normalize(self._plan.states[0, 0])
+            self._plan_norm = self.normalizer("state").normalize(self._plan.states[0, 0])
             self._t = 0
             self.replans += 1
         action = self._track_action(state, self._t)
@@ -390,13 +441,13 @@ class Planner(SeededSampler, ABC):
         return a.cpu().numpy()
 
     # ----- persistence ---------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
+    def config_json(self) -> dict[str, Any]:
         """Everything needed to rebuild this planner (the content of ``config.json``)."""
         return agent_config(self, VERSION)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into the directory ``path`` atomically."""
-        return write_agent_dir(path, self.config(), self.network.state_dict())
+        return write_agent_dir(path, self.config_json(), self.network.state_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> Planner:

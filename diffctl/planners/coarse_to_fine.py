@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from diffctl.datasets.normalizer import Normalizer
+from diffctl.core.modules import eval_mode
 from diffctl.kernels.denoisers import EDMDenoiser
 from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
-from diffctl.planners.base import Plan, ScaledNoiseNet, check_positive, clean_conditioned
-from diffctl.planners.diffuser import TrajectoryPlanner, goal_dims_or_default
+from diffctl.planners.base import Plan, PlannerConfig, ScaledNoiseNet, clean_conditioned
+from diffctl.planners.diffuser import TrajectoryPlanner, TrajectoryPlannerConfig
 from diffctl.planners.value import ValueNet
-from diffctl.policies.base import SamplerConfig, eval_mode
 
 
 def level_strides(points: int, levels: int) -> list[int]:
@@ -49,6 +49,34 @@ class CoarseToFineNet(nn.Module):
         self.value = value
 
 
+@dataclass
+class CoarseToFineConfig(TrajectoryPlannerConfig):
+    """Settings of ``CoarseToFineDiffuser``: ``levels`` plans of ``points`` states, coarse to fine."""
+
+    section: ClassVar[str] = "CoarseToFineDiffuser"
+
+    horizon: int = 65
+    points: int = 9
+    """States per level's plan."""
+    levels: int = 2
+    """Refinement levels; ``horizon`` must be ``(points - 1) ** levels + 1``."""
+    value_scale: float = 0.0
+
+    def validate(self) -> None:
+        name = self.section
+        if self.points < 2:
+            raise ValueError(f"{name} points must be >= 2, got {self.points}")
+        if self.levels < 1:
+            raise ValueError(f"{name} levels must be a positive integer, got {self.levels}")
+        span = (self.points - 1) ** self.levels + 1
+        if self.horizon != span:
+            raise ValueError(
+                f"{name} horizon must be (points - 1) ** levels + 1 = {span} for points={self.points}, "
+                f"levels={self.levels}; got horizon={self.horizon} (set task.horizon to match)"
+            )
+        super().validate()
+
+
 class CoarseToFineDiffuser(TrajectoryPlanner):
     """Diffuser with DiffuserLite's plan refinement: ``levels`` plans of ``points`` states, coarse to fine.
 
@@ -59,64 +87,22 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
     waypoint for maze-like goal tasks, the planned actions otherwise); warm starts are not supported.
     """
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        goal_dim: int = 0,
-        horizon: int = 65,
-        points: int = 9,
-        levels: int = 2,
-        state_dim: int | None = None,
-        goal_dims: Sequence[int] | None = None,
-        backbone_kwargs: Mapping[str, Any] | None = None,
-        sigma_data: float = 0.5,
-        p_mean: float = -1.2,
-        p_std: float = 1.2,
-        value: bool | None = None,
-        value_hidden: int = 256,
-        value_depth: int = 2,
-        value_weight: float = 1.0,
-        value_scale: float = 0.0,
-        value_sigma_min: float = 0.05,
-        discount: float = 0.99,
-        n_plans: int = 1,
-        replan_every: int = 0,
-        replan_threshold: float | None = None,
-        tracking: str = "auto",
-        kp: float = 1.0,
-        kd: float = 1.0,
-        seed: int = 0,
-        sampler: SamplerConfig | Mapping[str, Any] | None = None,
-        normalizers: Mapping[str, Normalizer] | None = None,
-    ) -> None:
-        name = type(self).__name__
-        check_positive(name, points=points, levels=levels)
-        if points < 2:
-            raise ValueError(f"{name} points must be >= 2, got {points}")
-        if horizon != (points - 1) ** levels + 1:
-            raise ValueError(
-                f"{name} horizon must be (points - 1) ** levels + 1 = {(points - 1) ** levels + 1} for "
-                f"points={points}, levels={levels}; got horizon={horizon} (set task.horizon to match)"
-            )
-        self.points, self.levels = points, levels
-        self.strides = level_strides(points, levels)
-        self.hparams: dict[str, Any] = {
-            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
-            "points": points, "levels": levels, "state_dim": state_dim,
-            "goal_dims": goal_dims_or_default(goal_dim, goal_dims),
-            "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data, "p_mean": p_mean,
-            "p_std": p_std,
-            "value": goal_dim == 0 if value is None else bool(value), "value_hidden": value_hidden,
-            "value_depth": value_depth, "value_weight": value_weight, "value_scale": value_scale,
-            "value_sigma_min": value_sigma_min, "discount": discount, "n_plans": n_plans,
-            "replan_every": replan_every, "replan_threshold": replan_threshold, "tracking": tracking,
-            "kp": kp, "kd": kd, "seed": seed,
-        }  # fmt: skip
-        self._setup(sampler, normalizers, self._build_network)
+    config_class: ClassVar[type[PlannerConfig]] = CoarseToFineConfig
 
-    def _build_network(self) -> CoarseToFineNet:
+    @property
+    def points(self) -> int:
+        return self.config.points
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
+    def strides(self) -> list[int]:
+        """Step between consecutive points of each level's plan, coarsest first."""
+        return level_strides(self.points, self.levels)
+
+    def build_network(self) -> CoarseToFineNet:
         hp, dim = self.hparams, self.transition_dim
         dens = [
             EDMDenoiser(ScaledNoiseNet(build_backbone("mlp", dim, self.points, 0, **hp["backbone_kwargs"])),
@@ -146,7 +132,7 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
         """Sum over levels of the EDM loss on each level's strided cut of the window (+ the value loss)."""
         states, actions, mask = self.windows(batch)
         x_full = torch.cat(
-            [self._normalizer("state").normalize(states), self._normalizer("action").normalize(actions)], -1
+            [self.normalizer("state").normalize(states), self.normalizer("action").normalize(actions)], -1
         )
         hp = self.hparams
         span = self.points - 1
@@ -208,7 +194,7 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
         n, bsz = self.hparams["n_plans"], state.shape[0]
         state = state.repeat_interleave(n, 0)
         end = self._normalized_goal(state, None if g is None else g.repeat_interleave(n, 0))
-        start = self._normalizer("state").normalize(state)
+        start = self.normalizer("state").normalize(state)
         if noise is not None and (noise.ndim != 4 or noise.shape[0] != self.levels):
             raise ValueError(
                 f"noise must have shape (levels={self.levels}, B * n_plans, {self.points}, "

@@ -10,22 +10,22 @@ The denoiser is an EDM model, so any solver and step count of ``SamplerConfig`` 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from diffctl.datasets.normalizer import Normalizer
+from diffctl.core.modules import eval_mode
 from diffctl.kernels.denoisers import EDMDenoiser
 from diffctl.kernels.guidance import GradientGuidance
 from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone
-from diffctl.planners.base import Plan, Planner, ScaledNoiseNet, clean_conditioned
+from diffctl.planners.base import Plan, Planner, PlannerConfig, ScaledNoiseNet, clean_conditioned
 from diffctl.planners.value import ValueNet
-from diffctl.policies.base import SamplerConfig, eval_mode
 
 
 class DiffuserNet(nn.Module):
@@ -37,49 +37,54 @@ class DiffuserNet(nn.Module):
         self.value = value
 
 
-def goal_dims_or_default(goal_dim: int, goal_dims: Sequence[int] | None) -> list[int]:
-    """The state features a goal pins: ``goal_dims``, or the first ``goal_dim`` (the maze position)."""
-    return list(range(goal_dim)) if goal_dims is None else [int(d) for d in goal_dims]
+@dataclass
+class TrajectoryPlannerConfig(PlannerConfig):
+    """Settings of planners over (state, action) trajectories with an optional value model."""
+
+    section: ClassVar[str] = "TrajectoryPlanner"
+
+    goal_dims: list[int] | None = None
+    """State features the goal pins at the last step (None: the first ``goal_dim``, the maze position)."""
+    value: bool | None = None
+    """Train a return model for guidance and ranking (None: on when the task has no goal)."""
+    value_hidden: int = 256
+    """Width of the value network."""
+    value_depth: int = 2
+    """Hidden layers of the value network."""
+    value_weight: float = 1.0
+    """Weight of the value regression in the training loss."""
+    value_scale: float = 0.1
+    """Value-gradient guidance scale at sampling (0: rank only)."""
+    value_sigma_min: float = 0.05
+    """No value guidance below this sigma (the last steps)."""
+
+    def validate(self) -> None:
+        super().validate()
+        name = self.section
+        if self.goal_dims is None:
+            self.goal_dims = list(range(self.goal_dim))
+        if self.value is None:
+            self.value = self.goal_dim == 0
+        if len(self.goal_dims) != self.goal_dim:
+            raise ValueError(
+                f"{name} goal_dims {self.goal_dims} must name goal_dim={self.goal_dim} state features"
+            )
+        if any(not 0 <= d < int(self.state_dim) for d in self.goal_dims):
+            raise ValueError(f"{name} goal_dims {self.goal_dims} out of range for state_dim={self.state_dim}")
+        if self.tracking == "inverse_dynamics":
+            raise ValueError(f"{name} has no inverse dynamics model; tracking must be auto, plan or pd")
 
 
 class TrajectoryPlanner(Planner):
     """Shared parts of planners over normalized (state, action) trajectories with an optional value model:
-    argument checks, network construction, value guidance and ranking, and waypoint / action tracking.
-    Subclasses set ``hparams`` (with ``goal_dims``, ``tracking``, ``discount``, ``value``, ``seed``, ...)
-    and call ``_setup``."""
+    value guidance and ranking, and waypoint / action tracking."""
 
+    config_class: ClassVar[type[PlannerConfig]] = TrajectoryPlannerConfig
     INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (*Planner.INFERENCE_KEYS, "value_scale", "kp", "kd")
 
-    def _setup(
-        self,
-        sampler: SamplerConfig | Mapping[str, Any] | None,
-        normalizers: Mapping[str, Normalizer] | None,
-        build: Callable[[], nn.Module],
-    ) -> None:
-        """Check the shared hyperparameters, set the dimensions and build ``network`` with ``build``
-        (seeded by ``hparams["seed"]``)."""
-        hp, name = self.hparams, type(self).__name__
-        gd, goal_dim = hp["goal_dims"], hp["goal_dim"]
-        if len(gd) != goal_dim:
-            raise ValueError(f"{name} goal_dims {gd} must name goal_dim={goal_dim} state features")
-        if hp["tracking"] == "inverse_dynamics":
-            raise ValueError(f"{name} has no inverse dynamics model; tracking must be auto, plan or pd")
-        if not 0.0 <= hp["discount"] <= 1.0:
-            raise ValueError(f"{name} discount must be in [0, 1], got {hp['discount']}")
-        self._init_common(
-            hp["obs_dim"], hp["action_dim"], goal_dim, hp["horizon"], hp["state_dim"], sampler, normalizers
-        )
-        if any(not 0 <= d < self.state_dim for d in gd):
-            raise ValueError(f"{name} goal_dims {gd} out of range for state_dim={self.state_dim}")
-        self.transition_dim = self.state_dim + self.action_dim
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hp["seed"])
-            self.network: nn.Module = build()
-        if self.tracking_mode() == "pd" and self.state_dim < 2 * self.action_dim:
-            raise ValueError(
-                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
-                f"= {2 * self.action_dim}, got state_dim={self.state_dim}"
-            )
+    @property
+    def transition_dim(self) -> int:
+        return self.state_dim + self.action_dim
 
     @property
     def uses_returns(self) -> bool:
@@ -103,7 +108,7 @@ class TrajectoryPlanner(Planner):
             return None
         full = state.new_zeros(state.shape[0], self.state_dim)
         full[:, self.hparams["goal_dims"]] = goal
-        return self._normalizer("state").normalize(full)
+        return self.normalizer("state").normalize(full)
 
     def _value_guided(self, denoise: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """``denoise`` steered up the value gradient when there is a value model and ``value_scale > 0``."""
@@ -129,11 +134,11 @@ class TrajectoryPlanner(Planner):
     def _to_plan(self, x: torch.Tensor, values: torch.Tensor | None) -> Plan:
         """A ``Plan`` in raw units from ranked normalized ``(B, N, T, Ds + Da)`` trajectories."""
         if values is not None:
-            values = self._normalizer("returns").unnormalize(values[..., None])[..., 0]
+            values = self.normalizer("returns").unnormalize(values[..., None])[..., 0]
         ds = self.state_dim
-        act_norm = self._normalizer("action")
+        act_norm = self.normalizer("action")
         a = x[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x[..., ds:]
-        states = self._normalizer("state").unnormalize(x[..., :ds])
+        states = self.normalizer("state").unnormalize(x[..., :ds])
         return Plan(states=states, actions=act_norm.unnormalize(a), values=values, trajectory=x)
 
     def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
@@ -141,6 +146,16 @@ class TrajectoryPlanner(Planner):
         if self.tracking_mode() == "pd":
             return self._pd_action(state, t)
         return self._plan.actions[0, 0, t].cpu().numpy()
+
+
+@dataclass
+class DiffuserConfig(TrajectoryPlannerConfig):
+    """Settings of ``Diffuser``."""
+
+    section: ClassVar[str] = "Diffuser"
+
+    backbone: Literal["unet", "dit", "mlp"] = "unet"
+    """Denoiser backbone over the (state, action) trajectory."""
 
 
 class Diffuser(TrajectoryPlanner):
@@ -153,51 +168,9 @@ class Diffuser(TrajectoryPlanner):
     ``[position, velocity]`` (as Diffuser does in Maze2D) and executes the planned actions otherwise.
     """
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        goal_dim: int = 0,
-        horizon: int = 64,
-        state_dim: int | None = None,
-        goal_dims: Sequence[int] | None = None,
-        backbone: str = "unet",
-        backbone_kwargs: Mapping[str, Any] | None = None,
-        sigma_data: float = 0.5,
-        p_mean: float = -1.2,
-        p_std: float = 1.2,
-        value: bool | None = None,
-        value_hidden: int = 256,
-        value_depth: int = 2,
-        value_weight: float = 1.0,
-        value_scale: float = 0.1,
-        value_sigma_min: float = 0.05,
-        discount: float = 0.99,
-        n_plans: int = 1,
-        replan_every: int = 0,
-        replan_threshold: float | None = None,
-        tracking: str = "auto",
-        kp: float = 1.0,
-        kd: float = 1.0,
-        seed: int = 0,
-        sampler: SamplerConfig | Mapping[str, Any] | None = None,
-        normalizers: Mapping[str, Normalizer] | None = None,
-    ) -> None:
-        use_value = goal_dim == 0 if value is None else bool(value)
-        self.hparams: dict[str, Any] = {
-            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
-            "state_dim": state_dim, "goal_dims": goal_dims_or_default(goal_dim, goal_dims),
-            "backbone": backbone, "backbone_kwargs": dict(backbone_kwargs or {}), "sigma_data": sigma_data,
-            "p_mean": p_mean, "p_std": p_std, "value": use_value, "value_hidden": value_hidden,
-            "value_depth": value_depth, "value_weight": value_weight, "value_scale": value_scale,
-            "value_sigma_min": value_sigma_min, "discount": discount, "n_plans": n_plans,
-            "replan_every": replan_every, "replan_threshold": replan_threshold, "tracking": tracking,
-            "kp": kp, "kd": kd, "seed": seed,
-        }  # fmt: skip
-        self._setup(sampler, normalizers, self._build_network)
+    config_class: ClassVar[type[PlannerConfig]] = DiffuserConfig
 
-    def _build_network(self) -> DiffuserNet:
+    def build_network(self) -> DiffuserNet:
         hp, dim = self.hparams, self.transition_dim
         net = build_backbone(hp["backbone"], dim, self.horizon, 0, **hp["backbone_kwargs"])
         value = ValueNet(self.horizon, dim, hp["value_hidden"], hp["value_depth"]) if hp["value"] else None
@@ -208,7 +181,7 @@ class Diffuser(TrajectoryPlanner):
         """EDM denoising loss on normalized (state, action) windows (+ value regression on returns-to-go)."""
         states, actions, mask = self.windows(batch)
         x0 = torch.cat(
-            [self._normalizer("state").normalize(states), self._normalizer("action").normalize(actions)], -1
+            [self.normalizer("state").normalize(states), self.normalizer("action").normalize(actions)], -1
         )
         hp = self.hparams
         goal = x0[:, -1, hp["goal_dims"]] if self.goal_dim else None
@@ -241,7 +214,7 @@ class Diffuser(TrajectoryPlanner):
         end = self._normalized_goal(state, goal)
         bsz, ds = state.shape[0], self.state_dim
         known = state.new_zeros(bsz, self.horizon, self.transition_dim)
-        known[:, 0, :ds] = self._normalizer("state").normalize(state)
+        known[:, 0, :ds] = self.normalizer("state").normalize(state)
         if end is not None:
             dims = self.hparams["goal_dims"]
             known[:, -1, dims] = end[:, dims]

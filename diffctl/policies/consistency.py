@@ -10,9 +10,9 @@ parameterization (``D(x, sigma_min) = x``). Training (consistency distillation) 
 from __future__ import annotations
 
 import copy
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import ConsistencyDenoiser, EDMDenoiser
 from diffctl.kernels.losses import consistency_distillation_loss
 from diffctl.policies.base import SamplerConfig
-from diffctl.policies.diffusion import DiffusionPolicy, split_batch
+from diffctl.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig, split_batch
 
 
 class RawCondNet(nn.Module):
@@ -36,51 +36,41 @@ class RawCondNet(nn.Module):
         return self.net(x, c_noise, self.net.condition(*raw))
 
 
-def merge_signature(init: Callable[..., None], parent: Callable[..., None]) -> None:
-    """Give a subclass ``__init__(..., **kwargs)`` the full keyword list of its parent's, so
-    ``inspect.signature`` (the train pipeline's key check) sees every accepted argument."""
-    own = inspect.signature(init).parameters
-    params = [p for p in own.values() if p.kind != p.VAR_KEYWORD]
-    extra = [
-        p for name, p in inspect.signature(parent).parameters.items()
-        if name not in own and p.kind == p.KEYWORD_ONLY
-    ]  # fmt: skip
-    init.__signature__ = inspect.Signature(params + extra)  # type: ignore[attr-defined]
-
-
 def consistency_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
     """Chained-sampling grid: ``steps`` jump points of a Karras grid from sigma_max (no sigma_min), 0."""
     grid = schedules.karras(steps + 1, sigma_min, sigma_max, rho)
     return torch.cat([grid[:-2], grid.new_zeros(1)]).float()
 
 
-class ConsistencyPolicy(DiffusionPolicy):
-    """Consistency-distilled chunk policy. Build with ``from_teacher``; train ``network`` on ``loss``.
+@dataclass
+class ConsistencyPolicyConfig(DiffusionPolicyConfig):
+    """Settings of a ``ConsistencyPolicy``: the teacher's architecture plus the distillation settings."""
 
-    ``distill_steps``: levels of the Karras grid the distillation pairs come from; ``target_ema``: decay of
-    the target network, updated from the student at every ``loss`` call with gradients enabled.
-    """
+    section: ClassVar[str] = "ConsistencyPolicy"
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        distill_steps: int = 20,
-        target_ema: float = 0.95,
-        sampler: SamplerConfig | Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(distill_steps, int) or distill_steps < 2:
-            raise ValueError(f"distill_steps must be an integer >= 2, got {distill_steps!r}")
-        if not 0 <= target_ema < 1:
-            raise ValueError(f"target_ema must lie in [0, 1), got {target_ema}")
-        if kwargs.get("parameterization", "edm") != "edm":
+    distill_steps: int = 20
+    """Levels of the Karras grid the distillation pairs come from."""
+    target_ema: float = 0.95
+    """Decay of the target network, updated from the student at every training ``loss`` call."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.distill_steps < 2:
+            raise ValueError(f"distill_steps must be an integer >= 2, got {self.distill_steps!r}")
+        if not 0 <= self.target_ema < 1:
+            raise ValueError(f"target_ema must lie in [0, 1), got {self.target_ema}")
+        if self.parameterization != "edm":
             raise ValueError("ConsistencyPolicy needs parameterization='edm'")
-        if sampler is None:
-            sampler = {"solver": "consistency", "steps": 1}
-        super().__init__(obs_dim, action_dim, sampler=sampler, **kwargs)
-        self.hparams.update(distill_steps=distill_steps, target_ema=target_ema)
+
+
+class ConsistencyPolicy(DiffusionPolicy):
+    """Consistency-distilled chunk policy. Build with ``from_teacher``; train ``network`` on ``loss``."""
+
+    config_class: ClassVar[type[DiffusionPolicyConfig]] = ConsistencyPolicyConfig
+    default_sampler: ClassVar[dict[str, Any]] = {"solver": "consistency", "steps": 1}
+
+    def __init__(self, obs_dim: int, action_dim: int, **settings: Any) -> None:
+        super().__init__(obs_dim, action_dim, **settings)
         self.teacher: DiffusionPolicy | None = None
         self._target: nn.Module | None = None
 
@@ -90,7 +80,7 @@ class ConsistencyPolicy(DiffusionPolicy):
         ``distill_steps``, ``target_ema``, ``sampler`` or other constructor arguments."""
         if teacher.parameterization != "edm":
             raise ValueError(f"the teacher must be an EDM DiffusionPolicy, got {teacher.parameterization!r}")
-        hp = {k: v for k, v in teacher.hparams.items() if k not in ("distill_steps", "target_ema")}
+        hp = {k: v for k, v in teacher.config.to_dict().items() if k not in ("distill_steps", "target_ema")}
         hp.update(overrides)
         student = cls(hp.pop("obs_dim"), hp.pop("action_dim"), normalizers=teacher.normalizers, **hp)
         student.network.load_state_dict(teacher.network.state_dict())
@@ -98,9 +88,9 @@ class ConsistencyPolicy(DiffusionPolicy):
         return student
 
     def denoiser(self) -> nn.Module:
-        return ConsistencyDenoiser(self.network, self.hparams["sigma_data"], self.sampler.sigma_min)
+        return ConsistencyDenoiser(self.network, self.config.sigma_data, self.sampler.sigma_min)
 
-    def _grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
+    def grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         cfg = sampler or self.sampler
         key = ("consistency_sigmas", cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
         return self._cached(key, lambda: consistency_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho))
@@ -109,7 +99,7 @@ class ConsistencyPolicy(DiffusionPolicy):
     def _update_target(self) -> nn.Module:
         if self._target is None:
             self._target = copy.deepcopy(self.network).requires_grad_(False)
-        mu = self.hparams["target_ema"]
+        mu = self.config.target_ema
         for t, s in zip(self._target.parameters(), self.network.parameters(), strict=True):
             t.lerp_(s.detach().to(t.device), 1 - mu)
         self._target.to(next(self.network.parameters()).device)
@@ -122,19 +112,17 @@ class ConsistencyPolicy(DiffusionPolicy):
                 "ConsistencyPolicy.loss needs a teacher: build it with ConsistencyPolicy.from_teacher"
             )
         a, raw, mask = split_batch(self, batch)
-        sd, smin = self.hparams["sigma_data"], self.sampler.sigma_min
+        sd, smin = self.config.sigma_data, self.sampler.sigma_min
         target_net = self._update_target() if torch.is_grad_enabled() else (self._target or self.network)
         tnet = self.teacher.network
         was = tnet.training
         tnet.eval()
         try:
-            grid = schedules.karras(
-                self.hparams["distill_steps"], smin, self.sampler.sigma_max, self.sampler.rho
-            )
+            grid = schedules.karras(self.config.distill_steps, smin, self.sampler.sigma_max, self.sampler.rho)
             per_sample = consistency_distillation_loss(
                 ConsistencyDenoiser(RawCondNet(self.network), sd, smin),
                 ConsistencyDenoiser(RawCondNet(target_net), sd, smin),
-                EDMDenoiser(RawCondNet(tnet), self.teacher.hparams["sigma_data"]),
+                EDMDenoiser(RawCondNet(tnet), self.teacher.config.sigma_data),
                 a, grid.to(a.device), cond=raw, weight_mask=mask,
             )  # fmt: skip
         finally:
@@ -147,6 +135,3 @@ class ConsistencyPolicy(DiffusionPolicy):
         state["teacher"] = None
         state["_target"] = None
         return state
-
-
-merge_signature(ConsistencyPolicy.__init__, DiffusionPolicy.__init__)

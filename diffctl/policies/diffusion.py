@@ -9,20 +9,23 @@ conditioning input that is dropped during training, so classifier-free guidance 
 
 from __future__ import annotations
 
-import collections
 import functools
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from diffctl.core.config import Config, Configurable
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import EDMDenoiser, VPDenoiser
+from diffctl.kernels.guidance import ClassifierFreeGuidance
+from diffctl.kernels.losses import edm_loss, vp_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone, build_encoder
 from diffctl.policies.base import (
@@ -35,10 +38,10 @@ from diffctl.policies.base import (
     read_agent_config,
     write_agent_dir,
 )
-from diffctl.policies.fused import FusedInputs, run_fused_chunk
+from diffctl.policies.fused import run_fused_chunk
+from diffctl.policies.runner import ChunkRunner
 
 VERSION = 1
-PARAMETERIZATIONS = ("edm", "vp")
 EDM_NOISE_SCALE = 250.0
 """EDM's ``c_noise = ln(sigma)/4`` spans about [-1.6, 1.1]; scaling spreads it over the range that the
 sinusoidal embedding resolves, as integer VP timesteps (0..99) do."""
@@ -78,7 +81,7 @@ def split_batch(
         if key not in batch:
             raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
     device = next(policy.network.parameters()).device
-    obs, goal_in_obs = policy._split_obs(batch["obs"].to(device, torch.float32))
+    obs, goal_in_obs = policy.split_obs(batch["obs"].to(device, torch.float32))
     if obs.shape[1] != policy.n_obs_steps:
         raise ValueError(f"batch 'obs' has {obs.shape[1]} steps; expected n_obs_steps={policy.n_obs_steps}")
     actions = batch["actions"].to(device, torch.float32)
@@ -90,15 +93,15 @@ def split_batch(
     bsz = actions.shape[0]
     mask = batch.get("action_mask")
     mask = torch.ones(bsz, policy.horizon, device=device) if mask is None else mask.to(device, torch.float32)
-    o = policy._normalizer("obs").normalize(obs)
-    a = policy._normalizer("action").normalize(actions)
+    o = policy.normalizer("obs").normalize(obs)
+    a = policy.normalizer("action").normalize(actions)
     g = keep = None
     if policy.goal_dim:
         goal = batch["goal"].to(device, torch.float32) if "goal" in batch else goal_in_obs
         if goal is None:
             raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
-        g = policy._normalizer("goal").normalize(goal)
-        keep = (torch.rand(bsz, device=device) >= policy.hparams["goal_dropout"]).float()
+        g = policy.normalizer("goal").normalize(goal)
+        keep = (torch.rand(bsz, device=device) >= policy.config.goal_dropout).float()
     return a, (o, g, keep), mask.unsqueeze(-1)
 
 
@@ -141,80 +144,117 @@ def prefix_tensor(
     return prefix
 
 
-class DiffusionPolicy(Policy):
-    """Diffusion policy over action chunks: ``fit_normalizers``, train ``network`` on ``loss``, ``act``."""
+@dataclass
+class DiffusionPolicyConfig(Config):
+    """Settings of a ``DiffusionPolicy`` (Diffusion Policy / BESO recipe); the single source of defaults."""
+
+    section: ClassVar[str] = "DiffusionPolicy"
+
+    obs_dim: int
+    """Observation features per step (read off the data by the train pipeline)."""
+    action_dim: int
+    """Action features (read off the data)."""
+    goal_dim: int = 0
+    """Goal features; > 0 makes the policy goal-conditioned with classifier-free guidance."""
+    horizon: int = 16
+    """Actions per sampled chunk (H)."""
+    n_obs_steps: int = 2
+    """Observation history length (To)."""
+    n_action_steps: int = 8
+    """Actions executed per chunk (Ta), starting at index To - 1."""
+    backbone: Literal["unet", "dit", "mlp"] = "unet"
+    """Denoiser network: ConditionalUnet1d, DiT1d or an MLP over the flattened chunk."""
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the backbone (e.g. hidden, depth, embed_dim for mlp)."""
+    encoder: str = "flatten"
+    """Observation encoder (``diffctl.nets.build_encoder``)."""
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options of the encoder."""
+    parameterization: Literal["edm", "vp"] = "edm"
+    """EDM (continuous sigma, any solver) or VP (eps/x0/v prediction on discrete timesteps)."""
+    sigma_data: float = 0.5
+    """EDM data standard deviation (normalized actions in [-1, 1])."""
+    p_mean: float = -1.2
+    """EDM training noise: ln sigma ~ N(p_mean, p_std^2)."""
+    p_std: float = 1.2
+    """EDM training noise spread."""
+    num_train_timesteps: int = 100
+    """VP training timesteps."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """VP beta schedule (diffusers' names)."""
+    prediction: Literal["eps", "x0", "v"] = "eps"
+    """VP network target."""
+    clip_sample: float | None = 1.0
+    """VP: clamp the clean-sample estimate to this bound (None: no clamp)."""
+    goal_dropout: float = 0.1
+    """Probability of dropping the goal in training (classifier-free guidance)."""
+    seed: int = 0
+    """Seed of the network's initial weights."""
+
+    def validate(self) -> None:
+        name = self.section
+        for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{name} {key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.goal_dim < 0:
+            raise ValueError(f"{name} goal_dim must be >= 0, got {self.goal_dim}")
+        room = self.horizon - self.n_obs_steps + 1
+        if self.n_action_steps > room:
+            raise ValueError(
+                f"n_action_steps={self.n_action_steps} must be <= horizon - n_obs_steps + 1 = {room}"
+            )
+        if not 0.0 <= self.goal_dropout < 1.0:
+            raise ValueError(f"goal_dropout must be in [0, 1), got {self.goal_dropout}")
+        if self.sigma_data <= 0 or self.p_std <= 0 or self.num_train_timesteps < 1:
+            raise ValueError(
+                f"{name} needs sigma_data > 0, p_std > 0 and num_train_timesteps >= 1, got "
+                f"{self.sigma_data}, {self.p_std}, {self.num_train_timesteps}"
+            )
+
+
+class DiffusionPolicy(Configurable, Policy):
+    """Diffusion policy over action chunks: ``fit_normalizers``, train ``network`` on ``loss``, ``act``.
+
+    Built from keyword settings (the fields of ``config_class``) or ``DiffusionPolicy.from_config(cfg)``.
+    """
+
+    config_class: ClassVar[type[DiffusionPolicyConfig]] = DiffusionPolicyConfig
+    default_sampler: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
         obs_dim: int,
         action_dim: int,
         *,
-        goal_dim: int = 0,
-        horizon: int = 16,
-        n_obs_steps: int = 2,
-        n_action_steps: int = 8,
-        backbone: str = "unet",
-        backbone_kwargs: Mapping[str, Any] | None = None,
-        encoder: str = "flatten",
-        encoder_kwargs: Mapping[str, Any] | None = None,
-        parameterization: str = "edm",
-        sigma_data: float = 0.5,
-        p_mean: float = -1.2,
-        p_std: float = 1.2,
-        num_train_timesteps: int = 100,
-        beta_schedule: str = "squaredcos_cap_v2",
-        prediction: str = "eps",
-        clip_sample: float | None = 1.0,
-        goal_dropout: float = 0.1,
-        seed: int = 0,
         sampler: SamplerConfig | Mapping[str, Any] | None = None,
         normalizers: Mapping[str, Normalizer] | None = None,
+        **settings: Any,
     ) -> None:
-        for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("horizon", horizon),
-                            ("n_obs_steps", n_obs_steps), ("n_action_steps", n_action_steps)):  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DiffusionPolicy {name} must be a positive integer, got {value!r}")
-        if goal_dim < 0:
-            raise ValueError(f"DiffusionPolicy goal_dim must be >= 0, got {goal_dim}")
-        if n_action_steps > horizon - n_obs_steps + 1:
-            raise ValueError(
-                f"n_action_steps={n_action_steps} must be <= horizon - n_obs_steps + 1 "
-                f"= {horizon - n_obs_steps + 1}"
-            )
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(
-                f"unknown parameterization {parameterization!r}; expected one of {PARAMETERIZATIONS}"
-            )
-        if not 0.0 <= goal_dropout < 1.0:
-            raise ValueError(f"goal_dropout must be in [0, 1), got {goal_dropout}")
-        self.hparams: dict[str, Any] = {
-            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "horizon": horizon,
-            "n_obs_steps": n_obs_steps, "n_action_steps": n_action_steps, "backbone": backbone,
-            "backbone_kwargs": dict(backbone_kwargs or {}), "encoder": encoder,
-            "encoder_kwargs": dict(encoder_kwargs or {}), "parameterization": parameterization,
-            "sigma_data": sigma_data, "p_mean": p_mean, "p_std": p_std,
-            "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
-            "prediction": prediction, "clip_sample": clip_sample,
-            "goal_dropout": goal_dropout, "seed": seed,
-        }  # fmt: skip
-        self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
-        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.parameterization = parameterization
+        self.config = self.config_class.from_dict({"obs_dim": obs_dim, "action_dim": action_dim, **settings})
+        cfg = self.config
+        self.obs_dim, self.action_dim, self.goal_dim = cfg.obs_dim, cfg.action_dim, cfg.goal_dim
+        self.horizon, self.n_obs_steps, self.n_action_steps = cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps
+        self.parameterization = cfg.parameterization
         if isinstance(sampler, SamplerConfig):
             self.sampler = sampler
         else:
-            self.sampler = SamplerConfig.from_dict(sampler or {})
+            self.sampler = SamplerConfig.from_dict({**self.default_sampler, **dict(sampler or {})})
         self.normalizers: dict[str, Normalizer] = dict(normalizers or {})
-        self.alphas_cumprod = schedules.vp_alphas_cumprod(beta_schedule, num_train_timesteps).float()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            enc = build_encoder(encoder, obs_dim, n_obs_steps, **self.hparams["encoder_kwargs"])
-            cond_dim = enc.out_dim + (goal_dim + 1 if goal_dim else 0)
-            net = build_backbone(backbone, action_dim, horizon, cond_dim, **self.hparams["backbone_kwargs"])
-        scale = EDM_NOISE_SCALE if parameterization == "edm" else 1.0
-        self.network: nn.Module = ChunkDenoiserNet(enc, net, goal_dim, scale)
+        self.alphas_cumprod = schedules.vp_alphas_cumprod(cfg.beta_schedule, cfg.num_train_timesteps).float()
+        self.network: nn.Module = self.build_network()
         self.seed(self.sampler.seed)
         self.reset()
+
+    def build_network(self) -> nn.Module:
+        """Encoder + backbone, initialized from ``config.seed`` without touching the global RNG."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            enc = build_encoder(cfg.encoder, cfg.obs_dim, cfg.n_obs_steps, **cfg.encoder_kwargs)
+            cond_dim = enc.out_dim + (cfg.goal_dim + 1 if cfg.goal_dim else 0)
+            net = build_backbone(cfg.backbone, cfg.action_dim, cfg.horizon, cond_dim, **cfg.backbone_kwargs)
+        scale = 1.0 if cfg.parameterization == "vp" else EDM_NOISE_SCALE
+        return ChunkDenoiserNet(enc, net, cfg.goal_dim, scale)
 
     # ----- normalization -------------------------------------------------------------------------------
     def fit_normalizers(
@@ -235,14 +275,14 @@ class DiffusionPolicy(Policy):
                 )
             self.normalizers["goal"] = Normalizer.fit(goal, mode, name="goals")
 
-    def _normalizer(self, key: str) -> Normalizer:
+    def normalizer(self, key: str) -> Normalizer:
         if key not in self.normalizers:
             raise ValueError(
                 f"DiffusionPolicy has no {key!r} normalizer; call fit_normalizers(...) before use"
             )
         return self.normalizers[key]
 
-    def _split_obs(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def split_obs(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(..., Do [+ Dg])`` -> state part and the goal of the last step (None when absent)."""
         full = self.obs_dim + self.goal_dim
         if obs.shape[-1] == self.obs_dim:
@@ -261,10 +301,10 @@ class DiffusionPolicy(Policy):
         estimate is otherwise dominated by amplified eps error.
         """
         if self.parameterization == "edm":
-            return EDMDenoiser(self.network, self.hparams["sigma_data"])
-        hp = self.hparams
+            return EDMDenoiser(self.network, self.config.sigma_data)
+        cfg = self.config
         return VPDenoiser(
-            self.network, self.alphas_cumprod, prediction=hp["prediction"], clip_x0=hp["clip_sample"]
+            self.network, self.alphas_cumprod, prediction=cfg.prediction, clip_x0=cfg.clip_sample
         )
 
     def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
@@ -279,26 +319,11 @@ class DiffusionPolicy(Policy):
         """``denoiser()`` memoized per network and ``sigma_min`` (the inputs it depends on)."""
         return self._cached(("denoiser", id(self.network), self.sampler.sigma_min), self.denoiser)
 
-    def _condition_pair(
-        self, o: torch.Tensor, goal: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(cond, uncond)`` for ``_guided`` from normalized obs and a raw goal, skipping the conditioning
-        that the guidance scale does not use."""
-        net, w = self.network, self.sampler.guidance_scale
-        if not self.goal_dim or goal is None:
-            return net.condition(o, None, None), None
-        g = self._normalizer("goal").normalize(goal)
-        if w == 0.0:
-            uncond = net.condition(o, None, None)
-            return uncond, uncond
-        cond = net.condition(o, g, torch.ones(o.shape[0], device=o.device))
-        return cond, (None if w == 1.0 else net.condition(o, None, None))
-
     def sigmas(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """The descending sigma grid of the current sampler settings (float32, ends in 0)."""
-        return self._grid(sampler).clone()
+        return self.grid(sampler).clone()
 
-    def _grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
+    def grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """``sigmas()`` without the copy: the memoized grid itself, the same object while the settings stay
         (fused graph keys are remembered per grid object); callers must not modify it."""
         cfg = sampler or self.sampler
@@ -321,44 +346,40 @@ class DiffusionPolicy(Policy):
 
     # ----- training ------------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Denoising loss of a raw batch (``obs``, ``actions``, optional ``action_mask`` and ``goal``)."""
+        """Denoising loss of a raw batch (``obs``, ``actions``, optional ``action_mask`` and ``goal``):
+        ``kernels.losses.edm_loss`` or ``vp_loss`` on normalized actions, padded steps masked out."""
         a, (o, g, keep), m = split_batch(self, batch)
-        bsz, device = a.shape[0], a.device
         cond = self.network.condition(o, g, keep)
-        noise = torch.randn_like(a)
+        cfg = self.config
         if self.parameterization == "edm":
-            sd = self.hparams["sigma_data"]
-            sigma = (torch.randn(bsz, device=device) * self.hparams["p_std"] + self.hparams["p_mean"]).exp()
-            s = sigma.reshape(-1, 1, 1)
-            denoised = self.denoiser()(a + s * noise, sigma, cond)
-            err = (s**2 + sd**2) / (s * sd) ** 2 * (denoised - a) ** 2
+            per_sample = edm_loss(
+                self.denoiser(), a, cond, cfg.p_mean, cfg.p_std, cfg.sigma_data, weight_mask=m
+            )
         else:
-            abar_all = self.alphas_cumprod.to(device)
-            t = torch.randint(0, abar_all.numel(), (bsz,), device=device)
-            abar = abar_all[t].reshape(-1, 1, 1)
-            x_t = abar.sqrt() * a + (1 - abar).sqrt() * noise
-            out = self.network(x_t, t.float(), cond)
-            pred = self.hparams["prediction"]
-            target = {"eps": noise, "x0": a, "v": abar.sqrt() * noise - (1 - abar).sqrt() * a}[pred]
-            err = (out - target) ** 2
-        loss = (err * m).sum() / (m.sum() * self.action_dim).clamp_min(1.0)
+            per_sample = vp_loss(self.network, a, self.alphas_cumprod, cfg.prediction, cond, weight_mask=m)
+        loss = per_sample.mean()
         return loss, {"loss": float(loss.detach())}
 
     # ----- inference -----------------------------------------------------------------------------------
-    def _guided(self, denoise: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None) -> Callable:
-        """Classifier-free guidance on the goal, ``u + w (c - u)``; 1 NFE when w is 1 or there is no goal."""
-        w = self.sampler.guidance_scale
-        if uncond is None or w == 1.0:
-            return functools.partial(denoise, cond=cond)
+    def conditioned_denoiser(
+        self, hist: torch.Tensor
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``denoise(x, sigma)`` on normalized chunks, conditioned on a validated raw history ``(B, To, D)``
+        (``history_tensor``), with classifier-free guidance on the goal at ``sampler.guidance_scale``
+        (``kernels.guidance.ClassifierFreeGuidance``; 1 NFE per call when the scale is 0 or 1)."""
+        obs, goal = self.split_obs(hist)
+        o = self.normalizer("obs").normalize(obs)
+        denoise, w = self._denoiser(), self.sampler.guidance_scale
+        net = self.network
+        if not self.goal_dim or goal is None:
+            return functools.partial(denoise, cond=net.condition(o, None, None))
         if w == 0.0:
-            return functools.partial(denoise, cond=uncond)
-        both = torch.cat([cond, uncond])
-
-        def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            c, u = denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=both).chunk(2)
-            return u + w * (c - u)
-
-        return guided
+            return functools.partial(denoise, cond=net.condition(o, None, None))
+        g = self.normalizer("goal").normalize(goal)
+        cond = net.condition(o, g, torch.ones(o.shape[0], device=o.device))
+        if w == 1.0:
+            return functools.partial(denoise, cond=cond)
+        return ClassifierFreeGuidance(denoise, cond, net.condition(o, None, None), w)
 
     @torch.no_grad()
     def predict_chunk(
@@ -377,15 +398,12 @@ class DiffusionPolicy(Policy):
         """
         hist = history_tensor(self, obs_history)
         device = hist.device
-        obs, goal = self._split_obs(hist)
         bsz = hist.shape[0]
-        o = self._normalizer("obs").normalize(obs)
         with eval_mode(self.network):
-            cond, uncond = self._condition_pair(o, goal)
             sigmas = self.sigmas().to(device)
             shape = (bsz, self.horizon, self.action_dim)
             noise = self.start_noise(shape, noise, device)
-            act_norm = self._normalizer("action")
+            act_norm = self.normalizer("action")
             warm = init is not None and self.sampler.warm_start > 0
             if warm:
                 start = self.sampler.warm_start
@@ -397,6 +415,7 @@ class DiffusionPolicy(Policy):
                 x = act_norm.normalize(init.to(device, torch.float32)) + start * noise
             else:
                 x = noise * sigmas[0]
+            denoise = self.conditioned_denoiser(hist)
             mask = known = None
             if prefix is not None:
                 prefix = prefix_tensor(prefix, bsz, self.horizon, self.action_dim, device)
@@ -405,7 +424,6 @@ class DiffusionPolicy(Policy):
                 known[:, :p] = act_norm.normalize(prefix)
                 mask = torch.zeros(shape, dtype=torch.bool, device=device)
                 mask[:, :p] = True
-            denoise = self._guided(self._denoiser(), cond, uncond)
             x0 = sample(
                 denoise, x, sigmas, solver=self.sampler.solver, generator=self._generator,
                 mask=mask, known=known, **self.sampler.options,
@@ -414,14 +432,12 @@ class DiffusionPolicy(Policy):
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode: empty history and action queue; ``seed`` reseeds the sampling generator."""
-        self._obs: collections.deque[np.ndarray] = collections.deque(maxlen=self.n_obs_steps)
-        self._queue: collections.deque[np.ndarray] = collections.deque()
-        self._last_chunk: torch.Tensor | None = None
-        self._inputs = FusedInputs()
+        self.runner = ChunkRunner(self)
         if seed is not None:
             self.seed(seed)
 
-    def _check_obs(self, obs: Any) -> np.ndarray:
+    def check_obs(self, obs: Any) -> np.ndarray:
+        """One raw observation ``(Do,)`` or ``(Do + Dg,)`` as finite float32, else a ValueError saying why."""
         arr = np.asarray(obs, dtype=np.float32)
         valid = {(self.obs_dim,), (self.obs_dim + self.goal_dim,)}
         if arr.shape not in valid:
@@ -430,47 +446,19 @@ class DiffusionPolicy(Policy):
             )
         if not np.isfinite(arr).all():
             raise ValueError(f"act() got a non-finite observation (NaN or inf): {arr.tolist()}")
-        if self._obs and self._obs[-1].shape != arr.shape:
-            raise ValueError(
-                f"observation shape changed within an episode: {self._obs[-1].shape} -> {arr.shape}"
-            )
         return arr
 
     def act(self, obs: Any) -> np.ndarray:
-        """One observation -> one action; samples a new chunk when the queue of planned actions is empty."""
-        arr = self._check_obs(obs)
-        if not self._obs:
-            self._obs.extend([arr] * self.n_obs_steps)
-        else:
-            self._obs.append(arr)
-        if not self._queue:
-            init = None
-            if self._last_chunk is not None and self.sampler.warm_start > 0:
-                shifted = self._last_chunk[:, self.n_action_steps :]
-                pad = shifted[:, -1:].expand(-1, self.n_action_steps, -1)
-                init = torch.cat([shifted, pad], dim=1)
-            if self.sampler.fused and init is None:
-                chunk = self._fused_act_chunk()
-            else:
-                chunk = self.predict_chunk(np.stack(self._obs)[None], init=init)
-            self._last_chunk = chunk
-            start = self.n_obs_steps - 1
-            self._queue.extend(chunk.cpu().numpy()[0, start : start + self.n_action_steps])
-        return self._queue.popleft().copy()
-
-    def _fused_act_chunk(self) -> torch.Tensor:
-        """``predict_chunk`` of the current history, cold, through the fused graph with preallocated inputs
-        (``FusedInputs``): what ``act`` runs when ``sampler.fused`` is on."""
-        hist, noise = self._inputs.chunk_inputs(self, self._obs, self._generator)
-        return run_fused_chunk(self, hist, self._grid().to(hist.device), noise, None)[0]
+        """One observation -> one action (``ChunkRunner``: a new chunk when the planned actions run out)."""
+        return self.runner.act(obs)
 
     # ----- persistence ---------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
+    def config_json(self) -> dict[str, Any]:
         """Everything needed to rebuild this policy (the content of ``config.json``)."""
         return agent_config(self, VERSION)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return write_agent_dir(path, self.config(), self.network.state_dict())
+        return write_agent_dir(path, self.config_json(), self.network.state_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> DiffusionPolicy:

@@ -11,7 +11,8 @@ a feedback loop that drifts away from the data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -21,43 +22,39 @@ from diffctl.kernels.denoisers import FlowDenoiser
 from diffctl.kernels.losses import flow_matching_loss, masked_mse
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import SamplerConfig
-from diffctl.policies.consistency import RawCondNet, merge_signature, split_batch
-from diffctl.policies.diffusion import DiffusionPolicy
+from diffctl.policies.consistency import RawCondNet, split_batch
+from diffctl.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 
-T_SAMPLING = ("uniform", "logit_normal")
+
+@dataclass
+class FlowPolicyConfig(DiffusionPolicyConfig):
+    """Settings of a ``FlowPolicy`` (rectified-flow / flow-matching chunk policy)."""
+
+    section: ClassVar[str] = "FlowPolicy"
+
+    parameterization: Literal["flow"] = "flow"  # type: ignore[assignment]
+    """Always ``flow``: ``x_t = (1 - t) x0 + t eps``, velocity target ``eps - x0``."""
+    time_scale: float = 1.0
+    """Multiplies ``t`` before the network's noise embedding (which also scales it by 250)."""
+    t_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    """How training times are drawn."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
 
 
 class FlowPolicy(DiffusionPolicy):
-    """Flow-matching chunk policy; ``time_scale`` multiplies ``t`` before the network's noise embedding
-    (which also scales it by 250), ``t_sampling`` picks training times. Sampled on ``schedules.flow``."""
+    """Flow-matching chunk policy sampled on ``schedules.flow`` (Euler by default)."""
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        time_scale: float = 1.0,
-        t_sampling: str = "uniform",
-        parameterization: str = "flow",
-        sampler: SamplerConfig | Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if parameterization != "flow":
-            raise ValueError(f"FlowPolicy parameterization must be 'flow', got {parameterization!r}")
-        if t_sampling not in T_SAMPLING:
-            raise ValueError(f"unknown t_sampling {t_sampling!r}; expected one of {T_SAMPLING}")
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be > 0, got {time_scale}")
-        if sampler is None:
-            sampler = {"solver": "euler", "steps": 10}
-        super().__init__(obs_dim, action_dim, parameterization="edm", sampler=sampler, **kwargs)
-        self.parameterization = "flow"
-        self.hparams.update(parameterization="flow", time_scale=float(time_scale), t_sampling=t_sampling)
+    config_class: ClassVar[type[DiffusionPolicyConfig]] = FlowPolicyConfig
+    default_sampler: ClassVar[dict[str, Any]] = {"solver": "euler", "steps": 10}
 
     def denoiser(self) -> nn.Module:
-        return FlowDenoiser(self.network, self.hparams["time_scale"])
+        return FlowDenoiser(self.network, self.config.time_scale)
 
-    def _grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
+    def grid(self, sampler: SamplerConfig | None = None) -> torch.Tensor:
         """Uniform-in-t flow grid (``schedules.flow``) with the sampler's number of steps."""
         steps = (sampler or self.sampler).steps
         return self._cached(("flow_sigmas", steps), lambda: schedules.flow(steps).float())
@@ -65,10 +62,10 @@ class FlowPolicy(DiffusionPolicy):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow matching on a raw batch; with key ``noise`` (normalized-space couplings) it is reflow."""
         a, raw, mask = split_batch(self, batch)
-        net, scale = RawCondNet(self.network), self.hparams["time_scale"]
+        net, scale = RawCondNet(self.network), self.config.time_scale
         if "noise" not in batch:
             per = flow_matching_loss(net, a, raw, weight_mask=mask, time_scale=scale,
-                                     t_sampling=self.hparams["t_sampling"])  # fmt: skip
+                                     t_sampling=self.config.t_sampling)  # fmt: skip
         else:
             eps = batch["noise"].to(a.device, a.dtype)
             if eps.shape != a.shape:
@@ -93,9 +90,6 @@ class FlowPolicy(DiffusionPolicy):
             x0 = sample(lambda x, s: self.denoiser()(x, s, cond), noise * sig[0], sig, solver="euler")
         finally:
             self.network.train(was)
-        actions = self._normalizer("action").unnormalize(x0.clamp(-1, 1))
+        actions = self.normalizer("action").unnormalize(x0.clamp(-1, 1))
         out = {k: v for k, v in batch.items() if k != "action_mask"}
         return {**out, "actions": actions, "noise": noise}
-
-
-merge_signature(FlowPolicy.__init__, DiffusionPolicy.__init__)

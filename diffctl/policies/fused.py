@@ -25,7 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffctl.core.modules import eval_mode
+from diffctl.core.sampler import refuse_fused
 from diffctl.kernels.samplers import sample
+
+__all__ = ["FusedInputs", "cached_graph", "refuse_fused", "run_fused_chunk", "trace_frozen"]
 
 PARITY_ATOL = 1e-4
 MAX_GRAPHS = 8
@@ -50,8 +54,6 @@ def trace_frozen(
 ) -> Callable[..., Any]:
     """Trace ``fn(*inputs)`` (tensors only, no data-dependent control flow), freeze it and check it
     reproduces ``fn`` on ``inputs`` to ``PARITY_ATOL``; ``what`` names the path in errors."""
-    from diffctl.policies.base import eval_mode
-
     module = _Traceable(fn, owner)
     module.training = False
     with torch.no_grad(), eval_mode(owner), warnings.catch_warnings():
@@ -68,16 +70,6 @@ def trace_frozen(
         if not err <= PARITY_ATOL:
             raise RuntimeError(f"fused {what} differs from the eager path by {err:.3g} (> {PARITY_ATOL})")
     return graph
-
-
-def refuse_fused(sampler: Any, owner: str) -> None:
-    """ValueError when ``sampler.fused`` is set on an agent that does not fuse its sampling (it would be
-    ignored)."""
-    if getattr(sampler, "fused", False):
-        raise ValueError(
-            f"sampler fused=True is not supported by {owner}: fused sampling covers chunk policies "
-            "(DiffusionPolicy, FlowPolicy, ConsistencyPolicy) and StreamingDiffusionPolicy ticks"
-        )
 
 
 def check_deterministic(
@@ -115,21 +107,19 @@ def fused_chunk_sampler(
     """A frozen graph ``(hist, noise[, init]) -> raw chunk`` of ``policy``'s sampler on ``sigmas`` (cold:
     ``x = sigmas[0] noise``; warm: ``x = normalize(init) + sigmas[0] noise``) for inputs shaped like
     ``hist``, and its NFE per call."""
-    from diffctl.policies.realtime import _conditioned
-
     cfg = policy.sampler
     solver, options = cfg.solver, dict(cfg.options)
     sig = sigmas.detach().to(hist.device, torch.float32)
     s0 = float(sig[0])
-    norm = policy._normalizer("action")
+    norm = policy.normalizer("action")
     shape = (hist.shape[0], policy.horizon, policy.action_dim)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(hist.device)
     with torch.no_grad():
-        nfe = check_deterministic(_conditioned(policy, hist), noise * s0, sig, solver, options)
+        nfe = check_deterministic(policy.conditioned_denoiser(hist), noise * s0, sig, solver, options)
 
     def chunk(h: torch.Tensor, z: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
         x = z * s0 if init is None else norm.normalize(init) + s0 * z
-        denoise = constant_sigma(_conditioned(policy, h))
+        denoise = constant_sigma(policy.conditioned_denoiser(h))
         x0 = sample(denoise, x, sig, solver=solver, check_finite=False, **options)
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
@@ -137,32 +127,42 @@ def fused_chunk_sampler(
     return trace_frozen(chunk, policy.network, inputs, f"{type(policy).__name__} chunk sampler"), nfe
 
 
-_registrations = 0
+def _count_reload(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: count the reloads of a network (``assign=True`` loads put new parameter
+    objects in place while the old ones keep their ``_version``)."""
+    module.__dict__["_diffctl_reloads"] = module.__dict__.get("_diffctl_reloads", 0) + 1
 
 
-def _count_registration(module: nn.Module, name: str, param: Any) -> None:
-    global _registrations
-    _registrations += 1
-
-
-# Replacing a parameter object (``load_state_dict(..., assign=True)``, ``net.layer = nn.Linear(...)``) leaves
-# the old one's ``_version`` untouched; counting registrations lets the memo below notice it cheaply.
-torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+def _reloads(net: nn.Module) -> int:
+    """How often ``net.load_state_dict`` ran since it was first watched (the hook is registered on the
+    network itself, once: no process-wide hook)."""
+    if "_diffctl_reloads" not in net.__dict__:
+        net.__dict__["_diffctl_reloads"] = 0
+        net.register_load_state_dict_post_hook(_count_reload)
+    return net.__dict__["_diffctl_reloads"]
 
 
 def network_params(policy: Any) -> list[nn.Parameter]:
-    """``list(policy.network.parameters())`` memoized until any module registers a parameter (a walk over
-    the modules costs about 10 us at batch 1, as much as the rest of a fused tick's bookkeeping)."""
+    """``list(policy.network.parameters())`` memoized until the network loads a state dict (a walk over the
+    modules costs about 10 us at batch 1, as much as the rest of a fused tick's bookkeeping). Parameters
+    replaced any other way (assigning a new submodule, a submodule's own ``load_state_dict``) are not seen:
+    call ``clear_fused_cache(policy)`` after such surgery."""
     cache = policy.__dict__.setdefault("_cache", {})
     net = policy.network
+    reloads = _reloads(net)
     memo = cache.get(("params",))
-    if memo is None or memo[0] is not net or memo[1] != _registrations:
+    if memo is None or memo[0] is not net or memo[1] != reloads:
         params = list(net.parameters())
         same = memo is not None and memo[0] is net and len(params) == len(memo[2])
         if same and all(a is b for a, b in zip(params, memo[2], strict=True)):
             params = memo[2]
-        memo = cache[("params",)] = (net, _registrations, params)
+        memo = cache[("params",)] = (net, reloads, params)
     return memo[2]
+
+
+def clear_fused_cache(policy: Any) -> None:
+    """Forget ``policy``'s fused graphs and parameter memo (after replacing parameters by hand)."""
+    policy.__dict__.pop("_cache", None)
 
 
 def network_device(policy: Any) -> torch.device:

@@ -44,14 +44,7 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def conditioned_denoiser(policy: Any, obs_history: Any) -> Denoise:
     """``denoise(x, sigma)`` on normalized chunks, conditioned on raw histories (goal guidance included)."""
-    return _conditioned(policy, history_tensor(policy, obs_history))
-
-
-def _conditioned(policy: Any, hist: torch.Tensor) -> Denoise:
-    """``conditioned_denoiser`` of an already validated history tensor."""
-    obs, goal = policy._split_obs(hist)
-    o = policy._normalizer("obs").normalize(obs)
-    return policy._guided(policy._denoiser(), *policy._condition_pair(o, goal))
+    return policy.conditioned_denoiser(history_tensor(policy, obs_history))
 
 
 def shift_chunk(chunk: torch.Tensor, shift: int) -> torch.Tensor:
@@ -179,7 +172,7 @@ class RealTimePolicy(Policy):
         if pol.sampler.fused and prefix is None:
             init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
             return self._fused_chunk(hist, noise, init_t)
-        norm = pol._normalizer("action")
+        norm = pol.normalizer("action")
         if warm:
             sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
         else:
@@ -208,7 +201,7 @@ class RealTimePolicy(Policy):
                 w[p:] = 0.0
                 mask = w.reshape(1, -1, 1).expand(shape)
         with torch.no_grad(), eval_mode(pol.network):
-            denoise = _conditioned(pol, hist)
+            denoise = pol.conditioned_denoiser(hist)
             x0, info = sample(
                 denoise, x, sigmas, solver=pol.sampler.solver, generator=self._generator,
                 mask=mask, known=known, return_info=True, **pol.sampler.options,
@@ -222,7 +215,7 @@ class RealTimePolicy(Policy):
         """Raw chunks through the policy's fused graph: warm-started from raw ``init`` when given."""
         pol = self.policy
         cfg = pol.sampler
-        sigmas = pol._grid() if init is None else self._warm_grid(cfg.sigma_min, cfg.rho)
+        sigmas = pol.grid() if init is None else self._warm_grid(cfg.sigma_min, cfg.rho)
         chunk, nfe = run_fused_chunk(pol, hist, sigmas.to(hist.device), noise, init)
         self.nfe += nfe * (2 if _doubles(pol) else 1)
         return chunk
@@ -264,7 +257,7 @@ class RealTimePolicy(Policy):
 
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action; requests the next chunk ``delay`` ticks before the queue ends."""
-        arr = self.policy._check_obs(obs)
+        arr = self.policy.check_obs(obs)
         if not self._obs:
             self._obs.extend([arr] * self.n_obs_steps)
         else:

@@ -12,7 +12,8 @@ per-timestep levels and ordinary shared levels (so ``predict_chunk`` can also sa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -20,10 +21,16 @@ from torch import nn
 
 from diffctl.kernels import schedules
 from diffctl.kernels.samplers import sample
+from diffctl.nets import build_encoder
 from diffctl.nets.layers import SinusoidalEmbedding
 from diffctl.policies.base import eval_mode, param_device
-from diffctl.policies.consistency import merge_signature
-from diffctl.policies.diffusion import ChunkDenoiserNet, DiffusionPolicy, split_batch
+from diffctl.policies.diffusion import (
+    EDM_NOISE_SCALE,
+    ChunkDenoiserNet,
+    DiffusionPolicy,
+    DiffusionPolicyConfig,
+    split_batch,
+)
 from diffctl.policies.fused import (
     FusedInputs,
     cached_graph,
@@ -103,60 +110,64 @@ def karras_at(index: torch.Tensor, n: int, sigma_min: float, sigma_max: float, r
     return (hi + ramp * (lo - hi)) ** rho
 
 
-class StreamingDiffusionPolicy(DiffusionPolicy):
-    """Streaming Diffusion Policy; ``steps_per_tick`` = k NFE per control tick (see the module docstring).
+STREAM_BACKBONE = {"hidden": 256, "depth": 3, "embed_dim": 16}
 
-    ``staircase_prob`` / ``independent_prob``: shares of training samples with staircase or independent
-    per-timestep noise levels (the rest share one level). Other arguments as ``DiffusionPolicy``; the
-    backbone is always the per-timestep MLP, configured by ``backbone_kwargs`` (hidden, depth, embed_dim).
-    """
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        steps_per_tick: int = 1,
-        staircase_prob: float = 0.6,
-        independent_prob: float = 0.2,
-        backbone: str = "per_step_mlp",
-        backbone_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(steps_per_tick, int) or steps_per_tick < 1:
-            raise ValueError(f"steps_per_tick must be a positive integer, got {steps_per_tick!r}")
-        if not (staircase_prob >= 0 and independent_prob >= 0 and staircase_prob + independent_prob <= 1):
-            raise ValueError(
-                f"need staircase_prob, independent_prob >= 0 with sum <= 1; got {staircase_prob}, "
-                f"{independent_prob}"
-            )
-        if backbone != "per_step_mlp":
-            raise ValueError(f"StreamingDiffusionPolicy backbone must be 'per_step_mlp', got {backbone!r}")
-        if kwargs.get("parameterization", "edm") != "edm":
+@dataclass
+class StreamingPolicyConfig(DiffusionPolicyConfig):
+    """Settings of a ``StreamingDiffusionPolicy``; the backbone is always the per-timestep MLP."""
+
+    section: ClassVar[str] = "StreamingDiffusionPolicy"
+
+    backbone: Literal["per_step_mlp"] = "per_step_mlp"  # type: ignore[assignment]
+    """Always the per-timestep MLP (each buffer entry has its own noise level)."""
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: dict(STREAM_BACKBONE))
+    """hidden, depth, embed_dim of the per-timestep MLP (missing keys take the defaults)."""
+    steps_per_tick: int = 1
+    """k: NFE per control tick; the buffer has N = k * (H - To + 1) noise levels."""
+    staircase_prob: float = 0.6
+    """Share of training samples with staircase per-timestep noise levels."""
+    independent_prob: float = 0.2
+    """Share of training samples with independent per-timestep levels (the rest share one level)."""
+
+    def validate(self) -> None:
+        super().validate()
+        self.backbone_kwargs = {**STREAM_BACKBONE, **self.backbone_kwargs}
+        if self.steps_per_tick < 1:
+            raise ValueError(f"steps_per_tick must be a positive integer, got {self.steps_per_tick!r}")
+        p, q = self.staircase_prob, self.independent_prob
+        if not (p >= 0 and q >= 0 and p + q <= 1):
+            raise ValueError(f"need staircase_prob, independent_prob >= 0 with sum <= 1; got {p}, {q}")
+        if self.parameterization != "edm":
             raise ValueError(
                 "StreamingDiffusionPolicy needs parameterization='edm' (continuous per-step sigma)"
             )
-        bk = {"hidden": 256, "depth": 3, "embed_dim": 16, **dict(backbone_kwargs or {})}
-        super().__init__(
-            obs_dim,
-            action_dim,
-            backbone="mlp",
-            backbone_kwargs={"hidden": 8, "depth": 1, "embed_dim": 8},
-            **kwargs,
-        )
-        self.buffer_len = self.horizon - self.n_obs_steps + 1
+
+
+class StreamingDiffusionPolicy(DiffusionPolicy):
+    """Streaming Diffusion Policy; ``steps_per_tick`` = k NFE per control tick (see the module docstring)."""
+
+    config_class: ClassVar[type[DiffusionPolicyConfig]] = StreamingPolicyConfig
+
+    def __init__(self, obs_dim: int, action_dim: int, **settings: Any) -> None:
+        super().__init__(obs_dim, action_dim, **settings)
+        self.steps_per_tick = self.config.steps_per_tick
+
+    @property
+    def buffer_len(self) -> int:
+        """Hb = H - To + 1: the actions from the current step on."""
+        return self.horizon - self.n_obs_steps + 1
+
+    def build_network(self) -> nn.Module:
+        """Observation encoder (seeded by ``seed``) + per-timestep MLP (seeded by ``seed + 1``)."""
+        cfg = self.config
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.hparams["seed"] + 1)
-            enc = self.network.encoder
-            cond_dim = enc.out_dim + (self.goal_dim + 1 if self.goal_dim else 0)
-            net = PerStepMLP(action_dim, self.buffer_len, cond_dim, **bk)
-        self.network = ChunkDenoiserNet(enc, net, self.goal_dim, self.network.noise_scale)
-        self.hparams.update(
-            backbone=backbone, backbone_kwargs=bk, steps_per_tick=steps_per_tick,
-            staircase_prob=staircase_prob, independent_prob=independent_prob,
-        )  # fmt: skip
-        self.steps_per_tick = steps_per_tick
-        self.reset()
+            torch.manual_seed(cfg.seed)
+            enc = build_encoder(cfg.encoder, cfg.obs_dim, cfg.n_obs_steps, **cfg.encoder_kwargs)
+            torch.manual_seed(cfg.seed + 1)
+            cond_dim = enc.out_dim + (cfg.goal_dim + 1 if cfg.goal_dim else 0)
+            net = PerStepMLP(cfg.action_dim, self.buffer_len, cond_dim, **cfg.backbone_kwargs)
+        return ChunkDenoiserNet(enc, net, cfg.goal_dim, EDM_NOISE_SCALE)
 
     @property
     def levels(self) -> int:
@@ -164,7 +175,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         return self.steps_per_tick * self.buffer_len
 
     def denoiser(self) -> nn.Module:
-        return PerStepEDMDenoiser(self.network, self.hparams["sigma_data"])
+        return PerStepEDMDenoiser(self.network, self.config.sigma_data)
 
     def stream_sigmas(self) -> torch.Tensor:
         """The N-level Karras grid of the buffer (descending, ends in 0)."""
@@ -197,18 +208,18 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
     # ----- training ------------------------------------------------------------------------------------
     def _train_sigmas(self, bsz: int, device: torch.device) -> torch.Tensor:
         """Per-timestep sigmas (B, Hb): staircase at a random phase, independent, or shared log-normal."""
-        hp, cfg = self.hparams, self.sampler
+        hp, cfg = self.config, self.sampler
         hb, k, n = self.buffer_len, self.steps_per_tick, self.levels
 
         def lognormal(*shape: int) -> torch.Tensor:
-            return (torch.randn(*shape, device=device) * hp["p_std"] + hp["p_mean"]).exp()
+            return (torch.randn(*shape, device=device) * hp.p_std + hp.p_mean).exp()
 
         u = torch.rand(bsz, 1, device=device) * k
         j = torch.arange(hb, device=device).reshape(1, -1)
         stair = karras_at(n - k * (j + 1) + u, n, cfg.sigma_min, cfg.sigma_max, cfg.rho)
         kind = torch.rand(bsz, 1, device=device)
-        pick_stair = kind < hp["staircase_prob"]
-        pick_ind = (kind >= hp["staircase_prob"]) & (kind < hp["staircase_prob"] + hp["independent_prob"])
+        pick_stair = kind < hp.staircase_prob
+        pick_ind = (kind >= hp.staircase_prob) & (kind < hp.staircase_prob + hp.independent_prob)
         shared = lognormal(bsz, 1).expand(bsz, hb)
         return torch.where(pick_stair, stair, torch.where(pick_ind, lognormal(bsz, hb), shared))
 
@@ -219,7 +230,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         a = a[:, start:]
         cond = self.network.condition(o, g, keep)
         sigma = self._train_sigmas(bsz, device)
-        sd = self.hparams["sigma_data"]
+        sd = self.config.sigma_data
         denoised = self.denoiser()(a + sigma.unsqueeze(-1) * torch.randn_like(a), sigma, cond)
         weight = ((sigma**2 + sd**2) / (sigma * sd) ** 2).unsqueeze(-1)
         m = mask[:, start:]
@@ -227,11 +238,10 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         return loss, {"loss": float(loss.detach())}
 
     # ----- inference -----------------------------------------------------------------------------------
-    def _conditioned(self, hist: np.ndarray) -> Any:
-        h = torch.as_tensor(hist, dtype=torch.float32, device=param_device(self.network))
-        obs, goal = self._split_obs(h)
-        o = self._normalizer("obs").normalize(obs)
-        return self._guided(self._denoiser(), *self._condition_pair(o, goal))
+    def _conditioned(self, hist: Any) -> Any:
+        return self.conditioned_denoiser(
+            torch.as_tensor(hist, dtype=torch.float32, device=param_device(self.network))
+        )
 
     @torch.no_grad()
     def predict_chunk(
@@ -263,7 +273,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
                 self._conditioned(hist), noise * sigmas[0], sigmas, solver=self.sampler.solver,
                 generator=self._generator, **self.sampler.options,
             )  # fmt: skip
-        buf = self._normalizer("action").unnormalize(x0.clamp(-1.0, 1.0))
+        buf = self.normalizer("action").unnormalize(x0.clamp(-1.0, 1.0))
         return torch.cat([buf[:, :1].expand(-1, self.n_obs_steps - 1, -1), buf], dim=1)
 
     def reset(self, seed: int | None = None) -> None:
@@ -285,19 +295,16 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
     @torch.no_grad()
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action with ``steps_per_tick`` NFE (about N on the first tick)."""
-        arr = self._check_obs(obs)
-        if not self._obs:
-            self._obs.extend([arr] * self.n_obs_steps)
-        else:
-            self._obs.append(arr)
+        self.runner.observe(obs)
+        frames = self.runner.history
         if self.sampler.fused and self._buffer is not None:
             device = network_device(self)
-            hist = self._inputs.history(self._obs, device)
+            hist = self._inputs.history(frames, device)
             fresh = self._inputs.noise((1, 1, self.action_dim), self._generator, device)
             action, self._buffer = self._fused_tick(hist, self._buffer, fresh)
         else:
             with eval_mode(self.network):
-                denoise = self._conditioned(np.stack(self._obs)[None])
+                denoise = self._conditioned(np.stack(frames)[None])
                 action, x = self._tick(denoise, self._fill(denoise) if self._buffer is None else self._buffer)
             fresh = torch.randn((1, 1, self.action_dim), generator=self._generator)
             self._buffer = self._advance(x, fresh)
@@ -326,7 +333,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         """The k steady-state Euler steps of a tick: ``(raw first action (B, Da), moved buffer)``."""
         for levels in self._tick_steps():
             x = self._euler(denoise, x, levels)
-        return self._normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
+        return self.normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
 
     def _fused_tick(
         self, hist: torch.Tensor, buffer: torch.Tensor, fresh: torch.Tensor
@@ -343,6 +350,3 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             self, key, lambda: trace_frozen(tick, self.network, (hist, buffer, fresh), "streaming tick")
         )
         return graph(hist, buffer, fresh)
-
-
-merge_signature(StreamingDiffusionPolicy.__init__, DiffusionPolicy.__init__)

@@ -10,18 +10,19 @@ of every training ``loss`` call, i.e. once per optimizer step, so no Trainer hoo
 
 from __future__ import annotations
 
-import inspect
 import os
 from abc import abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from diffctl.core.config import Config, Configurable
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.nets.mlp import ACTIVATIONS
 from diffctl.policies.base import (
@@ -45,7 +46,7 @@ from diffctl.policies.offline_rl.critics import (
 from diffctl.policies.offline_rl.transitions import TransitionDataset
 
 VERSION = 1
-AGENT_KEYS = ("hyperparameters", "act", "normalizers", "sampler")
+AGENT_KEYS = ("hyperparameters", "normalizers", "sampler")
 SELECTIONS = ("argmax", "softmax")
 ACT_KEYS = ("n_candidates", "selection", "temperature", "noise_scale")
 DEFAULT_SAMPLER = {"solver": "ddpm", "steps": 5, "schedule": "vp"}
@@ -94,12 +95,84 @@ class Transitions:
         self.advantage: torch.Tensor | None = None
 
 
-class OfflineRLAgent(Policy):
+@dataclass
+class OfflineRLConfig(Config):
+    """Settings every diffusion offline-RL agent shares (actor, twin critics, rewards, acting)."""
+
+    section: ClassVar[str] = "OfflineRLAgent"
+
+    obs_dim: int
+    """Observation features (read off the data)."""
+    action_dim: int
+    """Action features (read off the data)."""
+    goal_dim: int = 0
+    """Goal features appended to the state (goal-conditioned tasks)."""
+    hidden: int = 256
+    """Width of the actor's MLP."""
+    depth: int = 3
+    """Hidden layers of the actor's MLP."""
+    critic_hidden: int = 256
+    """Width of the critics' (and value net's) MLPs."""
+    critic_depth: int = 3
+    """Hidden layers of the critics' MLPs."""
+    critic_activation: str = "mish"
+    """Activation of the critics (``diffctl.nets.mlp.ACTIVATIONS``)."""
+    critic_inputs: Literal["normalized", "raw"] = "normalized"
+    """Whether the critics read normalized or raw states."""
+    num_train_timesteps: int = 5
+    """Denoising steps of the VP actor (Diffusion-QL's T)."""
+    beta_schedule: str = "dql_vp"
+    """VP beta schedule of the actor."""
+    discount: float = 0.99
+    """Bellman discount."""
+    tau: float = 0.005
+    """Polyak rate of the target networks."""
+    reward_scale: float = 1.0
+    """Rewards are ``reward_scale * r + reward_bias`` in training (fitted when reward_normalization is
+    ``returns``)."""
+    reward_bias: float = 0.0
+    """See ``reward_scale``."""
+    reward_normalization: Literal["none", "returns"] = "none"
+    """``returns``: fit ``reward_scale`` so episode returns span about 1000 (IQL's locomotion recipe)."""
+    n_candidates: int = 50
+    """Actions sampled per ``act``; the critics rank them."""
+    selection: Literal["argmax", "softmax"] = "softmax"
+    """How the act picks among candidates: best Q, or a softmax over Q."""
+    temperature: float = 1.0
+    """Temperature of the softmax over Q."""
+    noise_scale: float = 1.0
+    """Multiplies the candidates' start noise (below 1: low-temperature sampling; 0 with ddim: the mode)."""
+    seed: int = 0
+    """Seed of the networks' initial weights."""
+
+    def validate(self) -> None:
+        name = self.section
+        for key in ("obs_dim", "action_dim", "hidden", "depth", "critic_hidden", "critic_depth",
+                    "num_train_timesteps", "n_candidates"):  # fmt: skip
+            if getattr(self, key) < 1:
+                raise ValueError(f"{name} {key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.goal_dim < 0:
+            raise ValueError(f"{name} goal_dim must be an integer >= 0, got {self.goal_dim!r}")
+        if self.critic_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"{name} critic_activation must be one of {sorted(ACTIVATIONS)}, "
+                f"got {self.critic_activation!r}"
+            )
+        if not 0.0 <= self.discount < 1.0:
+            raise ValueError(f"{name} discount must be in [0, 1), got {self.discount}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"{name} tau (target update rate) must be in (0, 1], got {self.tau}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        finite_non_negative("noise_scale", self.noise_scale)
+
+
+class OfflineRLAgent(Configurable, Policy):
     """Base of the diffusion offline RL agents; subclasses define ``critic_loss`` and ``actor_loss``."""
 
+    config_class: ClassVar[type[OfflineRLConfig]] = OfflineRLConfig
     uses_value: bool = False
     uses_target_actor: bool = False
-    extra_keys: tuple[str, ...] = ()
     legacy_hparams: ClassVar[dict[str, Any]] = LEGACY_HPARAMS
 
     def __init__(
@@ -107,69 +180,21 @@ class OfflineRLAgent(Policy):
         obs_dim: int,
         action_dim: int,
         *,
-        goal_dim: int = 0,
-        hidden: int = 256,
-        depth: int = 3,
-        critic_hidden: int = 256,
-        critic_depth: int = 3,
-        critic_activation: str = "mish",
-        critic_inputs: str = "normalized",
-        num_train_timesteps: int = 5,
-        beta_schedule: str = "dql_vp",
-        discount: float = 0.99,
-        tau: float = 0.005,
-        reward_scale: float = 1.0,
-        reward_bias: float = 0.0,
-        reward_normalization: str = "none",
-        n_candidates: int = 50,
-        selection: str = "softmax",
-        temperature: float = 1.0,
-        noise_scale: float = 1.0,
-        seed: int = 0,
         sampler: SamplerConfig | Mapping[str, Any] | None = None,
         normalizers: Mapping[str, Normalizer] | None = None,
-        **extra: Any,
+        **settings: Any,
     ) -> None:
-        name = type(self).__name__
-        unknown = sorted(set(extra) - set(self.extra_keys))
-        if unknown:
-            raise ValueError(
-                f"unknown {name} arguments {unknown}; method-specific ones: {list(self.extra_keys)}"
-            )
-        for key, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("hidden", hidden),
-                           ("depth", depth), ("critic_hidden", critic_hidden), ("critic_depth", critic_depth),
-                           ("num_train_timesteps", num_train_timesteps)):  # fmt: skip
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} {key} must be a positive integer, got {value!r}")
-        if not isinstance(goal_dim, int) or goal_dim < 0:
-            raise ValueError(f"{name} goal_dim must be an integer >= 0, got {goal_dim!r}")
-        if critic_activation not in ACTIVATIONS:
-            raise ValueError(
-                f"{name} critic_activation must be one of {sorted(ACTIVATIONS)}, got {critic_activation!r}"
-            )
-        if critic_inputs not in CRITIC_INPUTS:
-            raise ValueError(f"{name} critic_inputs must be one of {CRITIC_INPUTS}, got {critic_inputs!r}")
-        if not 0.0 <= discount < 1.0:
-            raise ValueError(f"{name} discount must be in [0, 1), got {discount}")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"{name} tau (target update rate) must be in (0, 1], got {tau}")
-        if reward_normalization not in ("none", "returns"):
-            raise ValueError(
-                f"{name} reward_normalization must be 'none' or 'returns', got {reward_normalization!r}"
-            )
-        if not np.isfinite(reward_scale) or not np.isfinite(reward_bias):
-            raise ValueError(
-                f"{name} reward_scale/reward_bias must be finite, got {reward_scale}, {reward_bias}"
-            )
-        self.hparams: dict[str, Any] = {
-            "obs_dim": obs_dim, "action_dim": action_dim, "goal_dim": goal_dim, "hidden": hidden,
-            "depth": depth, "critic_hidden": critic_hidden, "critic_depth": critic_depth,
-            "critic_activation": critic_activation, "critic_inputs": critic_inputs,
-            "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
-            "discount": float(discount), "tau": float(tau), "reward_scale": float(reward_scale),
-            "reward_bias": float(reward_bias), "reward_normalization": reward_normalization, "seed": seed,
-            **extra,
-        }  # fmt: skip
+        self.config = self.config_class.from_dict({"obs_dim": obs_dim, "action_dim": action_dim, **settings})
+        cfg = self.config
+        obs_dim, action_dim, goal_dim = cfg.obs_dim, cfg.action_dim, cfg.goal_dim
+        num_train_timesteps, beta_schedule = cfg.num_train_timesteps, cfg.beta_schedule
+        hidden, depth, critic_hidden, critic_depth = (
+            cfg.hidden,
+            cfg.depth,
+            cfg.critic_hidden,
+            cfg.critic_depth,
+        )
+        critic_activation, seed = cfg.critic_activation, cfg.seed
         self.obs_dim, self.action_dim, self.goal_dim = obs_dim, action_dim, goal_dim
         self.state_dim = obs_dim + goal_dim
         sampler_cfg = (
@@ -195,9 +220,6 @@ class OfflineRLAgent(Policy):
             self.network: nn.Module = OfflineRLNet(actor, critic, value, self.uses_target_actor)
         self._set_critic_inputs()
         self.sampler = sampler_cfg
-        self.configure_act(
-            n_candidates=n_candidates, selection=selection, temperature=temperature, noise_scale=noise_scale
-        )
         self.check_sampler()
         self.seed(self.sampler.seed)
         self.reset()
@@ -205,7 +227,7 @@ class OfflineRLAgent(Policy):
     # ----- settings ------------------------------------------------------------------------------------
     def configure_act(self, **settings: Any) -> None:
         """Change ``n_candidates``, ``selection`` (argmax | softmax), ``temperature`` (of the softmax over Q)
-        or ``noise_scale`` without retraining.
+        or ``noise_scale`` without retraining (they are fields of ``config``).
 
         ``noise_scale`` multiplies the start noise of every candidate: 1 samples the learned (behaviour-like)
         distribution; below 1 is low-temperature sampling (Decision Diffuser); 0 with the deterministic
@@ -214,18 +236,12 @@ class OfflineRLAgent(Policy):
         unknown = sorted(set(settings) - set(ACT_KEYS))
         if unknown:
             raise ValueError(f"unknown act settings {unknown}; valid: {list(ACT_KEYS)}")
-        current = getattr(self, "act_settings", {})
-        merged = {**current, **settings}
-        n = merged["n_candidates"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n_candidates must be a positive integer, got {n!r}")
-        if merged["selection"] not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {merged['selection']!r}")
-        if not float(merged["temperature"]) > 0:
-            raise ValueError(f"temperature must be > 0, got {merged['temperature']!r}")
-        merged["temperature"] = float(merged["temperature"])
-        merged["noise_scale"] = finite_non_negative("noise_scale", merged["noise_scale"])
-        self.act_settings = merged
+        self.config = self.config.replace(**settings)
+
+    @property
+    def act_settings(self) -> dict[str, Any]:
+        """The act-time settings of ``config`` (``ACT_KEYS``)."""
+        return {k: getattr(self.config, k) for k in ACT_KEYS}
 
     def check_sampler(self) -> None:
         """The sampler must walk the actor's VP timesteps: schedule 'vp' or 'auto', steps <= T."""
@@ -301,24 +317,23 @@ class OfflineRLAgent(Policy):
             )
         goal = dataset.array("goal") if self.goal_dim else None
         self.fit_normalizers(dataset.array("obs"), dataset.array("actions"), goal, mode=mode)
-        if self.hparams["reward_normalization"] == "returns":
-            self.hparams["reward_scale"] = returns_reward_scale(
-                dataset.array("rewards"), dataset.episode_ends.tolist()
-            )
+        if self.config.reward_normalization == "returns":
+            scale = returns_reward_scale(dataset.array("rewards"), dataset.episode_ends.tolist())
+            self.config = self.config.replace(reward_scale=scale)
 
-    def _normalizer(self, key: str) -> Normalizer:
+    def normalizer(self, key: str) -> Normalizer:
         if key not in self.normalizers:
             raise ValueError(f"{type(self).__name__} has no {key!r} normalizer; call fit(...) first")
         return self.normalizers[key]
 
     def _state(self, obs: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         """Raw ``obs (B, Do)`` and ``goal (B, Dg)`` -> normalized state ``(B, Do + Dg)``."""
-        s = self._normalizer("obs").normalize(obs)
+        s = self.normalizer("obs").normalize(obs)
         if not self.goal_dim:
             return s
         if goal is None:
             raise ValueError(f"goal-conditioned agent (goal_dim={self.goal_dim}) needs a goal")
-        return torch.cat([s, self._normalizer("goal").normalize(goal)], dim=-1)
+        return torch.cat([s, self.normalizer("goal").normalize(goal)], dim=-1)
 
     # ----- training ------------------------------------------------------------------------------------
     def transitions(self, batch: Mapping[str, torch.Tensor]) -> Transitions:
@@ -358,7 +373,7 @@ class OfflineRLAgent(Policy):
         hp = self.hparams
         return Transitions(
             self._state(obs, goal),
-            self._normalizer("action").normalize(actions).clamp(-1.0, 1.0),
+            self.normalizer("action").normalize(actions).clamp(-1.0, 1.0),
             rewards * hp["reward_scale"] + hp["reward_bias"],
             self._state(nxt, goal),
             done,
@@ -469,7 +484,7 @@ class OfflineRLAgent(Policy):
         else:
             pick = softmax_pick(q, self.act_settings["temperature"], self._generator)
         best = cand[torch.arange(bsz, device=device), pick]
-        return self._normalizer("action").unnormalize(best)
+        return self.normalizer("action").unnormalize(best)
 
     def predict_chunk(
         self, obs_history: Any, *, noise: torch.Tensor | None = None, prefix: torch.Tensor | None = None
@@ -498,12 +513,12 @@ class OfflineRLAgent(Policy):
             self.seed(seed)
 
     # ----- persistence ---------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
+    def config_json(self) -> dict[str, Any]:
         """Everything needed to rebuild the agent (the content of ``config.json``)."""
-        return agent_config(self, VERSION, act=dict(self.act_settings))
+        return agent_config(self, VERSION)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return write_agent_dir(path, self.config(), self.network.state_dict())
+        return write_agent_dir(path, self.config_json(), self.network.state_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> OfflineRLAgent:
@@ -518,18 +533,8 @@ class OfflineRLAgent(Policy):
                 f"unknown {cls.__name__} load overrides {unknown}; act settings: {list(ACT_KEYS)}, "
                 f"sampler: {sorted(sampler_keys)}"
             )
-        act = {**config["act"], **{k: v for k, v in overrides.items() if k in ACT_KEYS}}
+        act = {**config.get("act", {}), **{k: v for k, v in overrides.items() if k in ACT_KEYS}}
         sampler = SamplerConfig.from_dict(config["sampler"]).replace(
             **{k: v for k, v in overrides.items() if k not in ACT_KEYS}
         )
         return build_agent(cls, path, config, state, sampler, act)
-
-    @classmethod
-    def merge_signature(cls) -> None:
-        """Expose the parent's keyword arguments (merged in turn, up to ``OfflineRLAgent``) in the subclass
-        ``__init__`` signature (the train pipeline validates config keys against it)."""
-        sub = inspect.signature(cls.__init__)
-        base = inspect.signature(cls.__bases__[0].__init__)
-        own = [p for p in sub.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        rest = [p for n, p in base.parameters.items() if n not in sub.parameters and p.kind is p.KEYWORD_ONLY]
-        cls.__init__.__signature__ = sub.replace(parameters=own + rest)  # type: ignore[attr-defined]

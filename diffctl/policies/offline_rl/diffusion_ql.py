@@ -6,24 +6,35 @@ sampled from a Polyak-averaged copy of the actor. Acting samples N candidates an
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from diffctl.policies.offline_rl.common import OfflineRLAgent, Transitions
+from diffctl.policies.offline_rl.common import OfflineRLAgent, OfflineRLConfig, Transitions
 from diffctl.policies.offline_rl.critics import td_target
+
+
+@dataclass
+class DiffusionQLConfig(OfflineRLConfig):
+    """Settings of ``DiffusionQL``."""
+
+    section: ClassVar[str] = "DiffusionQL"
+
+    eta: float = 1.0
+    """Weight of the normalized Q term against the denoising loss."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.eta >= 0:
+            raise ValueError(f"{self.section} eta must be >= 0, got {self.eta!r}")
 
 
 class DiffusionQL(OfflineRLAgent):
     """Diffusion-QL; ``eta`` weights the normalized Q term against the denoising loss."""
 
+    config_class: ClassVar[type[OfflineRLConfig]] = DiffusionQLConfig
     uses_target_actor = True
-    extra_keys = ("eta",)
-
-    def __init__(self, obs_dim: int, action_dim: int, *, eta: float = 1.0, **kwargs: Any) -> None:
-        if not float(eta) >= 0:
-            raise ValueError(f"{type(self).__name__} eta must be >= 0, got {eta!r}")
-        super().__init__(obs_dim, action_dim, eta=float(eta), **kwargs)
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
         net = self.network
@@ -49,6 +60,3 @@ class DiffusionQL(OfflineRLAgent):
         q_loss = -q1.mean() / q2.abs().mean().detach().clamp_min(1e-6)
         loss = bc.mean() + self.hparams["eta"] * q_loss
         return loss, {"bc_loss": float(bc.detach().mean()), "actor_q_loss": float(q_loss.detach())}
-
-
-DiffusionQL.merge_signature()

@@ -30,17 +30,19 @@ published. Sampling the candidates costs the most, so only part of the batch get
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from diffctl.policies.offline_rl.common import (
     LEGACY_HPARAMS,
+    OfflineRLConfig,
     Transitions,
     finite_non_negative,
     open_unit_interval,
 )
-from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL
+from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL, DiffusionQLConfig
 from diffctl.policies.offline_rl.idql import expectile_critic_loss
 
 BACKUPS = ("policy", "expectile")
@@ -48,42 +50,48 @@ DISTILL_NOISE_SCALE = 0.5
 DISTILL_OFF = {"distill_candidates": 0, "distill_states": 64, "distill_weight": 1.0}
 
 
+@dataclass
+class EDPConfig(DiffusionQLConfig):
+    """Settings of ``EDP`` (see the module docstring for the defaults that differ from the paper)."""
+
+    section: ClassVar[str] = "EDP"
+
+    eta: float = 10.0
+    critic_activation: str = "relu"
+    critic_inputs: Literal["normalized", "raw"] = "raw"
+    backup: Literal["policy", "expectile"] = "expectile"
+    """Critic target: IQL's in-sample expectile backup, or Diffusion-QL's target-actor backup."""
+    expectile: float = 0.7
+    """Expectile of the ``expectile`` backup's value net."""
+    distill_candidates: int = 0
+    """> 0: self-distillation of the best of that many low-noise candidates into the actor."""
+    distill_states: int = 64
+    """States of each batch that get distillation candidates."""
+    distill_weight: float = 1.0
+    """Weight of the self-distillation term."""
+
+    def validate(self) -> None:
+        super().validate()
+        open_unit_interval(f"{self.section} expectile", self.expectile)
+        finite_non_negative(f"{self.section} distill_weight", self.distill_weight)
+        for key, low in (("distill_candidates", 0), ("distill_states", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(
+                    f"{self.section} {key} must be an integer >= {low}, got {getattr(self, key)}"
+                )
+
+
 class EDP(DiffusionQL):
     """Diffusion-QL with EDP's action approximation in the actor's Q term."""
 
-    extra_keys = ("eta", "backup", "expectile", "distill_candidates", "distill_states", "distill_weight")
+    config_class: ClassVar[type[OfflineRLConfig]] = EDPConfig
     legacy_hparams: ClassVar[dict[str, Any]] = {**LEGACY_HPARAMS, "backup": "policy", **DISTILL_OFF}
 
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        eta: float = 10.0,
-        critic_activation: str = "relu",
-        critic_inputs: str = "raw",
-        backup: str = "expectile",
-        expectile: float = 0.7,
-        distill_candidates: int = 0,
-        distill_states: int = 64,
-        distill_weight: float = 1.0,
-        **kwargs: Any,
-    ) -> None:
-        name = type(self).__name__
-        if backup not in BACKUPS:
-            raise ValueError(f"{name} backup must be one of {BACKUPS}, got {backup!r}")
-        counts = {"distill_candidates": (distill_candidates, 0), "distill_states": (distill_states, 1)}
-        for key, (value, low) in counts.items():
-            if type(value) is not int or value < low:
-                raise ValueError(f"{name} {key} must be an integer >= {low}, got {value!r}")
+    def __init__(self, obs_dim: int, action_dim: int, **settings: Any) -> None:
+        backup = settings.get("backup", EDPConfig.backup)
         self.uses_value = backup == "expectile"
         self.uses_target_actor = backup == "policy"
-        super().__init__(
-            obs_dim, action_dim, eta=eta, critic_activation=critic_activation, critic_inputs=critic_inputs,
-            backup=backup, expectile=open_unit_interval(f"{name} expectile", expectile),
-            distill_candidates=distill_candidates, distill_states=distill_states,
-            distill_weight=finite_non_negative(f"{name} distill_weight", distill_weight), **kwargs,
-        )  # fmt: skip
+        super().__init__(obs_dim, action_dim, **settings)
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
         hp = self.hparams
@@ -110,6 +118,3 @@ class EDP(DiffusionQL):
         distill, _ = self.actor.denoise_step(state, self.best_of_samples(state))
         info = {**info, "distill_loss": float(distill.detach().mean())}
         return loss + self.hparams["distill_weight"] * distill.mean(), info
-
-
-EDP.merge_signature()

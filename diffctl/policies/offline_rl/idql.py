@@ -13,12 +13,14 @@ z-scored states the advantages were worse than none on hopper-medium (``benchmar
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
 from diffctl.policies.offline_rl.common import (
     OfflineRLAgent,
+    OfflineRLConfig,
     OfflineRLNet,
     Transitions,
     finite_non_negative,
@@ -53,36 +55,34 @@ def expectile_critic_loss(
     return v_loss + q_loss, info
 
 
+@dataclass
+class IDQLConfig(OfflineRLConfig):
+    """Settings of ``IDQL``: IQL critics on raw states, 64 candidates ranked by Q."""
+
+    section: ClassVar[str] = "IDQL"
+
+    critic_activation: str = "relu"
+    critic_inputs: Literal["normalized", "raw"] = "raw"
+    n_candidates: int = 64
+    expectile: float = 0.7
+    """How optimistic V is over Q (IQL's expectile)."""
+    awr_beta: float = 0.0
+    """Advantage weighting of the actor's denoising loss (0: pure BC; IQL uses 3 on locomotion)."""
+
+    def validate(self) -> None:
+        super().validate()
+        open_unit_interval(f"{self.section} expectile", self.expectile)
+        finite_non_negative(f"{self.section} awr_beta", self.awr_beta)
+
+
 class IDQL(OfflineRLAgent):
-    """IDQL; ``expectile`` (0.7 in the paper's locomotion runs) sets how optimistic V is over Q and
-    ``awr_beta`` (0: pure BC; IQL uses 3 on locomotion) how strongly the actor's denoising loss is weighted
-    toward high-advantage actions."""
+    """IDQL: a pure BC (optionally advantage-weighted) diffusion actor, IQL critics, act = best of N by Q."""
 
+    config_class: ClassVar[type[OfflineRLConfig]] = IDQLConfig
     uses_value = True
-    extra_keys = ("expectile", "awr_beta")
-
-    def __init__(
-        self,
-        obs_dim: int,
-        action_dim: int,
-        *,
-        expectile: float = 0.7,
-        awr_beta: float = 0.0,
-        n_candidates: int = 64,
-        critic_activation: str = "relu",
-        critic_inputs: str = "raw",
-        **kwargs: Any,
-    ) -> None:
-        name = type(self).__name__
-        super().__init__(
-            obs_dim, action_dim, expectile=open_unit_interval(f"{name} expectile", expectile),
-            awr_beta=finite_non_negative(f"{name} awr_beta", awr_beta),
-            n_candidates=n_candidates, critic_activation=critic_activation, critic_inputs=critic_inputs,
-            **kwargs,
-        )  # fmt: skip
 
     def critic_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
-        return expectile_critic_loss(self.network, tr, self.hparams["discount"], self.hparams["expectile"])
+        return expectile_critic_loss(self.network, tr, self.config.discount, self.config.expectile)
 
     @torch.no_grad()
     def advantage(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -95,15 +95,12 @@ class IDQL(OfflineRLAgent):
         this step's ``critic_loss`` when it ran on ``tr``."""
         if tr.advantage is None:
             tr.advantage = self.advantage(tr.s, tr.a)
-        return awr_weights(tr.advantage, self.hparams["awr_beta"])
+        return awr_weights(tr.advantage, self.config.awr_beta)
 
     def actor_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
         bc, _ = self.actor.denoise_step(tr.s, tr.a)
         info = {"bc_loss": float(bc.detach().mean())}
-        if self.hparams["awr_beta"] == 0.0:
+        if self.config.awr_beta == 0.0:
             return bc.mean(), info
         weights = self.advantage_weights(tr)
         return (weights * bc).mean(), {**info, "awr_weight_mean": float(weights.mean())}
-
-
-IDQL.merge_signature()

@@ -1,0 +1,139 @@
+"""The agent directory: ``config.json`` (class, format version, the whole typed config, normalizers, sampler,
+task and dataset identity) + ``model.safetensors``, written atomically and read without unpickling."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffctl.atomic import atomic_dir
+from diffctl.core.sampler import SamplerConfig
+from diffctl.datasets.normalizer import Normalizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+AGENT_KEYS = ("hyperparameters", "normalizers", "sampler")
+
+
+def write_agent_dir(
+    path: str | os.PathLike[str], config: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> Path:
+    """Write an agent directory atomically: fill a temp dir next to ``path``, then swap it in by rename."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    with atomic_dir(final) as tmp:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return final
+
+
+def read_agent_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read ``config.json`` and ``model.safetensors`` of an agent directory, with clear errors."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    cfg_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"agent directory {root} has no {p.name}")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(config).__name__}")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:
+        raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from err
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{weights_path} holds non-finite weights (NaN or inf) in {sorted(bad)[:5]}")
+    return config, state
+
+
+def agent_config(agent: Any, version: int, **sections: Any) -> dict[str, Any]:
+    """The ``config.json`` content of an agent: class name, format ``version``, its typed config (under
+    ``hyperparameters``), normalizers, sampler, the task and dataset it was trained on (when known) and any
+    extra top-level ``sections``."""
+    out = {
+        "class": type(agent).__name__,
+        "version": version,
+        "hyperparameters": agent.config.to_dict(),
+        "normalizers": {k: n.to_dict() for k, n in agent.normalizers.items()},
+        "sampler": agent.sampler.to_dict(),
+        **sections,
+    }
+    return {**out, **origin_sections(agent)}
+
+
+def origin_sections(agent: Any) -> dict[str, Any]:
+    """``{"task": ..., "dataset": ...}`` of an agent that knows what it was trained on (else empty)."""
+    out = {}
+    if getattr(agent, "task", None):
+        out["task"] = str(agent.task)
+    if getattr(agent, "dataset", None):
+        out["dataset"] = dict(agent.dataset)
+    return out
+
+
+def dataset_identity(store: Any, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """What identifies an ``EpisodeStore``'s content in a checkpoint: its name, path, size and the card's
+    recipe, seed and creation time (a regenerated store with another seed or size differs)."""
+    card = dict(getattr(store, "attrs", {}) or {})
+    ident = {
+        "name": str(card.get("dataset") or getattr(store, "name", "")),
+        "path": str(path if path is not None else getattr(store, "path", "") or ""),
+        "num_episodes": int(store.num_episodes),
+        "num_steps": int(store.num_steps),
+    }
+    ident.update({k: card[k] for k in ("recipe", "seed", "created_utc") if k in card})
+    return ident
+
+
+def read_agent_config(
+    path: str | os.PathLike[str], cls_name: str, version: int, keys: Sequence[str] = AGENT_KEYS
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``read_agent_dir`` plus the checks every ``load`` makes: the saved class is ``cls_name``, the format
+    version is ``version`` and the top-level ``keys`` are present."""
+    config, state = read_agent_dir(path)
+    if config.get("class") != cls_name:
+        raise ValueError(f"{path}/config.json has class {config.get('class')!r}; expected {cls_name!r}")
+    if config.get("version") != version:
+        raise ValueError(f"{path}/config.json has version {config.get('version')!r}; supported: {version}")
+    for key in keys:
+        if key not in config:
+            raise ValueError(f"{path}/config.json is missing key {key!r}")
+    return config, state
+
+
+def build_agent(
+    cls: Any,
+    path: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    sampler: SamplerConfig,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """``cls(obs_dim, action_dim, **hyperparameters)`` (saved ones updated by ``overrides``) with the saved
+    normalizers and ``sampler``, then the saved weights (a mismatch is a ValueError naming the file)."""
+    hp = {**config["hyperparameters"], **dict(overrides or {})}
+    normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
+    try:
+        agent = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, sampler=sampler, normalizers=normalizers)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}/config.json does not describe a valid {cls.__name__}: {err}") from err
+    try:
+        agent.network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}/model.safetensors does not match the network in config.json: {err}"
+        ) from err
+    return agent

@@ -1,0 +1,71 @@
+"""The agent registry and ``diffctl.load``: rebuild any saved agent from the class named in ``config.json``.
+
+Agent families register their classes (class name -> module path) with ``register_agent``; the module is
+imported only when an agent of that class is built or loaded. Each agent class carries its typed config as
+``config_class``, so the registry is also where the pipeline finds an agent's valid settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+AGENT_CLASSES: dict[str, str] = {
+    "DiffusionPolicy": "diffctl.policies.diffusion",
+    "DiffusionQL": "diffctl.policies.offline_rl.diffusion_ql",
+    "IDQL": "diffctl.policies.offline_rl.idql",
+    "EDP": "diffctl.policies.offline_rl.edp",
+    "StreamingDiffusionPolicy": "diffctl.policies.streaming",
+    "ConsistencyPolicy": "diffctl.policies.consistency",
+    "FlowPolicy": "diffctl.policies.flow",
+    "Diffuser": "diffctl.planners.diffuser",
+    "DecisionDiffuser": "diffctl.planners.decision_diffuser",
+    "CoarseToFineDiffuser": "diffctl.planners.coarse_to_fine",
+}
+
+
+def register_agent(class_name: str, module: str) -> None:
+    """Make ``load`` and the train pipeline find ``class_name`` in ``module`` (imported on first use)."""
+    AGENT_CLASSES[class_name] = module
+
+
+def agent_class(name: str) -> type:
+    """The agent class registered under ``name`` (ValueError listing the known ones)."""
+    if name not in AGENT_CLASSES:
+        raise ValueError(f"unknown agent class {name!r}; known classes: {sorted(AGENT_CLASSES)}")
+    return getattr(importlib.import_module(AGENT_CLASSES[name]), name)
+
+
+def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of the agent directory ``path`` as a dict, with one-line errors."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no agent at {path}: {cfg_path} does not exist")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def load(path: str | os.PathLike[str], **overrides: Any) -> Any:
+    """Load the agent saved in directory ``path``; ``overrides`` change sampler (and act) settings.
+
+    The loaded agent knows the task (``agent.task``) and dataset (``agent.dataset``) it was trained on when
+    its run recorded them.
+    """
+    config = read_config_json(path)
+    name = config.get("class")
+    if name not in AGENT_CLASSES:
+        raise ValueError(
+            f"{Path(path) / 'config.json'} names agent class {name!r}; known classes: {sorted(AGENT_CLASSES)}"
+        )
+    agent = agent_class(name).load(Path(path), **overrides)
+    agent.task = config.get("task")
+    agent.dataset = config.get("dataset")
+    return agent

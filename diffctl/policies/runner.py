@@ -1,0 +1,75 @@
+"""``ChunkRunner``: the act-time state of a chunk policy, apart from the model that samples chunks.
+
+The runner keeps the observation history (repeating the first observation to fill ``To`` steps), the queue
+of planned actions and the last chunk (for warm starts), and asks the model for a new chunk when the queue
+runs dry. It uses only the model's public methods (``check_obs``, ``predict_chunk``, ``grid``, ``generator``)
+and the fused path's preallocated inputs, so any model with those methods can be run the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffctl.policies.fused import FusedInputs, run_fused_chunk
+
+
+class ChunkRunner:
+    """Receding-horizon execution of action chunks: sample H actions, execute ``Ta`` from index ``To - 1``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the history, the queued actions and the last chunk (start of an episode)."""
+        self.history: collections.deque[np.ndarray] = collections.deque(maxlen=self.model.n_obs_steps)
+        self.queue: collections.deque[np.ndarray] = collections.deque()
+        self.last_chunk: torch.Tensor | None = None
+        self.inputs = FusedInputs()
+
+    def observe(self, obs: Any) -> np.ndarray:
+        """Check ``obs`` and push it onto the history (a rejected observation never enters it)."""
+        arr = self.model.check_obs(obs)
+        if self.history and self.history[-1].shape != arr.shape:
+            raise ValueError(
+                f"observation shape changed within an episode: {self.history[-1].shape} -> {arr.shape}"
+            )
+        if not self.history:
+            self.history.extend([arr] * self.model.n_obs_steps)
+        else:
+            self.history.append(arr)
+        return arr
+
+    def warm_init(self) -> torch.Tensor | None:
+        """The last chunk shifted by the executed actions (last action repeated), when warm starts are on."""
+        m = self.model
+        if self.last_chunk is None or m.sampler.warm_start <= 0:
+            return None
+        shifted = self.last_chunk[:, m.n_action_steps :]
+        pad = shifted[:, -1:].expand(-1, m.n_action_steps, -1)
+        return torch.cat([shifted, pad], dim=1)
+
+    def act(self, obs: Any) -> np.ndarray:
+        """One observation -> one action; samples a new chunk when the queue of planned actions is empty."""
+        self.observe(obs)
+        m = self.model
+        if not self.queue:
+            init = self.warm_init()
+            if m.sampler.fused and init is None:
+                chunk = self.fused_chunk()
+            else:
+                chunk = m.predict_chunk(np.stack(self.history)[None], init=init)
+            self.last_chunk = chunk
+            start = m.n_obs_steps - 1
+            self.queue.extend(chunk.cpu().numpy()[0, start : start + m.n_action_steps])
+        return self.queue.popleft().copy()
+
+    def fused_chunk(self) -> torch.Tensor:
+        """A cold chunk of the current history through the fused graph with preallocated inputs."""
+        m = self.model
+        hist, noise = self.inputs.chunk_inputs(m, self.history, m.generator)
+        return run_fused_chunk(m, hist, m.grid().to(hist.device), noise, None)[0]
