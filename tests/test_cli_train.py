@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -169,8 +170,13 @@ def test_train_resume_and_eval_end_to_end(tmp_path: Path, capsys: pytest.Capture
     assert (run / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
 
+    saved = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert saved["task"] == "maze2d-umaze" and saved["dataset"]["path"] == str(data)
+    assert saved["dataset"]["num_episodes"] == 3 and saved["hyperparameters"]["backbone"] == "mlp"
+    moved = tmp_path / "elsewhere"  # away from the run's config.yaml: the task comes from config.json
+    shutil.copytree(run / "checkpoint", moved)
     out = tmp_path / "eval.json"
-    assert main(["eval", str(run / "checkpoint"), "--episodes", "1", "--workers", "0", "--solver", "ddim",
+    assert main(["eval", str(moved), "--episodes", "1", "--workers", "0", "--solver", "ddim",
                  "--steps", "2", "--json", str(out)]) == 0  # fmt: skip
     table = capsys.readouterr().out
     assert "success_rate" in table and "act_latency_ms_p99" in table and "ddim" in table
@@ -223,6 +229,7 @@ def test_train_an_offline_rl_agent_end_to_end(tmp_path: Path, capsys: pytest.Cap
     assert any("eval/normalized_score" in r for r in records)
     agent = load(run / "checkpoint")
     assert type(agent).__name__ == "IDQL" and agent.obs_dim == 4 and agent.goal_dim == 2
+    assert agent.task == "maze2d-umaze" and agent.dataset["num_episodes"] == 2
     sampler = agent.sampler
     assert (sampler.solver, sampler.steps, sampler.schedule) == ("ddpm", 5, "vp")
     assert agent.act_settings["n_candidates"] == 4 and set(agent.normalizers) == {"obs", "action", "goal"}
@@ -281,6 +288,7 @@ def test_train_and_eval_a_planner_end_to_end(
     agent.reset()
     assert agent.act([0.0] * 6).shape == (2,)
     capsys.readouterr()
+    (run / "config.yaml").unlink()  # the checkpoint alone knows its task
     assert main(["eval", str(run / "checkpoint"), "--episodes", "1", "--workers", "0", "--steps", "2"]) == 0
     assert "normalized_score" in capsys.readouterr().out
     assert main([*args[:-1], f"run_dir={tmp_path / 'bad'}", "+planner.widht=3"]) == 1
@@ -304,3 +312,17 @@ def test_eval_set_overrides_are_parsed_as_yaml_scalars() -> None:
     assert got == {"n_candidates": 16, "selection": "argmax", "temperature": 0.5, "clip": True}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_settings(["n_candidates"])
+
+
+def test_eval_of_a_checkpoint_saved_outside_a_run_asks_for_the_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffctl.policies import DiffusionPolicy
+
+    pol = DiffusionPolicy(4, 2, goal_dim=2, backbone="mlp", backbone_kwargs={"hidden": 8, "depth": 1})
+    pol.fit_normalizers([[0.0] * 4, [1.0] * 4], [[-1.0, -1.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]])
+    pol.save(tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)  # a one-part relative path has no grandparent to look for a run config in
+    assert main(["eval", "ckpt", "--episodes", "1", "--workers", "0"]) == 1
+    assert "--task is required: ckpt/config.json records no task" in capsys.readouterr().err
+    assert main(["eval", "ckpt", "--task", "maze2d-umaze", "--episodes", "1", "--workers", "0"]) == 0

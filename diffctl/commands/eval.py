@@ -1,4 +1,4 @@
-"""``diffctl eval CHECKPOINT --task T``: roll a saved agent out in simulation, print a table, write JSON."""
+"""``diffctl eval CHECKPOINT [--task T]``: roll a saved agent out in simulation, print a table, write JSON."""
 
 from __future__ import annotations
 
@@ -96,19 +96,28 @@ def parse_settings(items: list[str]) -> dict[str, Any]:
 
 
 def _task_of_run(checkpoint: Path) -> str:
-    """The task name from the run's config.yaml next to (or one level above) the checkpoint."""
+    """The task the checkpoint was trained on: ``task`` in its ``config.json`` (written by every run), else
+    ``task.name`` in the run's config.yaml next to (or up to two levels above) the checkpoint."""
     from omegaconf import OmegaConf
 
-    for candidate in (
-        checkpoint / "config.yaml",
-        checkpoint.parent / "config.yaml",
-        checkpoint.parents[1] / "config.yaml",
-    ):
+    from diffctl.core.registry import read_config_json
+
+    task = read_config_json(checkpoint).get("task")
+    if task:
+        return str(task)
+    root = checkpoint.resolve()
+    for candidate in (root / "config.yaml", *(p / "config.yaml" for p in root.parents[:2])):
         if candidate.is_file():
-            name = OmegaConf.select(OmegaConf.load(candidate), "task.name")
+            try:
+                name = OmegaConf.select(OmegaConf.load(candidate), "task.name")
+            except Exception as err:
+                raise ValueError(f"{candidate} is not a readable run config: {err}") from err
             if name:
                 return str(name)
-    raise ValueError(f"--task is required: no run config.yaml with task.name found near {checkpoint}")
+    raise ValueError(
+        f"--task is required: {checkpoint}/config.json records no task (saved outside a diffctl run) and no "
+        "run config.yaml with task.name is near it"
+    )
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """``diffctl quickstart``: the main job end to end on maze2d-umaze, in a few minutes on a laptop CPU.
 
-Generates a small expert dataset, trains a goal-conditioned diffusion policy (EDM, MLP backbone, goal by
-classifier-free guidance with goal dropout), evaluates the same checkpoint with Diffusion Policy's sampler
-(DDPM, 100 steps) and with a fast one (DPM-Solver++ 2M, 10 NFE), and writes a table, JSON, a trajectory plot
-and a rollout video.
+Generates a small expert dataset, trains a goal-conditioned diffusion policy through the ``diffctl train``
+pipeline (EDM, MLP backbone, goal by classifier-free guidance with goal dropout), evaluates the same
+checkpoint with Diffusion Policy's sampler (DDPM, 100 steps) and with a fast one (DPM-Solver++ 2M, 10 NFE),
+and writes a table, JSON, a trajectory plot and a rollout video.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     print(format_table(result["evaluations"]))
     print(f"results:    {result['results_path']}")
     print(f"checkpoint: {result['checkpoint']}")
-    print(f"re-evaluate: diffctl eval {result['checkpoint']} --task {TASK} --solver euler --steps 5")
+    print(f"re-evaluate: diffctl eval {result['checkpoint']} --solver euler --steps 5")
     print(f"total time: {result['seconds']['total']:.1f} s")
     return 0
 
@@ -84,44 +84,25 @@ def quickstart(out: Path, budget: Budget, seed: int = 0, workers: int | None = N
     import torch
 
     from diffctl.agents import load
-    from diffctl.datasets import SequenceDataset
     from diffctl.datasets.generators import generate
     from diffctl.envs.evaluate import evaluate
-    from diffctl.envs.registry import get_task
-    from diffctl.policies import DiffusionPolicy
-    from diffctl.train import TrainConfig, Trainer
+    from diffctl.train.pipeline import compose_config, run
 
     torch.set_num_threads(1)  # small batches: one thread is as fast and immune to oversubscription
-    spec = get_task(TASK)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     print(f"[1/3] generating {budget.data_episodes} expert episodes of {TASK}")
-    store = generate(
+    generate(
         TASK, out / "data" / f"{TASK}.zarr", episodes=budget.data_episodes, seed=seed, force=True,
         goal_radius=budget.goal_radius,
-    )  # fmt: skip
+    ).close()  # fmt: skip
     seconds["data"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    dataset = SequenceDataset(
-        store, horizon=budget.horizon, n_obs_steps=budget.n_obs_steps,
-        n_action_steps=budget.n_action_steps, goal="task",
-    )  # fmt: skip
-    policy = DiffusionPolicy(
-        spec.obs_dim, spec.action_dim, goal_dim=spec.goal_dim, horizon=budget.horizon,
-        n_obs_steps=budget.n_obs_steps, n_action_steps=budget.n_action_steps, backbone="mlp",
-        backbone_kwargs={"hidden": budget.hidden, "depth": budget.depth, "embed_dim": 64},
-        goal_dropout=0.1, seed=seed, sampler={"solver": SAMPLERS[1][0], "steps": SAMPLERS[1][1]},
-    )  # fmt: skip
-    policy.fit_normalizers(store.array("observations"), store.array("actions"), store.array("infos/goal"))
-    config = TrainConfig(
-        steps=budget.train_steps, batch_size=budget.batch_size, lr=budget.lr,
-        warmup_steps=min(100, budget.train_steps // 10), checkpoint_every=0, seed=seed, tensorboard=False,
-        log_every=max(1, min(100, budget.train_steps)),
-    )  # fmt: skip
     print(f"[2/3] training a goal-conditioned diffusion policy for {budget.train_steps} steps")
-    summary = Trainer(policy, dataset, config, out / "train").fit()
+    overrides = train_overrides(budget, out, seed)
+    summary = run(compose_config(overrides))
     checkpoint = Path(summary["checkpoint"])
     seconds["train"] = time.perf_counter() - t
 
@@ -147,6 +128,7 @@ def quickstart(out: Path, budget: Budget, seed: int = 0, workers: int | None = N
         "budget": asdict(budget),
         "seed": seed,
         "checkpoint": str(checkpoint),
+        "train_command": "diffctl train " + " ".join(overrides),
         "train": {"final_loss": summary["loss"], "samples_per_s": summary["samples_per_s"]},
         "evaluations": evaluations,
         "seconds": seconds,
@@ -155,6 +137,22 @@ def quickstart(out: Path, budget: Budget, seed: int = 0, workers: int | None = N
     }
     result["results_path"] = str(write_json(out / "results.json", result))
     return result
+
+
+def train_overrides(budget: Budget, out: Path, seed: int) -> list[str]:
+    """The ``diffctl train`` overrides of the quickstart's training run: ``policy=diffusion_mlp`` on the
+    generated data, sized by ``budget``, evaluated afterwards by the quickstart itself (eval.episodes=0)."""
+    bk = f"{{hidden:{budget.hidden},depth:{budget.depth},embed_dim:64}}"
+    return [
+        f"task={TASK}", "policy=diffusion_mlp", "sampler=dpmpp_2m", f"seed={seed}",
+        f"run_dir={out / 'train'}", f"task.dataset.path={out / 'data' / f'{TASK}.zarr'}",
+        f"task.horizon={budget.horizon}", f"task.n_obs_steps={budget.n_obs_steps}",
+        f"task.n_action_steps={budget.n_action_steps}", f"policy.backbone_kwargs={bk}",
+        f"training.steps={budget.train_steps}", f"training.batch_size={budget.batch_size}",
+        f"training.lr={budget.lr}", f"training.warmup_steps={min(100, budget.train_steps // 10)}",
+        "training.checkpoint_every=0", "training.tensorboard=false",
+        f"training.log_every={max(1, min(100, budget.train_steps))}", "eval.episodes=0",
+    ]  # fmt: skip
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -13,7 +13,6 @@ consistency student distilled from a teacher checkpoint) builds the agent and ma
 from __future__ import annotations
 
 import datetime
-import importlib
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -124,6 +123,7 @@ def run(cfg: Any) -> dict[str, Any]:
     store = open_dataset(conf["task"], info)
     dataset = make_dataset(agent_class(_class_name(conf)), store, conf["task"])
     agent = build_agent(conf, dataset, store)
+    stamp_origin(agent, conf["task"], store)
     eval_fn = make_eval_fn(conf)
 
     from diffctl.train.trainer import Trainer
@@ -242,10 +242,19 @@ def register_builder(class_name: str, builder: Builder) -> None:
     BUILDERS[class_name] = builder
 
 
+def agent_settings(cls: type) -> set[str]:
+    """The settings ``cls`` is built from: the fields of its typed ``config_class`` (agents not yet
+    migrated to a typed config: their constructor's keyword arguments)."""
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None:
+        return set(config_class.field_names())
+    return set(inspect.signature(cls).parameters) - {"sampler", "normalizers"}
+
+
 def config_keys(cls: type) -> set[str]:
-    """Keys a policy/planner section may set for ``cls`` (besides name, class and normalizer): the
-    constructor's arguments plus those its ``Builder`` consumes."""
-    return set(inspect.signature(cls).parameters) | set(BUILDERS.get(cls.__name__, DEFAULT_BUILDER).keys)
+    """Keys a policy/planner section may set for ``cls`` (besides name, class and normalizer): its
+    settings plus those its ``Builder`` consumes."""
+    return agent_settings(cls) | set(BUILDERS.get(cls.__name__, DEFAULT_BUILDER).keys)
 
 
 def _class_name(conf: Mapping[str, Any]) -> str:
@@ -253,12 +262,10 @@ def _class_name(conf: Mapping[str, Any]) -> str:
 
 
 def agent_class(name: str) -> type:
-    """The agent class registered in ``diffctl.agents`` under ``name``."""
-    from diffctl.agents import AGENT_CLASSES
+    """The agent class registered under ``name`` (``diffctl.core.registry``)."""
+    from diffctl.core.registry import agent_class as registered
 
-    if name not in AGENT_CLASSES:
-        raise ValueError(f"unknown policy class {name!r}; known classes: {sorted(AGENT_CLASSES)}")
-    return getattr(importlib.import_module(AGENT_CLASSES[name]), name)
+    return registered(name)
 
 
 def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
@@ -287,7 +294,7 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         "n_obs_steps": int(task["n_obs_steps"]),
         "n_action_steps": int(task["n_action_steps"]),
     }
-    accepted = set(inspect.signature(cls).parameters)
+    accepted = agent_settings(cls)
     if "state_dim" in accepted:
         dims["state_dim"] = dims["obs_dim"]
         dims["obs_dim"] += dims["goal_dim"]
@@ -318,6 +325,15 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
             extra["returns"] = _returns_to_go(store, discount)
         agent.fit_normalizers(obs, actions, goal, mode=norm_mode, **extra)
     return agent
+
+
+def stamp_origin(agent: Any, task: Mapping[str, Any], store: Any) -> None:
+    """Record the task and the dataset's identity on ``agent``: its checkpoints carry them in
+    ``config.json``, so ``diffctl eval CHECKPOINT`` needs no ``--task``."""
+    from diffctl.core.persistence import dataset_identity
+
+    agent.task = str(task["name"])
+    agent.dataset = dataset_identity(store, (task.get("dataset") or {}).get("path"))
 
 
 def _consistency_from_teacher(
