@@ -40,8 +40,8 @@ def test_groups_list_the_expected_options() -> None:
     tasks = group_options("task")
     assert set(tasks) == set(TASKS) | set(LOCOMOTION_DATASETS) and len(tasks) == len(set(tasks))
     assert group_options("policy") == [
-        "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer", "diffusion_unet", "edp",
-        "flow_mlp", "idql", "streaming_mlp",
+        "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
+        "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
     ]  # fmt: skip
     assert group_options("sampler") == [
         "consistency",
@@ -54,8 +54,10 @@ def test_groups_list_the_expected_options() -> None:
     ]
 
 
-def _sampler_file(option: str) -> dict:
-    return to_dict(OmegaConf.load(CONFIG_DIR / "sampler" / f"{option}.yaml"))
+def _sampler_file(option: str) -> SamplerConfig:
+    """The sampler a sampler/ file describes: its keys over SamplerConfig's defaults."""
+    values = to_dict(OmegaConf.load(CONFIG_DIR / "sampler" / f"{option}.yaml"))
+    return SamplerConfig.from_dict({k: v for k, v in values.items() if k != "defaults"})
 
 
 @pytest.mark.parametrize("group", ["task", "policy", "sampler"])
@@ -72,10 +74,11 @@ def test_every_group_option_composes(group: str) -> None:
         assert task["name"] in TASKS and task["n_action_steps"] <= task["horizon"] - task["n_obs_steps"] + 1
         assert conf["eval"]["episodes"] == task["eval"]["episodes"]
         if group == "sampler":
-            assert conf["sampler"] == _sampler_file(option)
+            assert SamplerConfig.from_dict(conf["sampler"]) == _sampler_file(option)
         elif group == "policy":
             assert policy["name"] == option
-            assert conf["sampler"] == _sampler_file(POLICY_DEFAULT_SAMPLERS.get(option, "dpmpp_2m"))
+            sampler = _sampler_file(POLICY_DEFAULT_SAMPLERS.get(option, "dpmpp_2m"))
+            assert SamplerConfig.from_dict(conf["sampler"]) == sampler
         else:
             assert task["dataset"]["name"] in (*MAZE_DATASETS, *LOCOMOTION_DATASETS, "pusht")
             assert option in (task["name"], task["dataset"]["name"])
@@ -99,11 +102,9 @@ def test_locomotion_dataset_tasks_reuse_the_env_task() -> None:
 
 
 def test_policy_default_sampler_yields_to_an_explicit_one() -> None:
-    assert to_dict(compose_config(["policy=idql"]))["sampler"] == {
-        "solver": "ddpm",
-        "steps": 5,
-        "schedule": "vp",
-    }
+    assert SamplerConfig.from_dict(to_dict(compose_config(["policy=idql"]))["sampler"]) == SamplerConfig(
+        solver="ddpm", steps=5, schedule="vp"
+    )
     for order in (["sampler=ddim", "policy=idql"], ["policy=idql", "sampler=ddim"]):
         assert to_dict(compose_config([*order, "sampler.steps=3"]))["sampler"]["solver"] == "ddim"
     assert to_dict(compose_config(["policy=diffusion_mlp"]))["sampler"]["solver"] == "dpmpp_2m"
@@ -123,11 +124,11 @@ def test_overrides_reach_the_config_and_default_run_dir() -> None:
     ("argv", "message"),
     [
         (["train", "task=nope"], "unknown task 'nope'; available: halfcheetah, halfcheetah-expert, "),
-        (["train", "policy=cnn"], "unknown policy 'cnn'; available: consistency_mlp, diffusion_mlp"),
+        (["train", "policy=cnn"], "unknown policy 'cnn'; available: bc_mlp, consistency_mlp, diffusion_mlp"),
         (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: consistency, ddim, ddpm"),
         (["train", "training.stepz=3"], "valid keys of training: ['adam_eps'"),
         (["train", "policy.depth=3"], "valid keys of policy: ['backbone'"),
-        (["train", "training.steps=abc"], "training.steps must be of type int, got 'abc'"),
+        (["train", "training.steps=abc"], "training.steps must be an integer, got 'abc'"),
         (["train", "training.lr=-1"], "training.lr must be positive"),
         (["train", "--oops"], "expected hydra overrides of the form key=value, got ['--oops']"),
         (
@@ -200,6 +201,19 @@ def test_train_resume_and_eval_end_to_end(tmp_path: Path, capsys: pytest.Capture
     assert main(["train", *distill, f"policy.teacher={run / 'checkpoint'}", "task.horizon=8",
                  f"run_dir={tmp_path / 'bad2'}"]) == 1  # fmt: skip
     assert "has horizon=16 but the task data gives horizon=8" in capsys.readouterr().err
+
+
+def test_train_and_eval_the_bc_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    args = ["train", *TINY_MAZE, "policy=bc_mlp", "policy.hidden=32", "training.steps=3",
+            f"task.dataset.path={tmp_path / 'umaze.zarr'}", f"run_dir={run}"]  # fmt: skip
+    assert main(args) == 0
+    agent = load(run / "checkpoint")
+    assert type(agent).__name__ == "BCPolicy" and agent.config.hidden == 32 and agent.task == "maze2d-umaze"
+    assert "sampler" not in json.loads((run / "checkpoint" / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run / "checkpoint"), "--episodes", "1", "--workers", "0"]) == 0
+    assert "normalized_score" in capsys.readouterr().out
 
 
 def test_consistency_policy_needs_a_teacher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,8 @@ from diffctl.train.distributed import DistInfo, barrier, collective_device, init
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("task", "policy", "sampler", "planner")
+# Agent settings the pipeline reads off the task and the data instead of the policy / planner section.
+DATA_KEYS = ("obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim")
 # Keys of a policy/planner section that are not constructor arguments; ``teacher`` is read by the builders
 # that declare it (e.g. ConsistencyPolicy's) and refused by the others.
 RESERVED_POLICY_KEYS = ("name", "class", "normalizer", "teacher")
@@ -62,10 +64,40 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
         ) from err
 
 
+def register_defaults() -> None:
+    """Put the typed configs' defaults in hydra's ConfigStore, group ``defaults``: one entry per registered
+    agent class (its settings other than the ``DATA_KEYS`` the task and data fill in), ``training``
+    (``TrainConfig``) and ``sampler`` (``SamplerConfig``). The YAML files pull them in through their
+    defaults lists and list only what they change, so every key is still settable from the command line.
+    Agents' ``seed`` follows the run's top-level ``seed``."""
+    from hydra.core.config_store import ConfigStore
+
+    from diffctl.core.config import Config
+    from diffctl.core.registry import AGENT_CLASSES
+    from diffctl.core.sampler import SamplerConfig
+
+    def node(config_class: type[Config], skip: Sequence[str] = ()) -> dict[str, Any]:
+        values = {k: v for k, v in config_class.defaults().items() if k not in skip}
+        return json.loads(json.dumps(values))  # tuples -> lists
+
+    store = ConfigStore.instance()
+    store.store(group="defaults", name="training", node=node(TrainConfig))
+    store.store(group="defaults", name="sampler", node=node(SamplerConfig))
+    for name in AGENT_CLASSES:
+        values = node(agent_class(name).config_class, DATA_KEYS)
+        only = BUILDERS.get(name, DEFAULT_BUILDER).settings
+        if only is not None:
+            values = {k: v for k, v in values.items() if k in only}
+        if "seed" in values:
+            values["seed"] = "${seed}"  # the run's seed initializes the networks unless policy.seed is set
+        store.store(group="defaults", name=name, node=values)
+
+
 def _compose(config_name: str, overrides: Sequence[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_defaults()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None, job_name="diffctl"):
         return compose(config_name=config_name, overrides=list(overrides))
@@ -221,16 +253,20 @@ def make_dataset(cls: type, store: Any, task: Mapping[str, Any]) -> Any:
 class Builder:
     """How the pipeline constructs one agent class: ``build(cls, dims, kwargs, sampler, options) -> agent``
     where ``options`` holds the section's values of ``keys`` (config keys that are not constructor
-    arguments)."""
+    arguments). ``settings``, when given, limits the config fields whose defaults the YAML section gets
+    (e.g. a student that takes its architecture from a teacher exposes only its own settings)."""
 
     build: Callable[[type, dict[str, int], dict[str, Any], dict[str, Any], dict[str, Any]], Any]
     keys: tuple[str, ...] = ()
+    settings: tuple[str, ...] | None = None
 
 
 def _construct(
     cls: type, dims: dict[str, int], kwargs: dict[str, Any], sampler: dict[str, Any], options: dict[str, Any]
 ) -> Any:
-    return cls(**dims, sampler=sampler, **kwargs)
+    if getattr(cls, "uses_sampler", True):
+        kwargs = {**kwargs, "sampler": sampler}
+    return cls(**dims, **kwargs)
 
 
 DEFAULT_BUILDER = Builder(_construct)
@@ -365,7 +401,10 @@ def _consistency_from_teacher(
         ) from err
 
 
-register_builder("ConsistencyPolicy", Builder(_consistency_from_teacher, keys=("teacher",)))
+register_builder(
+    "ConsistencyPolicy",
+    Builder(_consistency_from_teacher, keys=("teacher",), settings=("distill_steps", "target_ema", "seed")),
+)
 
 
 def _returns_to_go(store: Any, discount: float) -> np.ndarray:
