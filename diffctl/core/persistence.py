@@ -68,9 +68,10 @@ def agent_config(agent: Any, version: int, **sections: Any) -> dict[str, Any]:
         "version": version,
         "hyperparameters": agent.config.to_dict(),
         "normalizers": {k: n.to_dict() for k, n in agent.normalizers.items()},
-        "sampler": agent.sampler.to_dict(),
         **sections,
     }
+    if getattr(agent, "sampler", None) is not None:
+        out["sampler"] = agent.sampler.to_dict()
     return {**out, **origin_sections(agent)}
 
 
@@ -119,15 +120,18 @@ def build_agent(
     path: str | os.PathLike[str],
     config: Mapping[str, Any],
     state: Mapping[str, torch.Tensor],
-    sampler: SamplerConfig,
+    sampler: SamplerConfig | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Any:
     """``cls(obs_dim, action_dim, **hyperparameters)`` (saved ones updated by ``overrides``) with the saved
-    normalizers and ``sampler``, then the saved weights (a mismatch is a ValueError naming the file)."""
+    normalizers and ``sampler`` (agents that sample), then the saved weights (a mismatch is a ValueError
+    naming the file)."""
     hp = {**config["hyperparameters"], **dict(overrides or {})}
     normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
+    if sampler is not None:
+        hp["sampler"] = sampler
     try:
-        agent = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, sampler=sampler, normalizers=normalizers)
+        agent = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, normalizers=normalizers)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}/config.json does not describe a valid {cls.__name__}: {err}") from err
     try:

@@ -21,6 +21,7 @@ AGENT_CLASSES: dict[str, str] = {
     "StreamingDiffusionPolicy": "diffctl.policies.streaming",
     "ConsistencyPolicy": "diffctl.policies.consistency",
     "FlowPolicy": "diffctl.policies.flow",
+    "BCPolicy": "diffctl.policies.bc",
     "Diffuser": "diffctl.planners.diffuser",
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",
     "CoarseToFineDiffuser": "diffctl.planners.coarse_to_fine",

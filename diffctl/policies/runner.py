@@ -2,8 +2,9 @@
 
 The runner keeps the observation history (repeating the first observation to fill ``To`` steps), the queue
 of planned actions and the last chunk (for warm starts), and asks the model for a new chunk when the queue
-runs dry. It uses only the model's public methods (``check_obs``, ``predict_chunk``, ``grid``, ``generator``)
-and the fused path's preallocated inputs, so any model with those methods can be run the same way.
+runs dry. It uses only the model's public methods (``check_obs``, ``predict_chunk``, and for sampling models
+``sampler``, ``grid``, ``generator``) and the fused path's preallocated inputs, so any model with those
+methods is run the same way.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class ChunkRunner:
     def warm_init(self) -> torch.Tensor | None:
         """The last chunk shifted by the executed actions (last action repeated), when warm starts are on."""
         m = self.model
-        if self.last_chunk is None or m.sampler.warm_start <= 0:
+        sampler = getattr(m, "sampler", None)
+        if self.last_chunk is None or sampler is None or sampler.warm_start <= 0:
             return None
         shifted = self.last_chunk[:, m.n_action_steps :]
         pad = shifted[:, -1:].expand(-1, m.n_action_steps, -1)
@@ -59,7 +61,7 @@ class ChunkRunner:
         m = self.model
         if not self.queue:
             init = self.warm_init()
-            if m.sampler.fused and init is None:
+            if init is None and getattr(getattr(m, "sampler", None), "fused", False):
                 chunk = self.fused_chunk()
             else:
                 chunk = m.predict_chunk(np.stack(self.history)[None], init=init)
