@@ -247,14 +247,26 @@ def warm_up(agent: Any, task: str, ticks: int) -> None:
     agent.reset()
 
 
-def train(policy: Any, dataset: Any, steps: int, batch: int, lr: float, out: Path) -> Path:
-    from diffctl.train import TrainConfig, Trainer
+def train_overrides(task: str, setup: TaskSetup, budget: Budget, data: Path) -> list[str]:
+    """The ``diffctl train`` overrides every training run of this benchmark shares (task windows, data, the
+    trainer's settings); each run adds its policy and step budget."""
+    return [
+        f"task={task}", f"task.dataset.path={data}", f"task.horizon={setup.horizon}", "task.n_obs_steps=2",
+        f"task.n_action_steps={setup.n_action_steps}", "eval.episodes=0", "seed=0",
+        f"training.batch_size={budget.batch_size}", "training.checkpoint_every=0",
+        "training.tensorboard=false", "training.progress=false",
+    ]  # fmt: skip
 
-    config = TrainConfig(
-        steps=steps, batch_size=batch, lr=lr, warmup_steps=min(100, steps // 10), checkpoint_every=0,
-        seed=0, tensorboard=False, log_every=max(1, steps // 5), progress=False,
-    )  # fmt: skip
-    return Path(Trainer(policy, dataset, config, out).fit()["checkpoint"])
+
+def train(overrides: list[str], steps: int, lr: float, out: Path) -> Path:
+    """Train through the ``diffctl train`` pipeline; the agent directory of the run."""
+    from diffctl.train.pipeline import compose_config, run
+
+    schedule = [
+        f"training.steps={steps}", f"training.lr={lr}", f"training.warmup_steps={min(100, steps // 10)}",
+        f"training.log_every={max(1, steps // 5)}", f"run_dir={out}",
+    ]  # fmt: skip
+    return Path(run(compose_config([*overrides, *schedule]))["checkpoint"])
 
 
 def main() -> None:
@@ -269,14 +281,10 @@ def main() -> None:
     task, setup = args.task, TASKS[args.task]
 
     import diffctl as dc
-    from diffctl.datasets import EpisodeStore, SequenceDataset
     from diffctl.datasets.generators import generate
     from diffctl.envs.evaluate import evaluate
     from diffctl.envs.registry import get_task
-    from diffctl.policies import DiffusionPolicy
-    from diffctl.policies.consistency import ConsistencyPolicy
     from diffctl.policies.realtime import RealTimePolicy
-    from diffctl.policies.streaming import StreamingDiffusionPolicy
 
     spec = get_task(task)
     work = Path(tempfile.mkdtemp(prefix="rt-bench-"))
@@ -284,42 +292,38 @@ def main() -> None:
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     if setup.generate:
-        store = generate(
-            task, work / "data.zarr", episodes=budget.data_episodes, seed=0, force=True,
-            goal_radius=budget.goal_radius,
-        )  # fmt: skip
+        data = work / "data.zarr"
+        generate(
+            task, data, episodes=budget.data_episodes, seed=0, force=True, goal_radius=budget.goal_radius
+        ).close()
     else:
-        path = args.data_dir / f"{task}.zarr"
-        if not path.exists():
-            parser.error(f"{path} does not exist: diffctl data generate {task} --out {path}")
-        store = EpisodeStore.open(path)
-    goal = "task" if spec.goal_dim else None
-    chunking = {"horizon": setup.horizon, "n_obs_steps": 2, "n_action_steps": setup.n_action_steps}
-    dataset = SequenceDataset(store, **chunking, goal=goal)
-    obs, actions = store.array("observations"), store.array("actions")
-    goals = store.array("infos/goal") if goal else None
+        data = args.data_dir / f"{task}.zarr"
+        if not data.exists():
+            parser.error(f"{data} does not exist: diffctl data generate {task} --out {data}")
     seconds["data"] = time.perf_counter() - t0
-    common = {"goal_dim": spec.goal_dim, **chunking, "goal_dropout": 0.1 if goal else 0.0}
-    fit = {"goal": goals, "obs_mode": setup.obs_mode}
-    net_kwargs = {"hidden": budget.hidden, "depth": budget.depth}
+    common = train_overrides(task, setup, budget, data)
+    fit = [f"policy.obs_normalizer={setup.obs_mode}", f"policy.goal_dropout={0.1 if spec.goal_dim else 0.0}"]
+    net = f"hidden:{budget.hidden},depth:{budget.depth}"
 
     t = time.perf_counter()
-    teacher = DiffusionPolicy(spec.obs_dim, spec.action_dim, backbone="mlp",
-                              backbone_kwargs={**net_kwargs, "embed_dim": 64}, **common)  # fmt: skip
-    teacher.fit_normalizers(obs, actions, **fit)
-    teacher_ckpt = train(teacher, dataset, budget.teacher_steps, budget.batch_size, 1e-3, work / "teacher")
+    teacher = [*common, "policy=diffusion_mlp", *fit, f"policy.backbone_kwargs={{{net},embed_dim:64}}"]
+    teacher_ckpt = train(teacher, budget.teacher_steps, 1e-3, work / "teacher")
     seconds["train_teacher"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    student = ConsistencyPolicy.from_teacher(dc.load(teacher_ckpt), distill_steps=20)
-    cp_ckpt = train(student, dataset, budget.distill_steps, budget.batch_size, 2e-4, work / "consistency")
+    student = [
+        *common[:-2],
+        "policy=consistency_mlp",
+        f"policy.teacher={teacher_ckpt}",
+        "policy.distill_steps=20",
+    ]
+    cp_ckpt = train(student, budget.distill_steps, 2e-4, work / "consistency")
     seconds["distill_consistency"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stream = StreamingDiffusionPolicy(spec.obs_dim, spec.action_dim, steps_per_tick=1,
-                                      backbone_kwargs={**net_kwargs, "embed_dim": 16}, **common)  # fmt: skip
-    stream.fit_normalizers(obs, actions, **fit)
-    stream_ckpt = train(stream, dataset, budget.streaming_steps, budget.batch_size, 1e-3, work / "streaming")
+    stream = [*common, "policy=streaming_mlp", *fit, "policy.steps_per_tick=1",
+              f"policy.backbone_kwargs={{{net},embed_dim:16}}"]  # fmt: skip
+    stream_ckpt = train(stream, budget.streaming_steps, 1e-3, work / "streaming")
     seconds["train_streaming"] = time.perf_counter() - t
 
     def chunked(ckpt: Path, **kw: Any) -> Any:

@@ -1,4 +1,4 @@
-"""benchmarks/critic_probe.py: AWR on a frozen critic moves a Gaussian actor from the behaviour mean to the
+"""diffctl.bench.critic_probe: AWR on a frozen critic moves a Gaussian actor from the behaviour mean to the
 critic's best action; without a value net it refuses with a named error."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.critic_probe import fit_probe
+from diffctl.bench.critic_probe import fit_probe
 from diffctl.policies.offline_rl import IDQL, DiffusionQL, TransitionDataset
 from diffctl.train import TrainConfig, Trainer
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-import benchmarks.offline_rl as bench
-from benchmarks.offline_rl import (
+import diffctl.bench.offline_rl as bench
+from diffctl.bench.offline_rl import (
     edp_speedups,
     kept_name,
     label,

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from diffctl.planners import CoarseToFineDiffuser, DecisionDiffuser, Diffuser, InverseDynamics, window_returns
 from diffctl.planners.base import Plan
@@ -196,11 +197,9 @@ def test_load_rejects_bad_directories_and_overrides(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["diffuser", "decision_diffuser", "diffuser_lite"])
 def test_planner_configs_build_their_planner(name: str) -> None:
-    from omegaconf import OmegaConf
+    from diffctl.train.pipeline import RESERVED_POLICY_KEYS, compose_config
 
-    from diffctl.train.pipeline import CONFIG_DIR
-
-    conf = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "planner" / f"{name}.yaml"))
+    conf = OmegaConf.to_container(compose_config([f"planner={name}"]))  # interpolations left unresolved
     section = dict(conf["planner"])
     classes = {
         "Diffuser": Diffuser,
@@ -208,8 +207,9 @@ def test_planner_configs_build_their_planner(name: str) -> None:
         "CoarseToFineDiffuser": CoarseToFineDiffuser,
     }
     cls = classes[section.pop("class")]
-    for key in ("name", "normalizer"):
-        section.pop(key)
+    for key in RESERVED_POLICY_KEYS:
+        section.pop(key, None)
+    section["seed"] = 0
     planner = cls(STATE + GOAL, ACT, goal_dim=GOAL, horizon=conf["task"]["horizon"], **section,
                   sampler=conf.get("sampler"))  # fmt: skip
     assert planner.horizon == conf["task"]["horizon"] and conf["task"]["n_obs_steps"] == "${task.horizon}"

@@ -29,12 +29,14 @@ from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("task", "policy", "sampler", "planner")
+GROUPS = ("task", "policy", "sampler", "planner", "experiment")
 # Agent settings the pipeline reads off the task and the data instead of the policy / planner section.
 DATA_KEYS = ("obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim")
 # Keys of a policy/planner section that are not constructor arguments; ``teacher`` is read by the builders
 # that declare it (e.g. ConsistencyPolicy's) and refused by the others.
-RESERVED_POLICY_KEYS = ("name", "class", "normalizer", "teacher")
+RESERVED_POLICY_KEYS = ("name", "class", "normalizer", "obs_normalizer", "teacher")
+# Fitting keys every agent section has: normalizer modes (obs_normalizer null: the same as normalizer).
+FIT_DEFAULTS = {"normalizer": "limits", "obs_normalizer": None}
 
 
 def group_options(group: str) -> list[str]:
@@ -88,6 +90,7 @@ def register_defaults() -> None:
         only = BUILDERS.get(name, DEFAULT_BUILDER).settings
         if only is not None:
             values = {k: v for k, v in values.items() if k in only}
+        values = {**FIT_DEFAULTS, **values}
         if "seed" in values:
             values["seed"] = "${seed}"  # the run's seed initializes the networks unless policy.seed is set
         store.store(group="defaults", name=name, node=values)
@@ -139,8 +142,24 @@ def agent_section(conf: Mapping[str, Any]) -> dict[str, Any]:
     return dict(planner or conf["policy"])
 
 
-def run(cfg: Any) -> dict[str, Any]:
-    """Train the agent a composed config describes; returns the Trainer summary plus ``run_dir``."""
+@dataclass
+class PreparedRun:
+    """Everything a composed config describes, ready for a ``Trainer``: the resolved config, the run
+    directory (its ``config.yaml`` written), the opened store, the agent's training data and the fitted agent
+    (its task and dataset identity recorded)."""
+
+    conf: dict[str, Any]
+    train_config: TrainConfig
+    run_dir: Path
+    store: Any
+    dataset: Any
+    agent: Any
+    info: DistInfo
+
+
+def prepare(cfg: Any) -> PreparedRun:
+    """Resolve and check a composed config, open (or generate) its data and build and fit its agent. ``run``
+    trains the result; benchmarks that evaluate in their own way call this and drive the ``Trainer``."""
     conf = to_dict(cfg)
     for key in ("task", "policy", "sampler", "training", "eval"):
         if not isinstance(conf.get(key), Mapping):
@@ -156,11 +175,18 @@ def run(cfg: Any) -> dict[str, Any]:
     dataset = make_dataset(agent_class(_class_name(conf)), store, conf["task"])
     agent = build_agent(conf, dataset, store)
     stamp_origin(agent, conf["task"], store)
-    eval_fn = make_eval_fn(conf)
+    return PreparedRun(conf, train_cfg, run_dir, store, dataset, agent, info)
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Train the agent a composed config describes; returns the Trainer summary plus ``run_dir``."""
+    prep = prepare(cfg)
+    info, run_dir = prep.info, prep.run_dir
 
     from diffctl.train.trainer import Trainer
 
-    summary = Trainer(agent, dataset, train_cfg, run_dir, eval_fn=eval_fn).fit()
+    trainer = Trainer(prep.agent, prep.dataset, prep.train_config, run_dir, eval_fn=make_eval_fn(prep.conf))
+    summary = trainer.fit()
     summary["run_dir"] = str(run_dir)
     if info.is_main:
         write_json(run_dir / "summary.json", summary)
@@ -337,7 +363,7 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     dims = {k: v for k, v in dims.items() if k in accepted}
     kwargs.setdefault("seed", int(conf.get("seed", 0)))
     options = {k: policy.get(k) for k in builder.keys}
-    stray = [k for k in RESERVED_POLICY_KEYS[3:] if k in policy and k not in builder.keys]
+    stray = [k for k in RESERVED_POLICY_KEYS[4:] if k in policy and k not in builder.keys]
     unknown = sorted(set(kwargs) - accepted) + stray
     if unknown:
         section = "planner" if conf.get("planner") else "policy"
@@ -345,6 +371,8 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         raise ValueError(f"unknown {section} keys {unknown} for {cls.__name__}; valid keys: {valid}")
     agent = builder.build(cls, dims, kwargs, dict(conf["sampler"]), options)
     if callable(getattr(agent, "fit", None)):
+        if policy.get("obs_normalizer") is not None:
+            raise ValueError(f"policy.obs_normalizer is not supported by {cls.__name__}; use normalizer")
         agent.fit(dataset, mode=norm_mode)
     elif callable(getattr(agent, "fit_normalizers", None)) and not getattr(agent, "normalizers", None):
         obs_keys = list(task.get("obs_keys", ("observations",)))
@@ -359,6 +387,10 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         if getattr(agent, "uses_returns", False):
             discount = float(policy.get("discount", task.get("discount", 0.99)))
             extra["returns"] = _returns_to_go(store, discount)
+        if policy.get("obs_normalizer") is not None:
+            if "obs_mode" not in inspect.signature(agent.fit_normalizers).parameters:
+                raise ValueError(f"policy.obs_normalizer is not supported by {cls.__name__}; use normalizer")
+            extra["obs_mode"] = str(policy["obs_normalizer"])
         agent.fit_normalizers(obs, actions, goal, mode=norm_mode, **extra)
     return agent
 
