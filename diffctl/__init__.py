@@ -1,6 +1,6 @@
 """diffctl: diffusion-based decision making.
 
-Policies, planners and world models behind one ``act`` / ``plan`` interface, trained from offline datasets,
+Policies and planners behind one ``act`` / ``plan`` interface, trained from offline datasets,
 rolled out in gymnasium + MuJoCo simulators and deployed with real-time denoising. Heavy parts (simulators,
 training) are imported lazily so ``import diffctl`` stays fast.
 """
@@ -19,8 +19,6 @@ _SUBMODULES = {
     "envs",
     "policies",
     "planners",
-    "world_models",
-    "images",
     "deploy",
     "train",
 }
