@@ -21,7 +21,7 @@ def _submodules(net: nn.Module) -> list[nn.Module]:
 
 def param_device(net: nn.Module) -> torch.device:
     """Device of the first parameter of ``net`` (CPU when it has none), without ``parameters()``' generator
-    chain (about 10 us per call at batch 1)."""
+    chain (a visible cost per call at batch 1)."""
     stack = [net]
     while stack:
         m = stack.pop(0)
@@ -37,8 +37,8 @@ def eval_mode(net: nn.Module) -> Iterator[None]:
     """Run the block with every submodule of ``net`` in eval mode, then give each its own mode back.
 
     Flips the ``training`` flags directly: ``nn.Module.train`` recurses through ``__setattr__`` and costs
-    about 0.2 ms per call on a small MLP, as much as a forward pass at batch 1. Networks with a module that
-    overrides ``train`` go through ``train`` (eval, then the top-level mode back, as before).
+    about as much as a small MLP's forward pass at batch 1. Networks with a module that overrides ``train``
+    go through ``train`` (eval, then the top-level mode back).
     """
     training = [m for m in _submodules(net) if m.training]
     if not training:

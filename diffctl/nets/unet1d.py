@@ -21,7 +21,7 @@ class GemmConv1d(nn.Conv1d):
     """``nn.Conv1d`` (same parameters) computed as unfold + one matrix product.
 
     On CPU, PyTorch runs short 1-D convolutions at small batch through a slow fallback kernel; for action
-    chunks (length <= 64) one GEMM is about twice as fast at batch 1 (benchmarks/policy.py). ONNX has no
+    chunks (length <= 64) one GEMM is faster at batch 1 (benchmarks/policy.py measures it). ONNX has no
     unfold, so an ONNX export traces the plain convolution instead (same parameters, same result).
     """
 

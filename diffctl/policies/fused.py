@@ -1,7 +1,7 @@
 """Fused ticks: a policy's whole sampling of a chunk (or one streaming tick) as one frozen TorchScript graph.
 
-At batch 1 on a CPU a small MLP's forward pass is mostly Python dispatch (about half of its 0.5 ms), and the
-work around it (normalization, conditioning, solver bookkeeping, EDM scalings) costs as much again. With
+At batch 1 on a CPU a small MLP's forward pass is largely Python dispatch, and the work around it
+(normalization, conditioning, solver bookkeeping, EDM scalings) costs about as much again. With
 ``SamplerConfig.fused`` on, a policy traces the path from raw observation history and start noise to raw
 actions once per input shape, sigma grid and weight version, freezes it and runs the graph instead.
 
@@ -144,7 +144,7 @@ def _reloads(net: nn.Module) -> int:
 
 def network_params(policy: Any) -> list[nn.Parameter]:
     """``list(policy.network.parameters())`` memoized until the network loads a state dict (a walk over the
-    modules costs about 10 us at batch 1, as much as the rest of a fused tick's bookkeeping). Parameters
+    modules costs as much as the rest of a fused tick's bookkeeping at batch 1). Parameters
     replaced any other way (assigning a new submodule, a submodule's own ``load_state_dict``) are not seen:
     call ``clear_fused_cache(policy)`` after such surgery."""
     cache = policy.__dict__.setdefault("_cache", {})

@@ -221,7 +221,7 @@ class RealTimePolicy(Policy):
         return chunk
 
     def _warm_grid(self, sigma_min: float, rho: float) -> torch.Tensor:
-        """``warm_sigmas`` of this wrapper's settings, memoized (a Karras grid costs ~30 us per tick)."""
+        """``warm_sigmas`` of this wrapper's settings, memoized (a grid per tick costs a visible share)."""
         key = (self.warm_sigma, self.warm_steps, sigma_min, rho)
         if getattr(self, "_warm", (None,))[0] != key:
             self._warm = (key, warm_sigmas(self.warm_sigma, self.warm_steps, sigma_min, rho))
@@ -337,10 +337,9 @@ def _doubles(policy: Any) -> bool:
 class RTIPolicy(RealTimePolicy):
     """RTI-DP: warm-start each chunk from the shifted previous one at ``warm_sigma`` (``warm_steps``).
 
-    The default sigma 2.0 (normalized actions, sigma_data 0.5) comes from maze2d-umaze sweeps: at 0.2 one
-    denoiser call cannot remove the re-noising, the residual noise accumulates chunk after chunk (in-chunk
-    action jumps 0.35 vs 0.13) and success drops to about 0.8; from 1.0 up success matches cold sampling and
-    seams stay smoother than cold chunks.
+    The default sigma 2.0 (normalized actions, sigma_data 0.5) is large enough that the few remaining steps
+    remove the re-noising; too small a sigma lets residual noise accumulate chunk after chunk
+    (docs/experiments/realtime.md).
     """
 
     def __init__(self, policy: Any, *, warm_sigma: float = 2.0, warm_steps: int = 2, **kwargs: Any) -> None:

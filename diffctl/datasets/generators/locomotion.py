@@ -11,9 +11,9 @@ coefficient and replay buffer; Adam moments restart). From that run:
 - ``medium-expert``: medium followed by expert.
 
 Rollouts sample the stochastic SAC policy, as D4RL did. Budgets: ``budget="small"`` (sized for a CPU
-machine: 200k SAC steps, 2-2.5 h at the 24-26 SAC steps/s the progress bar shows on one core of a 2-core
-machine, and 100k-step datasets) or ``"d4rl"`` (1M SAC steps, 1M-step datasets); both can be overridden with
-``sac_steps`` / ``steps``. Files are safetensors, npz (no pickle) and JSON.
+machine: 200k SAC steps, hours on one core, and 100k-step datasets) or ``"d4rl"`` (1M SAC steps, 1M-step
+datasets); both can be overridden with ``sac_steps`` / ``steps``. Files are safetensors, npz (no pickle)
+and JSON.
 """
 
 from __future__ import annotations

@@ -3,22 +3,20 @@ replaced by the one-step reconstruction of a noised dataset action,
 ``a0_hat = (a_t - sqrt(1 - abar_t) eps(a_t, t, s)) / sqrt(abar_t)``. The BC loss and ``a0_hat`` come from
 the same network call, so the actor update never runs the sampling chain.
 
-The critics default to IQL's (ReLU MLPs reading raw states), as IDQL's do: on hopper-medium they lift EDP's
-deterministic act from 26.9 to 29.5 (README, offline RL). Diffusion-QL keeps its paper's Mish critics on
-normalized states.
+The critics default to IQL's (ReLU MLPs reading raw states), as IDQL's do; Diffusion-QL keeps its paper's
+Mish critics on normalized states (the comparison is in docs/experiments/offline_rl.md).
 
 ``backup`` picks the critics' Bellman target. ``expectile`` (the default) is IQL's in-sample target
 ``r + discount * V(s')`` with V the ``expectile`` of Q over the dataset actions (as in IDQL), so no action the
 data does not contain is ever valued; the actor follows the Q gradient through ``a0_hat`` (a
-deterministic-gradient extraction of an IQL critic instead of IQL's advantage weighting). It scores as the
-``policy`` backup does and trains faster, since no step samples the actor's chain (README, offline RL).
-``policy`` (EDP on TD3 / Diffusion-QL, the default before) bootstraps from ``min Q_target(s', a')`` with
-``a'`` sampled from the target actor; EDP agents saved before ``backup`` existed load with it.
+deterministic-gradient extraction of an IQL critic instead of IQL's advantage weighting), and no training step
+samples the actor's chain. ``policy`` (EDP on TD3 / Diffusion-QL) bootstraps from ``min Q_target(s', a')``
+with ``a'`` sampled from the target actor; EDP agents saved before ``backup`` existed load with it.
 
 ``eta`` defaults to 10, not the paper's 1. The Q term is divided by ``mean|Q|``, which on locomotion data is
 large next to how much Q varies over actions, so at ``eta=1`` the denoising loss decides the actor's mode; at
-10 the actor moves to higher-advantage actions, and its default act scores more on all four datasets of the
-offline RL benchmark (README, offline RL). Saved agents keep the ``eta`` they were trained with.
+10 the actor moves to higher-advantage actions (docs/experiments/offline_rl.md has the study). Saved agents
+keep the ``eta`` they were trained with.
 
 ``distill_candidates > 0`` adds a self-distillation term to the actor loss: for ``distill_states`` states of
 the batch the actor samples that many low-noise DDIM candidates (start noise ``DISTILL_NOISE_SCALE``, as in

@@ -7,8 +7,8 @@ takes the one the target critic scores highest (or draws from a softmax over Q).
 log-likelihood, as in EDP's IQL variant. It tilts the actor toward actions the critic prefers instead of
 leaving all policy improvement to the act-time ranking. 0 (the default) is the paper's pure BC actor.
 
-The critics default to IQL's: ReLU MLPs reading raw (unnormalized) states. With Diffusion-QL's Mish critics on
-z-scored states the advantages were worse than none on hopper-medium (``benchmarks/critic_probe.py``).
+The critics default to IQL's: ReLU MLPs reading raw (unnormalized) states, whose advantages an
+advantage-weighted actor can use (``diffctl.bench.critic_probe`` checks a critic this way).
 """
 
 from __future__ import annotations
