@@ -312,7 +312,7 @@ def main() -> None:
 
     t = time.perf_counter()
     student = [
-        *common[:-2],
+        *common,
         "policy=consistency_mlp",
         f"policy.teacher={teacher_ckpt}",
         "policy.distill_steps=20",
