@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ def register(subparsers: Any) -> None:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue the run in RUN_DIR from its last checkpoint",
+        help="continue the run in RUN_DIR with its own config.yaml from its last checkpoint (overrides may "
+        "only change training.steps and what the run logs)",
     )
     parser.set_defaults(func=_run, accepts_extra=True)
 
@@ -31,15 +33,15 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from diffctl.train.pipeline import compose_config, run
+    from diffctl.train.pipeline import compose_config, resume_config, run
 
     overrides = list(getattr(args, "extra", []) or [])
-    if args.resume is not None:
-        overrides += [f"run_dir={args.resume}", "training.resume=true"]
-    cfg = compose_config(overrides)
+    cfg = compose_config(overrides) if args.resume is None else resume_config(args.resume, overrides)
     if args.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
+    if args.resume is not None:
+        print(resume_message(Path(args.resume)), file=sys.stderr)
     summary = run(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -60,6 +62,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 FINAL_KEYS = ("normalized_score", "success_rate", "mean_return")
+
+
+def resume_message(run_dir: Path) -> str:
+    """Where a resumed run starts: its newest step checkpoint, or step 0 when it has none yet."""
+    from diffctl.train.checkpoint import list_step_checkpoints
+
+    found = list_step_checkpoints(run_dir / "checkpoints")
+    if not found:
+        return f"resuming {run_dir}: no checkpoint yet: starting from step 0"
+    step, path = found[-1]
+    return f"resuming {run_dir} from step {step} ({path})"
 
 
 def final_eval(run_dir: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from diffctl.atomic import write_text
+from diffctl.core.config import coerce
+from diffctl.core.sampler import SamplerConfig
 from diffctl.train.checkpoint import write_json
 from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
@@ -34,7 +37,8 @@ GROUPS = ("task", "policy", "sampler", "planner", "experiment")
 DATA_KEYS = ("obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim")
 # Keys of a policy/planner section that are not constructor arguments; ``teacher`` is read by the builders
 # that declare it (e.g. ConsistencyPolicy's) and refused by the others.
-RESERVED_POLICY_KEYS = ("name", "class", "normalizer", "obs_normalizer", "teacher")
+BUILDER_KEYS = ("teacher",)
+RESERVED_POLICY_KEYS = ("name", "class", "normalizer", "obs_normalizer", *BUILDER_KEYS)
 # Fitting keys every agent section has: normalizer modes (obs_normalizer null: the same as normalizer).
 FIT_DEFAULTS = {"normalizer": "limits", "obs_normalizer": None}
 
@@ -76,7 +80,6 @@ def register_defaults() -> None:
 
     from diffctl.core.config import Config
     from diffctl.core.registry import AGENT_CLASSES
-    from diffctl.core.sampler import SamplerConfig
 
     def node(config_class: type[Config], skip: Sequence[str] = ()) -> dict[str, Any]:
         values = {k: v for k, v in config_class.defaults().items() if k not in skip}
@@ -165,10 +168,13 @@ def prepare(cfg: Any) -> PreparedRun:
         if not isinstance(conf.get(key), Mapping):
             raise ValueError(f"config is missing section {key!r}")
     agent_section(conf)
+    SamplerConfig.from_dict(conf["sampler"])  # checked before anything is written, whatever the agent
+    eval_episodes(conf)
+    task_windows(conf["task"])
     info = init_distributed()
     train_cfg = TrainConfig.from_dict(conf["training"])
     run_dir = resolve_run_dir(conf, info)
-    if info.is_main:
+    if info.is_main and not train_cfg.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_yaml(run_dir / "config.yaml", conf)
     store = open_dataset(conf["task"], info)
@@ -190,10 +196,22 @@ def run(cfg: Any) -> dict[str, Any]:
     summary["run_dir"] = str(run_dir)
     if info.is_main:
         write_json(run_dir / "summary.json", summary)
-        from diffctl.train.metrics import plot_learning_curves
-
-        plot_learning_curves(run_dir)
+        plot_curves_or_warn(run_dir)
     return summary
+
+
+def plot_curves_or_warn(run_dir: Path) -> Path | None:
+    """``learning_curves.png`` of the run, or one warning when plotting fails (an optional output never
+    costs the run its results)."""
+    from diffctl.train.metrics import plot_learning_curves
+
+    try:
+        return plot_learning_curves(run_dir)
+    except Exception as err:  # any plotting failure only skips the plot
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        note = f"learning curves of {run_dir} skipped ({message}); the run's results are kept"
+        warnings.warn(note, stacklevel=3)
+        return None
 
 
 def resolve_run_dir(conf: Mapping[str, Any], info: DistInfo) -> Path:
@@ -207,6 +225,54 @@ def resolve_run_dir(conf: Mapping[str, Any], info: DistInfo) -> Path:
     if info.enabled:
         name = _broadcast_str(str(name))
     return Path(name)
+
+
+# What a resumed run may change: how long it trains and what it logs, never what it trains.
+RESUMABLE_KEYS = (
+    "training.steps", "training.eval_every", "training.checkpoint_every", "training.keep_checkpoints",
+    "training.log_every", "training.progress", "training.tensorboard", "training.device", "eval.",
+)  # fmt: skip
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Any:
+    """The config of the run in ``run_dir`` (its own ``config.yaml``) set to resume there, with the
+    ``overrides`` that only change how long it trains or what it logs (``RESUMABLE_KEYS``). An override that
+    restates the run's value is accepted; one that would change anything else is a ValueError naming it."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    root = Path(run_dir)
+    path = root / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {root}: no config.yaml there (not a diffctl train run directory)")
+    try:
+        saved = OmegaConf.load(path)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable run config: {' '.join(str(err).split())}") from err
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or key.startswith(("+", "~")):
+            raise ValueError(f"--resume takes key=value overrides of existing keys, got {override!r}")
+        value = yaml.safe_load(text) if text.strip() else None
+        if key in GROUPS:
+            name_key = "sampler.solver" if key == "sampler" else f"{key}.name"
+            have = OmegaConf.select(saved, name_key)
+            wanted = to_dict(compose_config([override])).get(key) or {}
+            if have != wanted.get(name_key.split(".")[1]):
+                raise ValueError(f"cannot change {key} when resuming {root}: the run has {have!r}")
+            continue
+        have = OmegaConf.select(saved, key, default="<missing>")
+        if have == "<missing>":
+            raise ValueError(f"cannot set {key} when resuming {root}: the run's config.yaml has no such key")
+        if have != value and not key.startswith(RESUMABLE_KEYS):
+            raise ValueError(
+                f"cannot change {key} from {have!r} to {value!r} when resuming {root}; a resumed run may "
+                f"change only {', '.join(k.rstrip('.') for k in RESUMABLE_KEYS)}"
+            )
+        OmegaConf.update(saved, key, value, merge=False)
+    OmegaConf.update(saved, "run_dir", str(root))
+    OmegaConf.update(saved, "training.resume", True)
+    return saved
 
 
 def _broadcast_str(value: str, capacity: int = 4096) -> str:
@@ -253,19 +319,25 @@ def build_dataset(store: Any, task: Mapping[str, Any]) -> Any:
     task sets them, ``pad_before`` / ``pad_after`` and the ``discount`` of returns-to-go)."""
     from diffctl.datasets.sequence import SequenceDataset
 
-    optional = {k: task[k] for k in ("pad_before", "pad_after") if task.get(k) is not None}
+    optional: dict[str, Any] = {
+        k: coerce(int, task[k], f"task.{k}") for k in ("pad_before", "pad_after") if task.get(k) is not None
+    }
     if task.get("discount") is not None:
-        optional["discount"] = float(task["discount"])
+        optional["discount"] = coerce(float, task["discount"], "task.discount")
     return SequenceDataset(
         store,
-        horizon=int(task["horizon"]),
-        n_obs_steps=int(task["n_obs_steps"]),
-        n_action_steps=int(task["n_action_steps"]),
+        **task_windows(task),
         obs_keys=tuple(task.get("obs_keys", ("observations",))),
         action_key=str(task.get("action_key", "actions")),
         goal=task.get("goal"),
-        **{k: int(v) if k != "discount" else v for k, v in optional.items()},
+        **optional,
     )
+
+
+def task_windows(task: Mapping[str, Any]) -> dict[str, int]:
+    """``horizon``, ``n_obs_steps`` and ``n_action_steps`` of a task section as integers (a ValueError naming
+    ``task.<key>`` otherwise)."""
+    return {k: coerce(int, task.get(k), f"task.{k}") for k in ("horizon", "n_obs_steps", "n_action_steps")}
 
 
 def make_dataset(cls: type, store: Any, task: Mapping[str, Any]) -> Any:
@@ -305,12 +377,11 @@ def register_builder(class_name: str, builder: Builder) -> None:
 
 
 def agent_settings(cls: type) -> set[str]:
-    """The settings ``cls`` is built from: the fields of its typed ``config_class`` (agents not yet
-    migrated to a typed config: their constructor's keyword arguments)."""
+    """The settings ``cls`` is built from: the fields of its typed ``config_class``."""
     config_class = getattr(cls, "config_class", None)
-    if config_class is not None:
-        return set(config_class.field_names())
-    return set(inspect.signature(cls).parameters) - {"sampler", "normalizers"}
+    if config_class is None:
+        raise ValueError(f"agent class {cls.__name__} has no config_class (a diffctl.core.Config dataclass)")
+    return set(config_class.field_names())
 
 
 def config_keys(cls: type) -> set[str]:
@@ -352,18 +423,17 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
         "obs_dim": int(sample["obs"].shape[-1]),
         "action_dim": int(sample["actions"].shape[-1]),
         "goal_dim": int(sample["goal"].shape[-1]) if "goal" in sample else 0,
-        "horizon": int(task["horizon"]),
-        "n_obs_steps": int(task["n_obs_steps"]),
-        "n_action_steps": int(task["n_action_steps"]),
+        **task_windows(task),
     }
     accepted = agent_settings(cls)
     if "state_dim" in accepted:
         dims["state_dim"] = dims["obs_dim"]
         dims["obs_dim"] += dims["goal_dim"]
     dims = {k: v for k, v in dims.items() if k in accepted}
-    kwargs.setdefault("seed", int(conf.get("seed", 0)))
+    if "seed" in accepted:
+        kwargs.setdefault("seed", int(conf.get("seed", 0)))
     options = {k: policy.get(k) for k in builder.keys}
-    stray = [k for k in RESERVED_POLICY_KEYS[4:] if k in policy and k not in builder.keys]
+    stray = [k for k in BUILDER_KEYS if k in policy and k not in builder.keys]
     unknown = sorted(set(kwargs) - accepted) + stray
     if unknown:
         section = "planner" if conf.get("planner") else "policy"
@@ -452,11 +522,19 @@ def _rows(array: Any) -> np.ndarray:
     return array.reshape(len(array), -1)
 
 
+def eval_episodes(conf: Mapping[str, Any]) -> int:
+    """``eval.episodes`` as an integer >= 0 (0: no closed-loop evaluation), else a ValueError naming it."""
+    episodes = coerce(int, (conf.get("eval") or {}).get("episodes") or 0, "eval.episodes")
+    if episodes < 0:
+        raise ValueError(f"eval.episodes must be >= 0 (0: no closed-loop evaluation), got {episodes}")
+    return episodes
+
+
 def make_eval_fn(conf: Mapping[str, Any]) -> Callable[[Any], dict[str, Any]] | None:
     """Closed-loop evaluation with ``diffctl.envs.evaluate`` (None when ``eval.episodes`` is 0)."""
     section = conf.get("eval") or {}
-    episodes = int(section.get("episodes") or 0)
-    if episodes <= 0:
+    episodes = eval_episodes(conf)
+    if episodes == 0:
         return None
     try:
         from diffctl.envs.evaluate import evaluate

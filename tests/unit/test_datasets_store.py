@@ -110,7 +110,7 @@ def test_killed_writer_leaves_no_store(tmp_path: Path) -> None:
         os._exit(1)
         """
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", script], check=False, cwd=root, env={"PYTHONPATH": str(root)})
     assert not path.exists()
     temps = [p for p in tmp_path.iterdir() if p.name.startswith(".killed.zarr.tmp-")]

@@ -340,3 +340,73 @@ def test_eval_of_a_checkpoint_saved_outside_a_run_asks_for_the_task(
     assert main(["eval", "ckpt", "--episodes", "1", "--workers", "0"]) == 1
     assert "--task is required: ckpt/config.json records no task" in capsys.readouterr().err
     assert main(["eval", "ckpt", "--task", "maze2d-umaze", "--episodes", "1", "--workers", "0"]) == 0
+
+
+def test_resume_uses_the_runs_own_config_and_refuses_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, data = tmp_path / "run", tmp_path / "umaze.zarr"
+    args = ["train", *TINY_MAZE, "policy=bc_mlp", "policy.hidden=16", f"task.dataset.path={data}",
+            "training.steps=4", "training.checkpoint_every=2", f"run_dir={run}"]  # fmt: skip
+    assert main(args) == 0
+    saved = (run / "config.yaml").read_text()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # the packaged defaults would generate data here; the run's own config does not
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "training.steps=6", "policy.hidden=16"]) == 0
+    assert f"resuming {run} from step 4" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == saved and not any(cwd.iterdir())
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert load(run / "checkpoint").config.hidden == 16
+
+    for override, message in [
+        ("policy.hidden=32", f"cannot change policy.hidden from 16 to 32 when resuming {run}"),
+        ("policy=diffusion_mlp", f"cannot change policy when resuming {run}: the run has 'bc_mlp'"),
+        ("training.lr=0.5", "cannot change training.lr"),
+        ("+policy.extra=1", "--resume takes key=value overrides of existing keys"),
+    ]:
+        assert main(["train", "--resume", str(run), override]) == 1
+        assert message in capsys.readouterr().err
+    fresh = tmp_path / "fresh"  # a run directory whose first attempt died before its first checkpoint
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(saved)
+    assert main(["train", "--resume", str(fresh), "training.steps=1"]) == 0
+    assert f"resuming {fresh}: no checkpoint yet: starting from step 0" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 1
+    assert "no config.yaml there (not a diffctl train run directory)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("sampler.solver=nope", "unknown sampler.solver 'nope'"),
+     ("eval.episodes=-3", "eval.episodes must be >= 0 (0: no closed-loop evaluation), got -3"),
+     ("task.horizon=long", "task.horizon must be an integer, got 'long'")],
+)  # fmt: skip
+def test_bad_values_are_named_before_anything_is_written(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = [o for o in TINY_MAZE if not o.startswith("eval.episodes")]
+    run = tmp_path / "run"
+    args = ["train", *base, "policy=bc_mlp", override, f"task.dataset.path={tmp_path / 'umaze.zarr'}",
+            "training.steps=1", f"run_dir={run}"]  # fmt: skip
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_failing_plot_backend_only_skips_the_learning_curves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    run = tmp_path / "run"
+    args = ["train", *TINY_MAZE, "policy=bc_mlp", "policy.hidden=8", "training.steps=2",
+            f"task.dataset.path={tmp_path / 'umaze.zarr'}", f"run_dir={run}"]  # fmt: skip
+    with pytest.warns(
+        UserWarning, match=r"learning curves of .* skipped \(ModuleNotFoundError: import of matplotlib"
+    ):
+        assert main(args) == 0
+    assert (run / "summary.json").is_file() and (run / "checkpoint" / "config.json").is_file()
+    assert not (run / "learning_curves.png").exists()

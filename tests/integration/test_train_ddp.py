@@ -83,7 +83,7 @@ def test_torchrun_cli_two_ranks_share_one_run(tmp_path: Path) -> None:
         "training.progress=false", "training.log_every=1", "eval.episodes=0", f"run_dir={run}",
         f"task.dataset.path={tmp_path / 'umaze.zarr'}", "task.dataset.generate.episodes=2",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run directory:") == 1
