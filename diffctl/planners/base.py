@@ -26,33 +26,14 @@ from diffctl.core.persistence import agent_config, build_agent, read_agent_confi
 from diffctl.core.sampler import SamplerConfig, refuse_fused
 from diffctl.core.seeding import SeededSampler
 from diffctl.datasets.normalizer import Normalizer
+from diffctl.planners.plan import Plan, shift_trajectory
+from diffctl.planners.runner import PlanRunner
+
+__all__ = ["Plan", "Planner", "PlannerConfig", "shift_trajectory"]
 
 VERSION = 1
 EDM_NOISE_SCALE = 250.0
 TRACKING_MODES = ("auto", "plan", "pd", "inverse_dynamics")
-
-
-@dataclass
-class Plan:
-    """Sampled plans, best first along axis 1, in raw (unnormalized) units.
-
-    ``states`` ``(B, N, H, Ds)``; ``actions`` ``(B, N, H, Da)`` (Diffuser) or ``(B, N, H - 1, Da)`` from
-    inverse dynamics (Decision Diffuser: ``actions[..., t, :]`` moves ``states[..., t, :]`` to ``t + 1``);
-    ``values`` ``(B, N)`` predicted returns (None for planners without a value model); ``trajectory``
-    ``(B, N, H, D)`` the sampled normalized trajectories (what a warm start re-noises).
-    """
-
-    states: torch.Tensor
-    actions: torch.Tensor
-    values: torch.Tensor | None = None
-    trajectory: torch.Tensor | None = None
-
-
-def shift_trajectory(traj: torch.Tensor, steps: int) -> torch.Tensor:
-    """Drop the first ``steps`` entries of ``(B, H, D)`` and repeat the last one to keep length ``H``."""
-    h = traj.shape[1]
-    steps = max(0, min(int(steps), h - 1))
-    return torch.cat([traj[:, steps:], traj[:, -1:].expand(-1, steps, -1)], dim=1)
 
 
 class ScaledNoiseNet(nn.Module):
@@ -157,7 +138,7 @@ class PlannerConfig(Config):
 
 class Planner(Configurable, SeededSampler, ABC):
     """Base of trajectory planners: a typed ``config_class``, a ``network`` built by ``build_network``
-    (seeded by ``config.seed``), ``plan``, ``loss`` and the tracking action ``_track_action``."""
+    (seeded by ``config.seed``), ``plan``, ``loss`` and ``track_action``; a ``PlanRunner`` executes plans."""
 
     network: nn.Module
     config_class: ClassVar[type[PlannerConfig]] = PlannerConfig
@@ -379,8 +360,9 @@ class Planner(Configurable, SeededSampler, ABC):
         """Training loss of a raw batch of windows (``obs`` ``(B, H, D)``, ``actions`` ``(B, H, Da)``)."""
 
     @abstractmethod
-    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
-        """The action at plan step ``t`` from the observed raw ``state`` ``(1, Ds)``."""
+    def track_action(self, plan: Plan, plan_norm: torch.Tensor, state: torch.Tensor, t: int) -> np.ndarray:
+        """The action at step ``t`` of ``plan`` (its best plan's normalized states: ``plan_norm``) from the
+        observed raw ``state`` ``(1, Ds)``."""
 
     @property
     def plan_length(self) -> int:
@@ -392,52 +374,26 @@ class Planner(Configurable, SeededSampler, ABC):
         return str(self.hparams["tracking"])
 
     def reset(self, seed: int | None = None) -> None:
-        """Start an episode: forget the current plan; ``seed`` reseeds the sampling generator."""
-        self._plan: Plan | None = None
-        self._plan_norm: torch.Tensor | None = None
-        self._t = 0
-        self.replans = 0
+        """Start an episode: forget the current plan (a fresh ``PlanRunner``); ``seed`` reseeds sampling."""
+        self.runner = PlanRunner(self)
         if seed is not None:
             self.seed(seed)
 
-    def _needs_plan(self, state_norm: torch.Tensor) -> bool:
-        if self._plan is None or self._plan_norm is None:
-            return True
-        every = self.hparams["replan_every"]
-        if self._t >= self.plan_length - 1 or (every and self._t >= every):
-            return True
-        thr = self.hparams["replan_threshold"]
-        if thr is not None:
-            return float((state_norm[0] - self._plan_norm[self._t]).norm()) > thr
-        return False
+    @property
+    def replans(self) -> int:
+        """Plans sampled since ``reset``."""
+        return self.runner.replans
 
-    @torch.no_grad()
     def act(self, obs: Any) -> np.ndarray:
-        """One observation -> one action along the current best plan, replanning as configured."""
-        arr = np.asarray(obs, dtype=np.float32)
-        if arr.ndim != 1:
-            raise ValueError(f"act() takes one observation of shape (D,), got {arr.shape}")
-        state, _ = self.split_obs(arr)
-        state_norm = self.normalizer("state").normalize(state)
-        if self._needs_plan(state_norm):
-            init = None
-            if self.sampler.warm_start > 0 and self._plan is not None and self._plan.trajectory is not None:
-                init = shift_trajectory(self._plan.trajectory[:, 0], self._t)
-            self._plan = self.plan(arr, init=init)
-            self._plan_norm = self.normalizer("state").normalize(self._plan.states[0, 0])
-            self._t = 0
-            self.replans += 1
-        action = self._track_action(state, self._t)
-        self._t += 1
-        return np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_dim), -1.0, 1.0)
+        """One observation -> one action along the current best plan (``PlanRunner``)."""
+        return self.runner.act(obs)
 
-    def _pd_action(self, state: torch.Tensor, t: int) -> np.ndarray:
-        """Steer to the next waypoint: ``kp (p' - p) + kd (v' - v)`` for states laid out ``[p, v, ...]``."""
-        assert self._plan is not None
+    def pd_action(self, plan: Plan, state: torch.Tensor, t: int) -> np.ndarray:
+        """Steer to the plan's next waypoint: ``kp (p' - p) + kd (v' - v)`` for states ``[p, v, ...]``."""
         p = self.action_dim
-        nxt = self._plan.states[0, 0, min(t + 1, self.plan_length - 1)]
+        nxt = plan.states[0, 0, min(t + 1, self.plan_length - 1)]
         s = state[0]
-        a = self.hparams["kp"] * (nxt[:p] - s[:p]) + self.hparams["kd"] * (nxt[p : 2 * p] - s[p : 2 * p])
+        a = self.config.kp * (nxt[:p] - s[:p]) + self.config.kd * (nxt[p : 2 * p] - s[p : 2 * p])
         return a.cpu().numpy()
 
     # ----- persistence ---------------------------------------------------------------------------------

@@ -202,15 +202,14 @@ class DecisionDiffuser(Planner):
         traj = x0.reshape(bsz, n, self.horizon, self.state_dim)
         return Plan(states=states, actions=actions, values=None, trajectory=traj)
 
-    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
-        assert self._plan is not None and self._plan_norm is not None
+    def track_action(self, plan: Plan, plan_norm: torch.Tensor, state: torch.Tensor, t: int) -> np.ndarray:
         mode = self.tracking_mode()
         if mode == "pd":
-            return self._pd_action(state, t)
+            return self.pd_action(plan, state, t)
         if mode == "plan":
-            return self._plan.actions[0, 0, min(t, self.horizon - 2)].cpu().numpy()
+            return plan.actions[0, 0, min(t, self.horizon - 2)].cpu().numpy()
         s = self.normalizer("state").normalize(state)
-        nxt = self._plan_norm[min(t + 1, self.horizon - 1)][None]
+        nxt = plan_norm[min(t + 1, self.horizon - 1)][None]
         with torch.no_grad():
             a = self.network.inverse_dynamics(s, nxt)
         return self.normalizer("action").unnormalize(a)[0].cpu().numpy()

@@ -141,11 +141,10 @@ class TrajectoryPlanner(Planner):
         states = self.normalizer("state").unnormalize(x[..., :ds])
         return Plan(states=states, actions=act_norm.unnormalize(a), values=values, trajectory=x)
 
-    def _track_action(self, state: torch.Tensor, t: int) -> np.ndarray:
-        assert self._plan is not None
+    def track_action(self, plan: Plan, plan_norm: torch.Tensor, state: torch.Tensor, t: int) -> np.ndarray:
         if self.tracking_mode() == "pd":
-            return self._pd_action(state, t)
-        return self._plan.actions[0, 0, t].cpu().numpy()
+            return self.pd_action(plan, state, t)
+        return plan.actions[0, 0, t].cpu().numpy()
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""``ChunkRunner``: the act-time state of a chunk policy, apart from the model that samples chunks.
+"""Runners: the act-time state of a policy, apart from the model that samples actions.
 
-The runner keeps the observation history (repeating the first observation to fill ``To`` steps), the queue
-of planned actions and the last chunk (for warm starts), and asks the model for a new chunk when the queue
-runs dry. It uses only the model's public methods (``check_obs``, ``predict_chunk``, and for sampling models
-``sampler``, ``grid``, ``generator``) and the fused path's preallocated inputs, so any model with those
-methods is run the same way.
+``ChunkRunner`` keeps the observation history (the first observation repeated to fill ``To`` steps), the
+queue of planned actions and the last chunk (for warm starts), and asks the model for a new chunk when the
+queue runs dry. It uses only the model's public methods (``check_obs``, ``predict_chunk``, and for sampling
+models ``sampler``, ``grid``, ``generator``) and the fused path's preallocated inputs, so any model with
+those methods is run the same way. ``StreamRunner`` keeps a streaming policy's buffer of actions at rising
+noise levels instead of a queue.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffctl.policies.fused import FusedInputs, run_fused_chunk
+from diffctl.core.modules import eval_mode, param_device
+from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
 
 class ChunkRunner:
@@ -75,3 +77,40 @@ class ChunkRunner:
         m = self.model
         hist, noise = self.inputs.chunk_inputs(m, self.history, m.generator)
         return run_fused_chunk(m, hist, m.grid().to(hist.device), noise, None)[0]
+
+
+class StreamRunner(ChunkRunner):
+    """Act-time state of a streaming policy: the observation history, the buffer of the next actions at
+    rising noise levels, and the NFE and ticks since ``reset``. Each tick moves the buffer one level down
+    (``tick``), executes its now clean head and appends fresh noise (``advance``); the first tick fills the
+    buffer (``fill_buffer``). With ``sampler.fused`` the steady-state tick is the ``fused_tick`` graph.
+    """
+
+    def reset(self) -> None:
+        super().reset()
+        self.buffer: torch.Tensor | None = None
+        self.nfe = 0
+        self.ticks = 0
+
+    @torch.no_grad()
+    def act(self, obs: Any) -> np.ndarray:
+        """One observation -> one action with ``steps_per_tick`` NFE (about N on the first tick)."""
+        self.observe(obs)
+        m = self.model
+        if m.sampler.fused and self.buffer is not None:
+            device = network_device(m)
+            hist = self.inputs.history(self.history, device)
+            fresh = self.inputs.noise((1, 1, m.action_dim), m.generator, device)
+            action, self.buffer = m.fused_tick(hist, self.buffer, fresh)
+        else:
+            hist = torch.as_tensor(np.stack(self.history)[None], device=param_device(m.network))
+            with eval_mode(m.network):
+                denoise = m.conditioned_denoiser(hist)
+                if self.buffer is None:
+                    self.buffer = m.fill_buffer(denoise)
+                    self.nfe += m.levels - m.steps_per_tick
+                action, moved = m.tick(denoise, self.buffer)
+            self.buffer = m.advance(moved, torch.randn((1, 1, m.action_dim), generator=m.generator))
+        self.nfe += m.steps_per_tick
+        self.ticks += 1
+        return action.cpu().numpy()[0]

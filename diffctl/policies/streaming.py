@@ -32,12 +32,11 @@ from diffctl.policies.diffusion import (
     split_batch,
 )
 from diffctl.policies.fused import (
-    FusedInputs,
     cached_graph,
     constant_sigma,
-    network_device,
     trace_frozen,
 )
+from diffctl.policies.runner import StreamRunner
 
 
 class _Block(nn.Module):
@@ -278,11 +277,19 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode: empty history and buffer (the first tick fills it, about N NFE)."""
-        super().reset(seed)
-        self._buffer: torch.Tensor | None = None
-        self._inputs = FusedInputs()
-        self.nfe = 0
-        self.ticks = 0
+        self.runner = StreamRunner(self)
+        if seed is not None:
+            self.seed(seed)
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations since ``reset``."""
+        return self.runner.nfe
+
+    @property
+    def ticks(self) -> int:
+        """Control ticks since ``reset``."""
+        return self.runner.ticks
 
     @staticmethod
     def _euler(denoise: Any, x: torch.Tensor, levels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -292,32 +299,16 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         x0 = denoise(x, s0.expand(x.shape[0], -1))
         return x0 + ratio * (x - x0)
 
-    @torch.no_grad()
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action with ``steps_per_tick`` NFE (about N on the first tick)."""
-        self.runner.observe(obs)
-        frames = self.runner.history
-        if self.sampler.fused and self._buffer is not None:
-            device = network_device(self)
-            hist = self._inputs.history(frames, device)
-            fresh = self._inputs.noise((1, 1, self.action_dim), self._generator, device)
-            action, self._buffer = self._fused_tick(hist, self._buffer, fresh)
-        else:
-            with eval_mode(self.network):
-                denoise = self._conditioned(np.stack(frames)[None])
-                action, x = self._tick(denoise, self._fill(denoise) if self._buffer is None else self._buffer)
-            fresh = torch.randn((1, 1, self.action_dim), generator=self._generator)
-            self._buffer = self._advance(x, fresh)
-        self.nfe += self.steps_per_tick
-        self.ticks += 1
-        return action.cpu().numpy()[0]
+        return self.runner.act(obs)
 
-    def _advance(self, x: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    def advance(self, x: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
         """The next tick's buffer: the moved one without its executed head, with standard-normal ``fresh``
         (B, 1, Da) at the top noise level appended."""
         return torch.cat([x[:, 1:], fresh * self._stream_grid()[0]], dim=1)
 
-    def _fill(self, denoise: Any) -> torch.Tensor:
+    def fill_buffer(self, denoise: Any) -> torch.Tensor:
         """The first buffer: pure noise walked down to the staircase of levels (N - k NFE)."""
         grid, n, k, hb = self._stream_grid(), self.levels, self.steps_per_tick, self.buffer_len
         start = n - k * (torch.arange(hb) + 1)
@@ -326,25 +317,24 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
             idx = torch.minimum(torch.full_like(start, i), start)
             moved = self._euler(denoise, x, self._levels(idx, grid))
             x = torch.where((idx < start).reshape(1, -1, 1), moved, x)
-        self.nfe += n - k
         return x
 
-    def _tick(self, denoise: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tick(self, denoise: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The k steady-state Euler steps of a tick: ``(raw first action (B, Da), moved buffer)``."""
         for levels in self._tick_steps():
             x = self._euler(denoise, x, levels)
         return self.normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
 
-    def _fused_tick(
+    def fused_tick(
         self, hist: torch.Tensor, buffer: torch.Tensor, fresh: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``_tick`` and ``_advance`` through one frozen graph of ``(raw history, buffer, fresh noise)``
+        """``tick`` and ``advance`` through one frozen graph of ``(raw history, buffer, fresh noise)``
         (``diffctl.policies.fused``): ``(raw first action (B, Da), next buffer)``."""
         key = ("stream_tick", tuple(hist.shape), tuple(buffer.shape), id(self._tick_steps()), hist.device)
 
         def tick(h: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            action, moved = self._tick(constant_sigma(self._conditioned(h)), x)
-            return action, self._advance(moved, z)
+            action, moved = self.tick(constant_sigma(self._conditioned(h)), x)
+            return action, self.advance(moved, z)
 
         graph = cached_graph(
             self, key, lambda: trace_frozen(tick, self.network, (hist, buffer, fresh), "streaming tick")

@@ -132,14 +132,14 @@ def test_diffuser_plan_actions_and_pd_tracking() -> None:
     obs = np.array([0.1, 0.2, 0.0, 0.0, 1.0, 1.0], dtype=np.float32)
     planner.reset()
     action = planner.act(obs)
-    nxt = planner._plan.states[0, 0, 1].numpy()
+    nxt = planner.runner.plan.states[0, 0, 1].numpy()
     want = np.clip((nxt[:2] - obs[:2]) + (nxt[2:4] - obs[2:4]), -1, 1)
     np.testing.assert_allclose(action, want, atol=1e-5)
     plain = fitted(Diffuser(STATE, ACT, horizon=H, value=False, **SMALL_NET, sampler={"steps": 2, "seed": 0}))
     assert plain.tracking_mode() == "plan"
     plain.reset()
     first = plain.act(obs[:STATE])
-    np.testing.assert_allclose(first, plain._plan.actions[0, 0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(first, plain.runner.plan.actions[0, 0, 0].numpy(), atol=1e-6)
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
