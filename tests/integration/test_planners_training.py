@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import ACT, STATE, H, fit, rollouts
 
 import diffctl as dc
 from diffctl.agents import AGENT_CLASSES
@@ -13,37 +14,7 @@ from diffctl.datasets.sequence import SequenceDataset, discounted_returns_to_go
 from diffctl.planners import DecisionDiffuser, Diffuser
 from diffctl.train import TrainConfig, Trainer
 
-STATE, ACT, H = 4, 2, 8
 NET = {"backbone": "mlp", "backbone_kwargs": {"hidden": 256, "depth": 2, "embed_dim": 32}}
-
-
-def rollouts(
-    n: int, direction: torch.Tensor | None = None, seed: int = 0, horizon: int = H
-) -> dict[str, torch.Tensor]:
-    """Point-mass windows ``p' = p + 0.2 a``, ``v = a`` with a constant action per window; reward = x."""
-    g = torch.Generator().manual_seed(seed)
-    pos0 = torch.rand(n, 2, generator=g) * 2 - 1
-    act = -0.5 * pos0 if direction is None else direction.expand(n, 2)
-    t = torch.arange(horizon, dtype=torch.float32).reshape(1, horizon, 1)
-    pos = pos0[:, None] + 0.2 * t * act[:, None]
-    vel = torch.cat([torch.zeros(n, 1, 2), act[:, None].expand(n, horizon - 1, 2)], dim=1)
-    rewards = pos[..., 0]
-    return {"obs": torch.cat([pos, vel], -1), "actions": act[:, None].expand(n, horizon, 2).contiguous(),
-            "rewards": rewards, "returns": rewards[:, -1].clone()}  # fmt: skip
-
-
-def fit(planner, data: dict[str, torch.Tensor], steps: int, lr: float = 2e-3) -> None:
-    returns = torch.cat([data["returns"], data["rewards"].sum(1)]) if planner.uses_returns else None
-    planner.fit_normalizers(data["obs"].reshape(-1, STATE).numpy() * 1.05, data["actions"].reshape(-1, ACT),
-                            returns=returns)  # fmt: skip
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(planner.network.parameters(), lr=lr)
-    for _ in range(steps):
-        loss, info = planner.loss(data)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert all(np.isfinite(v) for v in info.values()), info
 
 
 @pytest.fixture(scope="module")

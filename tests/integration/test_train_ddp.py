@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import TinyAgent, TinyDataset, config, flat_weights
 from safetensors.torch import load_file, save_file
-from test_train_trainer import TinyAgent, TinyDataset, config, flat_weights
 
 from diffctl.train import Trainer
 from diffctl.train.metrics import read_metrics

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from test_planners_training import fit
-from test_planners_training import rollouts as point_mass_windows
+from helpers import fit
+from helpers import rollouts as point_mass_windows
 
 import diffctl as dc
 from diffctl.planners import CoarseToFineDiffuser

@@ -13,75 +13,12 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from helpers import TinyAgent, TinyDataset, config, flat_weights
 from torch import nn
 
 from diffctl.train import EMA, TrainConfig, Trainer, ema_decay, warmup_cosine
 from diffctl.train.checkpoint import list_step_checkpoints
 from diffctl.train.metrics import read_metrics
-
-
-class TinyDataset:
-    """Noisy linear map y = W x with vectorized get_batch."""
-
-    def __init__(self, n: int = 64, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, generator=g)
-        self.y = self.x @ torch.randn(3, 2, generator=g) + 0.01 * torch.randn(n, 2, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def get_batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"obs": self.x[indices], "actions": self.y[indices]}
-
-
-class TinyAgent:
-    """Regression agent: an MLP with input noise drawn from the global RNG (so resume must restore it)."""
-
-    def __init__(self, seed: int = 0, noise: float = 0.01) -> None:
-        torch.manual_seed(seed)
-        self.noise = noise
-        self.network = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2))
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        obs = batch["obs"] + self.noise * torch.randn_like(batch["obs"])
-        loss = (self.network(obs) - batch["actions"]).pow(2).mean()
-        return loss, {"mse": loss.detach()}
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        save_file(
-            {k: v.contiguous() for k, v in self.network.state_dict().items()},
-            str(directory / "model.safetensors"),
-        )
-        (directory / "config.json").write_text(json.dumps({"class": "TinyAgent"}))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TinyAgent:
-        agent = cls()
-        agent.network.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
-        return agent
-
-
-def config(**overrides: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(
-        steps=20,
-        batch_size=8,
-        lr=1e-2,
-        warmup_steps=3,
-        log_every=1,
-        checkpoint_every=5,
-        progress=False,
-        tensorboard=False,
-        seed=0,
-    )
-    base.update(overrides)
-    return TrainConfig.from_dict(base)
-
-
-def flat_weights(module: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in module.state_dict().values()])
 
 
 def test_warmup_cosine_values() -> None:
