@@ -148,7 +148,7 @@ class NetworkTicks:
     def _runs_network(self) -> bool:
         if not hasattr(self.agent, "replan_every"):  # a streaming policy denoises every tick
             return True
-        return len(self.agent._queue) <= self.agent.delay
+        return self.agent.queued <= self.agent.delay
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         if not self._runs_network():
@@ -229,7 +229,7 @@ def anatomy_rows(cp_ckpt: Path, stream_ckpt: Path, task: str) -> dict[str, dict[
     stream = dc.load(stream_ckpt, fused=True)
     hist, fresh = history(stream), torch.randn(1, 1, stream.action_dim)
     buffer = torch.randn(1, stream.buffer_len, stream.action_dim)
-    rows["streaming"] = tick_anatomy(stream, lambda: stream._fused_tick(hist, buffer, fresh), obs)
+    rows["streaming"] = tick_anatomy(stream, lambda: stream.fused_tick(hist, buffer, fresh), obs)
     return rows
 
 

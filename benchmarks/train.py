@@ -22,7 +22,7 @@ import torch
 from diffctl.datasets import EpisodeStore, SequenceDataset
 from diffctl.policies import DiffusionPolicy
 from diffctl.train import TrainConfig, Trainer
-from diffctl.train.pipeline import compose_config, to_dict
+from diffctl.train.pipeline import RESERVED_POLICY_KEYS, compose_config, to_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POLICIES = ("diffusion_mlp", "diffusion_unet", "diffusion_transformer")
@@ -41,7 +41,7 @@ def _store(steps: int, seed: int) -> EpisodeStore:
 
 def _policy(name: str, store: EpisodeStore) -> DiffusionPolicy:
     conf = to_dict(compose_config([f"policy={name}"]))["policy"]
-    kwargs = {k: v for k, v in conf.items() if k not in ("name", "class", "normalizer")}
+    kwargs = {k: v for k, v in conf.items() if k not in RESERVED_POLICY_KEYS}
     agent = DiffusionPolicy(4, 2, goal_dim=2, horizon=16, n_obs_steps=2, n_action_steps=8, **kwargs)
     agent.fit_normalizers(store.array("observations"), store.array("actions"), store.array("infos/goal"))
     return agent

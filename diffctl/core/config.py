@@ -14,12 +14,15 @@ import functools
 import inspect
 import itertools
 import math
+import numbers
 import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
+
+import numpy as np
 
 C = TypeVar("C", bound="Config")
 
@@ -98,17 +101,13 @@ class Config:
 
     @classmethod
     def describe(cls) -> str:
-        """One line per field: ``name: type = default  doc`` (what ``diffctl config show`` prints)."""
-        hints, docs, lines = _type_hints(cls), cls.field_docs(), []
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default = f" = {f.default!r}"
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f" = {f.default_factory()!r}"
-            else:
-                default = " (required)"
-            doc = f"  # {docs[f.name]}" if docs[f.name] else ""
-            lines.append(f"{f.name}: {type_name(hints[f.name])}{default}{doc}")
+        """One line per field, ``name: type = default  # doc``: the config's reference in plain text."""
+        hints, docs, defaults = _type_hints(cls), cls.field_docs(), cls.defaults()
+        lines = []
+        for name in cls.field_names():
+            default = f" = {defaults[name]!r}" if name in defaults else " (required)"
+            doc = f"  # {docs[name]}" if docs[name] else ""
+            lines.append(f"{name}: {type_name(hints[name])}{default}{doc}")
         return "\n".join(lines)
 
 
@@ -199,14 +198,14 @@ def _coerce(tp: Any, value: Any) -> Any:
         if not isinstance(value, bool):
             raise TypeError(tp)
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if tp is int:  # numbers.Real admits numpy scalars as well
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(tp)
-        if not float(value).is_integer():
+        if not math.isfinite(value) or not float(value).is_integer():
             raise ValueError(tp)
         return int(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(tp)
         if not math.isfinite(value):
             raise ValueError(tp)
@@ -242,6 +241,10 @@ class Configurable:
 
     config_class: ClassVar[type[Config]]
     config: Config
+    task: str | None = None
+    """The task the agent was trained on (set by the train pipeline, saved in ``config.json``)."""
+    dataset: dict[str, Any] | None = None
+    """The identity of its training data (``core.persistence.dataset_identity``)."""
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: Any) -> Any:

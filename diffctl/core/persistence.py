@@ -125,7 +125,7 @@ def build_agent(
 ) -> Any:
     """``cls(obs_dim, action_dim, **hyperparameters)`` (saved ones updated by ``overrides``) with the saved
     normalizers and ``sampler`` (agents that sample), then the saved weights (a mismatch is a ValueError
-    naming the file)."""
+    naming the file) and the task and dataset the agent was trained on (None when not recorded)."""
     hp = {**config["hyperparameters"], **dict(overrides or {})}
     normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
     if sampler is not None:
@@ -140,4 +140,5 @@ def build_agent(
         raise ValueError(
             f"{path}/model.safetensors does not match the network in config.json: {err}"
         ) from err
+    agent.task, agent.dataset = config.get("task"), config.get("dataset")
     return agent

@@ -66,7 +66,4 @@ def load(path: str | os.PathLike[str], **overrides: Any) -> Any:
         raise ValueError(
             f"{Path(path) / 'config.json'} names agent class {name!r}; known classes: {sorted(AGENT_CLASSES)}"
         )
-    agent = agent_class(name).load(Path(path), **overrides)
-    agent.task = config.get("task")
-    agent.dataset = config.get("dataset")
-    return agent
+    return agent_class(name).load(Path(path), **overrides)

@@ -139,6 +139,11 @@ class RealTimePolicy(Policy):
         self.seam_jumps: list[float] = []
         self.step_jumps: list[float] = []
 
+    @property
+    def queued(self) -> int:
+        """Actions of the current chunk still to execute (the next chunk is sampled at ``delay`` or fewer)."""
+        return len(self._queue)
+
     def stats(self) -> dict[str, float]:
         """NFE per control tick and mean action jumps (L2) at chunk seams and within chunks since reset."""
         return {

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import pytest
 
 from diffctl.core.config import Config, coerce
@@ -71,6 +72,14 @@ def test_defaults_and_field_docs_come_from_the_class() -> None:
     docs = Toy.field_docs()
     assert docs["size"] == "How big." and docs["rate"] == "How fast." and docs["mode"] == ""
     assert "size: an integer (required)  # How big." in Toy.describe()
+
+
+def test_numpy_scalars_are_numbers_and_numpy_bools_are_not() -> None:
+    cfg = Toy.from_dict({"size": np.int64(3), "rate": np.float32(0.25)})
+    assert (cfg.size, cfg.rate) == (3, 0.25) and type(cfg.size) is int and type(cfg.rate) is float
+    for value in (np.bool_(True), float("inf")):
+        with pytest.raises(ValueError, match=r"toy\.size must be an integer"):
+            Toy.from_dict({"size": value})
 
 
 def test_coerce_unions_prefer_the_first_matching_type() -> None:
