@@ -19,7 +19,15 @@ from . import schedules
 
 PREDICTIONS = ("eps", "x0", "v")
 
-__all__ = ["PREDICTIONS", "ConsistencyDenoiser", "EDMDenoiser", "FlowDenoiser", "VPDenoiser", "batch_sigma"]
+__all__ = [
+    "PREDICTIONS",
+    "ConsistencyDenoiser",
+    "EDMDenoiser",
+    "FlowDenoiser",
+    "PerStepEDMDenoiser",
+    "VPDenoiser",
+    "batch_sigma",
+]
 
 
 def batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +69,22 @@ class EDMDenoiser(nn.Module):
         c_skip, c_out, c_in = (_expand(c, x) for c in self.scalings(s))
         out = self.net(c_in * x, s.log() / 4, cond)
         return c_skip * x + c_out * out
+
+
+class PerStepEDMDenoiser(EDMDenoiser):
+    """EDM preconditioning with one sigma per sequence step (streaming buffers): ``x`` ``(B, H, D)``,
+    ``sigma`` ``(B,)`` (shared) or ``(B, H)``; the network gets ``c_noise`` of shape ``(B, H)``. A step at
+    sigma 0 passes through unchanged."""
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        s = s.reshape(-1, 1).expand(x.shape[:2]) if s.ndim <= 1 else s
+        if s.shape != x.shape[:2]:
+            raise ValueError(
+                f"sigma must have shape ({x.shape[0]},) or {tuple(x.shape[:2])}, got {tuple(s.shape)}"
+            )
+        c_skip, c_out, c_in = (c.unsqueeze(-1) for c in self.scalings(s))
+        return c_skip * x + c_out * self.net(c_in * x, s.clamp_min(1e-20).log() / 4, cond)
 
 
 class ConsistencyDenoiser(EDMDenoiser):

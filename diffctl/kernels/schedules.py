@@ -22,6 +22,7 @@ __all__ = [
     "custom",
     "flow",
     "karras",
+    "karras_at",
     "vp_alphas_cumprod",
     "vp_cosine",
     "vp_grid",
@@ -38,6 +39,13 @@ def _check_n(n: int) -> None:
 
 def _append_zero(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values, values.new_zeros(1)])
+
+
+def karras_at(index: torch.Tensor, n: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """The Karras sigma at (fractional) level ``index`` in [0, n - 1] of an ``n``-level ``karras`` grid."""
+    ramp = (index / max(1, n - 1)).clamp(0, 1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
 
 
 def karras(

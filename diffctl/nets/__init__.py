@@ -13,7 +13,7 @@ from torch import nn
 from diffctl.nets.dit1d import DiT1d
 from diffctl.nets.encoders import FlattenEncoder, MLPEncoder, build_encoder
 from diffctl.nets.layers import SinusoidalEmbedding
-from diffctl.nets.mlp import MLPDenoiserNet, mlp
+from diffctl.nets.mlp import MLPDenoiserNet, PerStepMLP, mlp
 from diffctl.nets.unet1d import ConditionalUnet1d
 
 BACKBONES: dict[str, type[nn.Module]] = {"unet": ConditionalUnet1d, "dit": DiT1d, "mlp": MLPDenoiserNet}
@@ -33,6 +33,7 @@ __all__ = [
     "FlattenEncoder",
     "MLPDenoiserNet",
     "MLPEncoder",
+    "PerStepMLP",
     "SinusoidalEmbedding",
     "build_backbone",
     "build_encoder",

@@ -1,4 +1,4 @@
-"""MLP backbone for tiny problems: the whole chunk is flattened and denoised by residual MLP blocks."""
+"""MLP backbones for small problems: the whole chunk is flattened and denoised by residual MLP blocks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from diffctl.nets.layers import check_inputs, noise_embedding
+from diffctl.nets.layers import SinusoidalEmbedding, check_inputs, noise_embedding
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU}
 
@@ -29,12 +29,19 @@ def mlp(
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, hidden: int, dropout: float) -> None:
+    """``h + Linear(Mish(Linear(LayerNorm(h))))``, with a dropout layer in the middle unless ``dropout`` is
+    None (the layer's presence sets the parameter names, which saved networks depend on)."""
+
+    def __init__(self, hidden: int, dropout: float | None) -> None:
         super().__init__()
+        middle = [] if dropout is None else [nn.Dropout(dropout)]
         self.net = nn.Sequential(
-            nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.Mish(), nn.Dropout(dropout),
+            nn.LayerNorm(hidden),
+            nn.Linear(hidden, 2 * hidden),
+            nn.Mish(),
+            *middle,
             nn.Linear(2 * hidden, hidden),
-        )  # fmt: skip
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.net(h)
@@ -69,3 +76,34 @@ class MLPDenoiserNet(nn.Module):
             parts.append(cond)
         h = self.blocks(self.inp(torch.cat(parts, dim=-1)))
         return self.out(h).reshape(x.shape)
+
+
+class PerStepMLP(nn.Module):
+    """``forward(x (B, H, Da), c_noise (B, H), cond (B, Dc)) -> (B, H, Da)``: flattened-chunk residual MLP
+    with one sinusoidal+linear noise embedding per timestep."""
+
+    def __init__(
+        self,
+        action_dim: int,
+        horizon: int,
+        cond_dim: int,
+        hidden: int = 256,
+        depth: int = 3,
+        embed_dim: int = 16,
+    ) -> None:
+        super().__init__()
+        self.horizon, self.cond_dim = horizon, cond_dim
+        self.noise_emb = nn.Sequential(
+            SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.Mish()
+        )
+        self.inp = nn.Linear(horizon * (action_dim + embed_dim) + cond_dim, hidden)
+        self.blocks = nn.Sequential(*[_ResidualBlock(hidden, None) for _ in range(depth)])
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, horizon * action_dim))
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        b = x.shape[0]
+        if c_noise.shape != x.shape[:2]:
+            raise ValueError(f"c_noise must have shape {tuple(x.shape[:2])}, got {tuple(c_noise.shape)}")
+        emb = self.noise_emb(c_noise.reshape(-1)).reshape(b, -1)
+        parts = [x.flatten(1), emb] + ([cond] if self.cond_dim else [])
+        return self.out(self.blocks(self.inp(torch.cat(parts, dim=-1)))).reshape(x.shape)

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from diffctl.kernels import schedules
+from diffctl.kernels.denoisers import PerStepEDMDenoiser
 from diffctl.kernels.samplers import sample
-from diffctl.nets import build_encoder
-from diffctl.nets.layers import SinusoidalEmbedding
+from diffctl.kernels.schedules import karras_at
+from diffctl.nets import PerStepMLP, build_encoder
 from diffctl.policies.base import eval_mode, param_device
 from diffctl.policies.diffusion import (
     EDM_NOISE_SCALE,
@@ -37,77 +38,6 @@ from diffctl.policies.fused import (
     trace_frozen,
 )
 from diffctl.policies.runner import StreamRunner
-
-
-class _Block(nn.Module):
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.Mish(), nn.Linear(2 * hidden, hidden)
-        )
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.net(h)
-
-
-class PerStepMLP(nn.Module):
-    """``forward(x (B, H, Da), c_noise (B, H), cond (B, Dc)) -> (B, H, Da)``: flattened-chunk residual MLP
-    with one sinusoidal+linear noise embedding per timestep."""
-
-    def __init__(
-        self,
-        action_dim: int,
-        horizon: int,
-        cond_dim: int,
-        hidden: int = 256,
-        depth: int = 3,
-        embed_dim: int = 16,
-    ) -> None:
-        super().__init__()
-        self.horizon, self.cond_dim = horizon, cond_dim
-        self.noise_emb = nn.Sequential(
-            SinusoidalEmbedding(embed_dim), nn.Linear(embed_dim, embed_dim), nn.Mish()
-        )
-        self.inp = nn.Linear(horizon * (action_dim + embed_dim) + cond_dim, hidden)
-        self.blocks = nn.Sequential(*[_Block(hidden) for _ in range(depth)])
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, horizon * action_dim))
-
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        b = x.shape[0]
-        if c_noise.shape != x.shape[:2]:
-            raise ValueError(f"c_noise must have shape {tuple(x.shape[:2])}, got {tuple(c_noise.shape)}")
-        emb = self.noise_emb(c_noise.reshape(-1)).reshape(b, -1)
-        parts = [x.flatten(1), emb] + ([cond] if self.cond_dim else [])
-        return self.out(self.blocks(self.inp(torch.cat(parts, dim=-1)))).reshape(x.shape)
-
-
-class PerStepEDMDenoiser(nn.Module):
-    """EDM preconditioning with one sigma per timestep: ``sigma`` of shape ``(B,)`` or ``(B, H)``."""
-
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5) -> None:
-        super().__init__()
-        self.net, self.sigma_data = net, float(sigma_data)
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        s = s.reshape(-1, 1).expand(x.shape[:2]) if s.ndim <= 1 else s
-        if s.shape != x.shape[:2]:
-            raise ValueError(
-                f"sigma must have shape ({x.shape[0]},) or {tuple(x.shape[:2])}, got {tuple(s.shape)}"
-            )
-        sd2 = self.sigma_data**2
-        norm = (s**2 + sd2).rsqrt().unsqueeze(-1)
-        c_skip = sd2 * norm**2
-        c_out = s.unsqueeze(-1) * self.sigma_data * norm
-        return c_skip * x + c_out * self.net(norm * x, s.clamp_min(1e-20).log() / 4, cond)
-
-
-def karras_at(index: torch.Tensor, n: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """Karras sigma at a (fractional) level index in [0, n - 1] of an ``n``-level grid."""
-    ramp = (index / max(1, n - 1)).clamp(0, 1)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
-
 
 STREAM_BACKBONE = {"hidden": 256, "depth": 3, "embed_dim": 16}
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import diffctl as dc
-from diffctl.policies.streaming import PerStepEDMDenoiser, StreamingDiffusionPolicy, karras_at
+from diffctl.kernels.denoisers import PerStepEDMDenoiser
+from diffctl.kernels.schedules import karras_at
+from diffctl.policies.streaming import StreamingDiffusionPolicy
 
 OBS, ACT, GOAL, H, TO, TA = 4, 2, 2, 8, 2, 4
 
