@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -85,3 +86,20 @@ def test_eval_mode_flips_and_restores_flags() -> None:
         assert not custom[0].training
     assert custom[0].training and calls == [False, True]  # overridden train() is honoured
     assert param_device(plain) == torch.device("cpu") and param_device(torch.nn.ReLU()).type == "cpu"
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_at_load(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    import diffctl as dc
+
+    pol = DiffusionPolicy(3, 2, backbone="mlp", backbone_kwargs={"hidden": 8, "depth": 1})
+    pol.fit_normalizers([[0.0] * 3, [1.0] * 3], [[-1.0, -1.0], [1.0, 1.0]])
+    path = pol.save(tmp_path / "agent")
+    weights = load_file(str(path / "model.safetensors"))
+    name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[name] = weights[name].clone().fill_(float("nan"))
+    save_file(weights, str(path / "model.safetensors"))
+    message = f"model.safetensors holds non-finite weights (NaN or inf) in ['{name}']"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dc.load(path)
