@@ -465,7 +465,7 @@ class OfflineRLAgent(Configurable, Policy):
         if not torch.isfinite(obs).all():
             raise ValueError("observation contains NaN or inf")
         o, g = self._split(obs)
-        bsz, n = obs.shape[0], self.act_settings["n_candidates"]
+        bsz, n = obs.shape[0], self.config.n_candidates
         if noise is not None:
             if tuple(noise.shape) != (bsz, n, self.action_dim):
                 raise ValueError(
@@ -476,13 +476,13 @@ class OfflineRLAgent(Configurable, Policy):
         was_training = self.network.training
         self.network.eval()
         try:
-            cand, q = self.scored_candidates(self._state(o, g), noise * self.act_settings["noise_scale"])
+            cand, q = self.scored_candidates(self._state(o, g), noise * self.config.noise_scale)
         finally:
             self.network.train(was_training)
-        if self.act_settings["selection"] == "argmax":
+        if self.config.selection == "argmax":
             pick = q.argmax(dim=-1)
         else:
-            pick = softmax_pick(q, self.act_settings["temperature"], self._generator)
+            pick = softmax_pick(q, self.config.temperature, self._generator)
         best = cand[torch.arange(bsz, device=device), pick]
         return self.normalizer("action").unnormalize(best)
 
