@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from diffctl.core.config import Config
 from diffctl.core.modules import eval_mode, param_device
 from diffctl.core.persistence import (
     AGENT_KEYS,
@@ -35,6 +37,7 @@ __all__ = [
     "AGENT_KEYS",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "ChunkConfig",
     "Policy",
     "SamplerConfig",
     "SeededSampler",
@@ -46,6 +49,41 @@ __all__ = [
     "read_agent_dir",
     "write_agent_dir",
 ]
+
+
+@dataclass
+class ChunkConfig(Config):
+    """The dimensions and chunking every chunk policy's config starts with (the train pipeline reads them
+    off the task and the data)."""
+
+    section: ClassVar[str] = "policy"
+
+    obs_dim: int
+    """Observation features per step."""
+    action_dim: int
+    """Action features."""
+    goal_dim: int = 0
+    """Goal features (> 0: goal-conditioned; the goal follows the last observation)."""
+    horizon: int = 16
+    """Actions per chunk (H)."""
+    n_obs_steps: int = 2
+    """Observation history length (To)."""
+    n_action_steps: int = 8
+    """Actions executed per chunk (Ta), starting at index To - 1."""
+
+    def validate(self) -> None:
+        for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(
+                    f"{self.section} {key} must be a positive integer, got {getattr(self, key)!r}"
+                )
+        if self.goal_dim < 0:
+            raise ValueError(f"{self.section} goal_dim must be >= 0, got {self.goal_dim}")
+        room = self.horizon - self.n_obs_steps + 1
+        if self.n_action_steps > room:
+            raise ValueError(
+                f"n_action_steps={self.n_action_steps} must be <= horizon - n_obs_steps + 1 = {room}"
+            )
 
 
 class Policy(SeededSampler, ABC):

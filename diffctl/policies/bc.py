@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffctl.core.config import Config, Configurable
+from diffctl.core.config import Configurable
 from diffctl.core.persistence import agent_config, build_agent, read_agent_config, write_agent_dir
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels.losses import masked_mse
 from diffctl.nets import mlp
-from diffctl.policies.base import Policy
+from diffctl.policies.base import ChunkConfig, Policy
 from diffctl.policies.diffusion import history_tensor
 from diffctl.policies.runner import ChunkRunner
 
@@ -29,23 +29,11 @@ VERSION = 1
 
 
 @dataclass
-class BCPolicyConfig(Config):
+class BCPolicyConfig(ChunkConfig):
     """Settings of ``BCPolicy``."""
 
     section: ClassVar[str] = "BCPolicy"
 
-    obs_dim: int
-    """Observation features per step (read off the data)."""
-    action_dim: int
-    """Action features (read off the data)."""
-    goal_dim: int = 0
-    """Goal features appended to the last observation (0: no goal)."""
-    horizon: int = 16
-    """Actions per predicted chunk (H)."""
-    n_obs_steps: int = 2
-    """Observation history length (To)."""
-    n_action_steps: int = 8
-    """Actions executed per chunk, starting at index To - 1."""
     hidden: int = 256
     """Width of the MLP."""
     depth: int = 3
@@ -54,11 +42,9 @@ class BCPolicyConfig(Config):
     """Seed of the initial weights."""
 
     def validate(self) -> None:
-        for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "hidden", "depth"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"BCPolicy {key} must be a positive integer, got {getattr(self, key)}")
-        if self.n_action_steps > self.horizon - self.n_obs_steps + 1:
-            raise ValueError("BCPolicy n_action_steps must be <= horizon - n_obs_steps + 1")
+        super().validate()
+        if self.hidden < 1 or self.depth < 1:
+            raise ValueError(f"BCPolicy hidden and depth must be positive, got {self.hidden}, {self.depth}")
 
 
 class BCPolicy(Configurable, Policy):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffctl.core.config import Config, Configurable
+from diffctl.core.config import Configurable
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import EDMDenoiser, VPDenoiser
@@ -29,6 +29,7 @@ from diffctl.kernels.losses import edm_loss, vp_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone, build_encoder
 from diffctl.policies.base import (
+    ChunkConfig,
     Policy,
     SamplerConfig,
     agent_config,
@@ -145,23 +146,11 @@ def prefix_tensor(
 
 
 @dataclass
-class DiffusionPolicyConfig(Config):
+class DiffusionPolicyConfig(ChunkConfig):
     """Settings of a ``DiffusionPolicy`` (Diffusion Policy / BESO recipe); the single source of defaults."""
 
     section: ClassVar[str] = "DiffusionPolicy"
 
-    obs_dim: int
-    """Observation features per step (read off the data by the train pipeline)."""
-    action_dim: int
-    """Action features (read off the data)."""
-    goal_dim: int = 0
-    """Goal features; > 0 makes the policy goal-conditioned with classifier-free guidance."""
-    horizon: int = 16
-    """Actions per sampled chunk (H)."""
-    n_obs_steps: int = 2
-    """Observation history length (To)."""
-    n_action_steps: int = 8
-    """Actions executed per chunk (Ta), starting at index To - 1."""
     backbone: Literal["unet", "dit", "mlp"] = "unet"
     """Denoiser network: ConditionalUnet1d, DiT1d or an MLP over the flattened chunk."""
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -192,22 +181,12 @@ class DiffusionPolicyConfig(Config):
     """Seed of the network's initial weights."""
 
     def validate(self) -> None:
-        name = self.section
-        for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{name} {key} must be a positive integer, got {getattr(self, key)!r}")
-        if self.goal_dim < 0:
-            raise ValueError(f"{name} goal_dim must be >= 0, got {self.goal_dim}")
-        room = self.horizon - self.n_obs_steps + 1
-        if self.n_action_steps > room:
-            raise ValueError(
-                f"n_action_steps={self.n_action_steps} must be <= horizon - n_obs_steps + 1 = {room}"
-            )
+        super().validate()
         if not 0.0 <= self.goal_dropout < 1.0:
             raise ValueError(f"goal_dropout must be in [0, 1), got {self.goal_dropout}")
         if self.sigma_data <= 0 or self.p_std <= 0 or self.num_train_timesteps < 1:
             raise ValueError(
-                f"{name} needs sigma_data > 0, p_std > 0 and num_train_timesteps >= 1, got "
+                f"{self.section} needs sigma_data > 0, p_std > 0 and num_train_timesteps >= 1, got "
                 f"{self.sigma_data}, {self.p_std}, {self.num_train_timesteps}"
             )
 
