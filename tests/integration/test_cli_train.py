@@ -410,3 +410,26 @@ def test_a_failing_plot_backend_only_skips_the_learning_curves(
         assert main(args) == 0
     assert (run / "summary.json").is_file() and (run / "checkpoint" / "config.json").is_file()
     assert not (run / "learning_curves.png").exists()
+
+
+def test_eval_names_a_config_json_the_agent_class_cannot_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffctl.policies import DiffusionPolicy
+
+    pol = DiffusionPolicy(4, 2, goal_dim=2, backbone="mlp", backbone_kwargs={"hidden": 8, "depth": 1})
+    pol.fit_normalizers([[0.0] * 4, [1.0] * 4], [[-1.0, -1.0], [1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]])
+    path = pol.save(tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    config["hyperparameters"]["widht"] = 3
+    (path / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(path), "--task", "maze2d-umaze", "--episodes", "1", "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{path}/config.json does not describe a valid DiffusionPolicy: unknown DiffusionPolicy keys" in (
+        err
+    )
+    config["class"] = "NoSuchPolicy"
+    (path / "config.json").write_text(json.dumps(config))
+    assert main(["eval", str(path), "--task", "maze2d-umaze"]) == 1
+    assert "names agent class 'NoSuchPolicy'; known classes:" in capsys.readouterr().err
