@@ -113,6 +113,9 @@ def parity(policy: Any, path: str | os.PathLike[str], fmt: str, batch: int = 3, 
         with torch.no_grad():
             ref = module(*inputs).numpy()
         got = run(inputs)
+        if not (np.isfinite(got).all() and np.isfinite(ref).all()):
+            max_abs = max_rel = float("inf")  # a NaN never passes a tolerance (max(0.0, nan) would be 0.0)
+            break
         diff = np.abs(got - ref)
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float((diff / (np.abs(ref) + 1e-3)).max()))

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from diffctl.atomic import atomic_path
+from diffctl.atomic import atomic_path, write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -36,11 +36,16 @@ class MetricsLogger:
                 self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past ``step`` (left by a run that died after its last checkpoint) before resuming."""
+        """Drop records past ``step`` (left by a run that died after its last checkpoint) and torn lines
+        before resuming; the file is replaced atomically."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if _record_step(line) <= step]
-        self.path.write_text("".join(f"{line}\n" for line in kept))
+        kept = []
+        for line in self.path.read_text().splitlines():
+            record_step = _record_step(line)
+            if record_step is not None and record_step <= step:
+                kept.append(line)
+        write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -63,19 +68,30 @@ class MetricsLogger:
             self.writer = None
 
 
-def _record_step(line: str) -> int:
+def _record_step(line: str) -> int | None:
+    """The step of a record line, None for a line that is not a JSON record (torn by a killed run)."""
     try:
         return int(json.loads(line).get("step", 0))
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0
+        return None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run, in order."""
+    """All records of a run, in order. A torn last line (a run killed while appending) is dropped; any other
+    unreadable line is a ValueError naming the file and line."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {number} is not a JSON record: {err}") from err
+    return records
 
 
 CURVE_KEYS = ("eval/normalized_score", "eval/success_rate", "eval/mean_return")

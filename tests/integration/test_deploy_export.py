@@ -61,3 +61,12 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
     assert out.is_file() and "parity check passed" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(out)]) == 1
+
+
+def test_parity_fails_a_model_whose_outputs_are_not_finite(tmp_path):
+    policy = tiny_policy()
+    with torch.no_grad():
+        next(policy.network.parameters()).fill_(float("nan"))
+    export_denoiser(policy, tmp_path / "step.pt", "torchscript")
+    report = parity(policy, tmp_path / "step.pt", "torchscript")
+    assert report["max_abs_err"] == float("inf") and report["max_rel_err"] == float("inf")

@@ -100,6 +100,8 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
 
     first = Trainer(TinyAgent(), TinyDataset(), config(checkpoint_every=10), tmp_path / "split")
     _run_until(first, 13)  # dies 3 steps after the step-10 checkpoint: those steps are redone
+    with (tmp_path / "split" / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 14, "lo')  # killed while appending a record
 
     # A fresh agent with another init: weights, optimizer, EMA and RNG must all come from the checkpoint.
     resumed = TinyAgent(seed=123)
@@ -256,3 +258,16 @@ def test_plot_learning_curves_draws_loss_and_eval_panels(tmp_path: Path) -> None
     path = plot_learning_curves(tmp_path)
     assert path == tmp_path / "learning_curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_metrics_tolerate_a_torn_last_line_and_name_other_bad_lines(tmp_path: Path) -> None:
+    from diffctl.train.metrics import METRICS_FILE, MetricsLogger
+
+    path = tmp_path / METRICS_FILE
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]  # a run killed while appending
+    MetricsLogger(tmp_path, tensorboard=False).truncate_after(2)
+    assert path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=f"{METRICS_FILE} line 2 is not a JSON record"):
+        read_metrics(tmp_path)
