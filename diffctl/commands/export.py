@@ -34,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint {checkpoint} is not a directory (expected a saved agent)")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a directory; expected the path of the file to write")
     torch.set_num_threads(1)
     agent = load(checkpoint)
     export_denoiser(agent, args.out, args.fmt)

@@ -41,7 +41,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.fused:
         overrides["fused"] = True
     agent = load(checkpoint, **overrides)
-    server = PolicyServer(agent, args.host, args.port, max_bytes=args.max_bytes).start()
+    try:
+        server = PolicyServer(agent, args.host, args.port, max_bytes=args.max_bytes).start()
+    except OSError as err:
+        raise ValueError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}") from err
     print(f"serving {checkpoint} on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.wait()

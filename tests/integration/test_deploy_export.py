@@ -70,3 +70,14 @@ def test_parity_fails_a_model_whose_outputs_are_not_finite(tmp_path):
     export_denoiser(policy, tmp_path / "step.pt", "torchscript")
     report = parity(policy, tmp_path / "step.pt", "torchscript")
     assert report["max_abs_err"] == float("inf") and report["max_rel_err"] == float("inf")
+
+
+def test_cli_export_to_a_directory_is_one_clear_error(tmp_path, capsys):
+    from diffctl.cli import main
+
+    path = tiny_policy().save(tmp_path / "agent")
+    (tmp_path / "out").mkdir()
+    assert main(["export", str(path), "--format", "torchscript", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    wanted = f"--out {tmp_path / 'out'} is a directory; expected the path of the file to write"
+    assert err == f"diffctl export: error: {wanted}"

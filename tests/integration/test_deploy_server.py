@@ -126,3 +126,21 @@ def test_cli_serve_subprocess(tmp_path):
     bad = [*cmd[:4], str(tmp_path / "nope"), "--port", "0"]
     missing = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=60)
     assert missing.returncode == 1 and "not a directory" in missing.stderr
+
+
+def test_serve_on_a_busy_port_is_one_clear_error(tmp_path, capsys) -> None:
+    import socket
+
+    from diffctl.cli import main
+    from diffctl.policies import DiffusionPolicy
+
+    pol = DiffusionPolicy(4, 2, backbone="mlp", backbone_kwargs={"hidden": 8, "depth": 1})
+    pol.fit_normalizers(np.array([[0.0] * 4, [1.0] * 4]), np.array([[-1.0, -1.0], [1.0, 1.0]]))
+    path = pol.save(tmp_path / "agent")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(path), "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot serve on 127.0.0.1:{port}: " in err
