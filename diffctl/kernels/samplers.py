@@ -18,7 +18,11 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, float, torch.Tensor], Any]
 
-__all__ = ["SOLVERS", "Stepper", "sample", "validate_sigmas"]
+__all__ = ["SOLVERS", "NonFiniteError", "Stepper", "sample", "validate_sigmas"]
+
+
+class NonFiniteError(ValueError):
+    """The denoiser returned NaN or inf during sampling (its inputs or weights are out of range)."""
 
 
 def validate_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
@@ -75,7 +79,7 @@ class Stepper:
                 f"denoiser returned shape {tuple(out.shape)} at step {step}, expected {tuple(x.shape)}"
             )
         if self.check_finite and not bool(torch.isfinite(out).all()):
-            raise ValueError(f"denoiser returned NaN or inf at step {step} (sigma={sigma:.6g})")
+            raise NonFiniteError(f"denoiser returned NaN or inf at step {step} (sigma={sigma:.6g})")
         return out
 
     def denoise(self, x: torch.Tensor, i: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffctl.core.observations import as_observation
 from diffctl.planners.plan import Plan, shift_trajectory
 
 
@@ -42,9 +43,7 @@ class PlanRunner:
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action along the current best plan, replanning as configured."""
         p = self.planner
-        arr = np.asarray(obs, dtype=np.float32)
-        if arr.ndim != 1:
-            raise ValueError(f"act() takes one observation of shape (D,), got {arr.shape}")
+        arr = as_observation(obs, (p.state_dim, p.obs_dim))
         state, _ = p.split_obs(arr)
         state_norm = p.normalizer("state").normalize(state)
         if self.needs_plan(state_norm):

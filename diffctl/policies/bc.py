@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from diffctl.core.config import Configurable
+from diffctl.core.observations import as_observation
 from diffctl.core.persistence import agent_config, build_agent, read_agent_config, write_agent_dir
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels.losses import masked_mse
@@ -109,10 +110,8 @@ class BCPolicy(Configurable, Policy):
         return self.normalizers["action"].unnormalize(chunk.clamp(-1.0, 1.0))
 
     def check_obs(self, obs: Any) -> np.ndarray:
-        arr = np.asarray(obs, dtype=np.float32)
-        if arr.shape != (self.obs_dim + self.goal_dim,) or not np.isfinite(arr).all():
-            raise ValueError(f"act() needs a finite observation of shape ({self.obs_dim + self.goal_dim},)")
-        return arr
+        """One raw observation ``(Do + Dg,)`` as finite float32, else a ValueError saying why."""
+        return as_observation(obs, (self.obs_dim + self.goal_dim,))
 
     def reset(self, seed: int | None = None) -> None:
         self.runner = ChunkRunner(self)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from diffctl.core.config import Configurable
+from diffctl.core.observations import as_observation
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import EDMDenoiser, VPDenoiser
@@ -417,15 +418,7 @@ class DiffusionPolicy(Configurable, Policy):
 
     def check_obs(self, obs: Any) -> np.ndarray:
         """One raw observation ``(Do,)`` or ``(Do + Dg,)`` as finite float32, else a ValueError saying why."""
-        arr = np.asarray(obs, dtype=np.float32)
-        valid = {(self.obs_dim,), (self.obs_dim + self.goal_dim,)}
-        if arr.shape not in valid:
-            raise ValueError(
-                f"act() got an observation of shape {arr.shape}; expected one of {sorted(valid)}"
-            )
-        if not np.isfinite(arr).all():
-            raise ValueError(f"act() got a non-finite observation (NaN or inf): {arr.tolist()}")
-        return arr
+        return as_observation(obs, (self.obs_dim, self.obs_dim + self.goal_dim))
 
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action (``ChunkRunner``: a new chunk when the planned actions run out)."""

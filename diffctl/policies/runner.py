@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from diffctl.core.modules import eval_mode, param_device
+from diffctl.kernels.samplers import NonFiniteError
 from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
 
@@ -58,19 +59,45 @@ class ChunkRunner:
         return torch.cat([shifted, pad], dim=1)
 
     def act(self, obs: Any) -> np.ndarray:
-        """One observation -> one action; samples a new chunk when the queue of planned actions is empty."""
+        """One observation -> one action; samples a new chunk when the queue of planned actions is empty.
+        An observation the model cannot act on (its chunk is not finite) is refused and left out of the
+        history."""
+        if self.queue:
+            self.observe(obs)
+            return self.queue.popleft().copy()
+        before = list(self.history)
         self.observe(obs)
+        try:
+            chunk = self.sample_chunk()
+        except BaseException:
+            self.history.clear()
+            self.history.extend(before)
+            raise
+        self.last_chunk = chunk
+        start = self.model.n_obs_steps - 1
+        self.queue.extend(chunk.cpu().numpy()[0, start : start + self.model.n_action_steps])
+        return self.queue.popleft().copy()
+
+    def sample_chunk(self) -> torch.Tensor:
+        """The model's chunk for the current history (fused when the sampler asks and no warm start applies);
+        a ValueError blaming the observation when it is not finite."""
         m = self.model
-        if not self.queue:
-            init = self.warm_init()
+        init = self.warm_init()
+        try:
             if init is None and getattr(getattr(m, "sampler", None), "fused", False):
                 chunk = self.fused_chunk()
             else:
                 chunk = m.predict_chunk(np.stack(self.history)[None], init=init)
-            self.last_chunk = chunk
-            start = m.n_obs_steps - 1
-            self.queue.extend(chunk.cpu().numpy()[0, start : start + m.n_action_steps])
-        return self.queue.popleft().copy()
+            finite = bool(torch.isfinite(chunk).all())
+        except NonFiniteError:
+            finite = False
+        if not finite:
+            peak = float(np.abs(self.history[-1]).max())
+            raise ValueError(
+                f"act() produced non-finite actions from this observation (values up to {peak:.3g}): is it "
+                "in the units of the data the agent was trained on?"
+            )
+        return chunk
 
     def fused_chunk(self) -> torch.Tensor:
         """A cold chunk of the current history through the fused graph with preallocated inputs."""

@@ -76,7 +76,7 @@ def test_goal_conditioned_agent_takes_state_then_goal() -> None:
     loss, info = agent.loss(ds.get_batch(np.arange(8)))
     assert torch.isfinite(loss) and "value_loss" in info
     assert agent.act(np.zeros(4, np.float32)).shape == (2,)
-    with pytest.raises(ValueError, match="expected 4"):
+    with pytest.raises(ValueError, match=r"shape \(2,\); expected one of \[\(4,\)\]"):
         agent.act(np.zeros(2, np.float32))
 
 

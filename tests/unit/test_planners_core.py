@@ -150,7 +150,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
         planner.plan(np.array([0, 0, np.nan, 0, 0, 0]))
     with pytest.raises(ValueError, match="goal_dim=2"):
         planner.plan(np.zeros(4), goal=[1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="one observation"):
+    with pytest.raises(ValueError, match=r"shape \(2, 6\); expected one of \[\(4,\), \(6,\)\]"):
         planner.act(np.zeros((2, 6)))
     with pytest.raises(ValueError, match="n_obs_steps = horizon"):
         planner.loss({"obs": torch.zeros(3, 2, 6), "actions": torch.zeros(3, H, ACT)})

@@ -23,6 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from diffctl.core.config import Config, Configurable
+from diffctl.core.observations import as_observation
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.nets.mlp import ACTIVATIONS
 from diffctl.policies.base import (
@@ -501,9 +502,7 @@ class OfflineRLAgent(Configurable, Policy):
 
     def act(self, obs: Any) -> np.ndarray:
         """One observation (state, then goal when the task has one) -> one action in [-1, 1]."""
-        arr = np.asarray(obs, dtype=np.float32)
-        if arr.ndim != 1:
-            raise ValueError(f"act() takes one observation of shape ({self.state_dim},), got {arr.shape}")
+        arr = as_observation(obs, (self.state_dim,))
         action = self.select_actions(torch.from_numpy(arr)[None])[0]
         return action.cpu().numpy().astype(np.float32)
 
