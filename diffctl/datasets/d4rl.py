@@ -53,11 +53,35 @@ def _open_h5(path: Path) -> Any:
         raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {err}") from err
 
 
+def _item(f: Any, key: str, path: Path) -> Any:
+    """``f[key]`` without following external links (a dangling or external link is a ValueError)."""
+    import h5py
+
+    link = f.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise ValueError(
+            f"{path}: key {key!r} is an external link to {link.filename}:{link.path}; diffctl reads only "
+            "data stored in the file itself"
+        )
+    item = f.get(key)
+    if item is None:
+        raise ValueError(f"{path}: key {key!r} is a link to nothing ({link})")
+    return item
+
+
 def _read_dataset(f: Any, key: str, path: Path) -> np.ndarray:
+    item = _item(f, key, path)
+    if hasattr(item, "keys"):
+        raise ValueError(f"{path}: key {key!r} is a group; expected an array (an HDF5 dataset)")
     try:
-        return np.asarray(f[key][()])
+        values = np.asarray(item[()])
     except (OSError, RuntimeError, KeyError) as err:
         raise ValueError(f"{path}: cannot read key {key!r} (truncated or corrupt file?): {err}") from err
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: key {key!r} has dtype {values.dtype}; expected real numbers or booleans")
+    if values.ndim == 0:
+        raise ValueError(f"{path}: key {key!r} is a scalar; expected one row per step")
+    return values
 
 
 def episode_ends_from_flags(
@@ -99,12 +123,12 @@ def read_d4rl(
             raise ValueError(f"{src}: missing D4RL key(s) {missing}; found {sorted(f.keys())}")
         data: dict[str, np.ndarray] = {}
         for key in f:
-            item = f[key]
             if key == "metadata":
                 continue
-            if hasattr(item, "keys"):
+            item = _item(f, key, src)
+            if hasattr(item, "keys") and key not in REQUIRED_KEYS:
                 for sub in item:
-                    if not hasattr(item[sub], "keys"):
+                    if not hasattr(_item(f, f"{key}/{sub}", src), "keys"):
                         data[f"{key}/{sub}"] = _read_dataset(f, f"{key}/{sub}", src)
             else:
                 data[key] = _read_dataset(f, key, src)
@@ -121,9 +145,18 @@ def read_d4rl(
         raise ValueError(f"{src}: key(s) {sorted(bad)} have lengths {bad}, expected {n} like 'observations'")
     if n == 0:
         raise ValueError(f"{src}: 'observations' is empty")
+    for key in ("rewards", "terminals", "timeouts"):
+        if key in data and data[key].size != n:
+            raise ValueError(f"{src}: key {key!r} has shape {data[key].shape}; expected ({n},) or ({n}, 1)")
     for key in ("terminals", "timeouts"):
         if key in data:
-            data[key] = data[key].reshape(n).astype(bool)
+            flags = data[key].reshape(n)
+            if flags.dtype.kind == "f" and not np.isfinite(flags).all():
+                first = int(np.flatnonzero(~np.isfinite(flags))[0])
+                raise ValueError(
+                    f"{src}: key {key!r} holds NaN or inf flags (first at step {first}); expected 0/1"
+                )
+            data[key] = flags.astype(bool)
     data["rewards"] = data["rewards"].reshape(n)
     timeouts = data.get("timeouts")
     limit = episode_limit

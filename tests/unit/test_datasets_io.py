@@ -272,3 +272,36 @@ def test_cli_generate_tiny_maze_then_train_windows(tmp_path: Path, capsys: pytes
     again = import_d4rl(tmp_path / "u.hdf5")
     assert again.episode_ends.tolist() == [300, 600]
     np.testing.assert_array_equal(again.array("infos/goal"), store.array("infos/goal"))
+
+
+def _rewrite(path: Path, key: str, make) -> None:
+    """Replace ``key`` of a D4RL file with what ``make(f)`` creates there."""
+    with h5py.File(path, "a") as f:
+        del f[key]
+        make(f)
+
+
+@pytest.mark.parametrize(
+    "key, make, message",
+    [("observations", lambda f: f.create_group("observations").create_dataset("x", data=np.ones(3)),
+      "key 'observations' is a group; expected an array"),
+     ("observations", lambda f: f.create_dataset("observations", data=1.0), "key 'observations' is a scalar"),
+     ("observations", lambda f: f.__setitem__("observations", h5py.ExternalLink("gone.hdf5", "/obs")),
+      "key 'observations' is an external link to gone.hdf5:/obs"),
+     ("rewards", lambda f: f.create_dataset("rewards", data=np.ones((25, 2))),
+      "key 'rewards' has shape (25, 2); expected (25,) or (25, 1)"),
+     ("actions", lambda f: f.create_dataset("actions", data=np.ones((25, 2), np.complex64)),
+      "key 'actions' has dtype complex64; expected real numbers or booleans"),
+     ("actions", lambda f: f.create_dataset("actions", data=np.array([b"x"] * 25)),
+      "key 'actions' has dtype |S1; expected real numbers or booleans"),
+     ("terminals", lambda f: f.create_dataset("terminals", data=np.r_[np.zeros(5), np.nan, np.zeros(19)]),
+      "key 'terminals' holds NaN or inf flags (first at step 5); expected 0/1")],
+)  # fmt: skip
+def test_d4rl_files_with_bad_keys_are_refused_by_name(tmp_path: Path, key: str, make, message: str) -> None:
+    path = tmp_path / "bad.hdf5"
+    write_d4rl(path)
+    _rewrite(path, key, make)
+    with pytest.raises(ValueError) as err:
+        import_d4rl(path, tmp_path / "bad.zarr")
+    assert f"{path}: {message}" in str(err.value)
+    assert not (tmp_path / "bad.zarr").exists()
