@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -53,12 +54,53 @@ def json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def temp_name(final: Path, kind: str) -> Path:
+    """``.<name>.<kind>-<pid>-<random>`` beside ``final`` (kind ``tmp`` or ``old``): the writer's pid lets a
+    later run tell a dead writer's leftovers from a live one's."""
+    return final.parent / f".{final.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_stale(final: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.tmp-`` / ``.old-`` leftovers (``temp_name``) of writers of ``final`` whose process is
+    gone, e.g. killed while publishing; those of live processes, this one included, are left alone."""
+    final = Path(final)
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}$")
+    removed: list[Path] = []
+    if not final.parent.is_dir():
+        return removed
+    for entry in final.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match is None or _alive(int(match.group(2))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one owned by another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``final`` when the block exits without error."""
+    """Yield an empty temporary directory that replaces ``final`` when the block exits without error
+    (leftovers of earlier writers of ``final`` that died are removed first)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale(final)
+    tmp = temp_name(final, "tmp")
     tmp.mkdir()
     try:
         yield tmp
@@ -67,7 +109,7 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     old = None
     if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old = temp_name(final, "old")
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.storage
+
+from diffctl.atomic import remove_stale, temp_name
 
 STORE_VERSION = 1
 _RESERVED = "diffctl"
@@ -97,7 +98,8 @@ class EpisodeStore:
             raise FileExistsError(f"{final} already exists (pass overwrite=True / --force to replace it)")
         if not final.parent.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
-        temp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        remove_stale(final)
+        temp = temp_name(final, "tmp")
         root = zarr.open_group(store=zarr.storage.LocalStore(str(temp)), mode="w", zarr_format=3)
         cls._init_layout(root, attrs, incomplete=True)
         return cls(root, path=final, mode="w", temp_path=temp, overwrite=overwrite)
@@ -444,7 +446,7 @@ class EpisodeStore:
             if not self._overwrite:
                 shutil.rmtree(temp, ignore_errors=True)
                 raise FileExistsError(f"{final} appeared while writing; refusing to replace it")
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            old = temp_name(final, "old")
             os.rename(final, old)
         os.rename(temp, final)
         if old is not None:

@@ -35,3 +35,26 @@ def test_write_text_json_and_dir(tmp_path: Path) -> None:
         raise ValueError
     assert (tmp_path / "d" / "f").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json", "d"]
+
+
+def test_atomic_dir_removes_leftovers_of_dead_writers_only(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from diffctl.atomic import atomic_dir, remove_stale
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    stale = [tmp_path / f".agent.tmp-{dead_pid}-0123abcd", tmp_path / f".agent.old-{dead_pid}-89abcdef"]
+    live = tmp_path / f".agent.tmp-{os.getpid()}-00000000"
+    other = tmp_path / f".other.tmp-{dead_pid}-0123abcd"  # another target's: not ours to touch
+    for d in (*stale, live, other):
+        d.mkdir()
+    with atomic_dir(tmp_path / "agent") as tmp:
+        (tmp / "x").write_text("1")
+    assert (tmp_path / "agent" / "x").read_text() == "1"
+    assert not any(d.exists() for d in stale) and live.is_dir() and other.is_dir()
+    assert remove_stale(tmp_path / "other") == [other]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -119,6 +120,12 @@ def test_killed_writer_leaves_no_store(tmp_path: Path) -> None:
         EpisodeStore.open(path)
     with pytest.raises(ValueError, match="incomplete"):
         EpisodeStore.open(temps[0])
+    live = tmp_path / f".killed.zarr.tmp-{os.getppid()}-0123abcd"  # a writer that is still running
+    live.mkdir()
+    with EpisodeStore.create(path) as store:  # the next writer of the same target
+        store.add_episode({"x": np.zeros((2, 1), np.float32)})
+    assert not temps[0].exists() and live.is_dir()  # the dead writer's leftover is gone, the live one's not
+    assert EpisodeStore.open(path).num_steps == 2
 
 
 def test_exception_in_with_block_discards(tmp_path: Path) -> None:
