@@ -22,6 +22,9 @@ def register(subparsers: Any) -> None:
         "--fused", action="store_true", help="fused sampling: one TorchScript graph per request shape"
     )
     parser.add_argument("--max-bytes", type=int, default=4 << 20, help="largest accepted request")
+    parser.add_argument(
+        "--max-connections", type=int, default=64, help="clients served at once (more are refused, 1013)"
+    )
     parser.set_defaults(func=_run)
 
 
@@ -42,7 +45,9 @@ def _run(args: argparse.Namespace) -> int:
         overrides["fused"] = True
     agent = load(checkpoint, **overrides)
     try:
-        server = PolicyServer(agent, args.host, args.port, max_bytes=args.max_bytes).start()
+        server = PolicyServer(
+            agent, args.host, args.port, max_bytes=args.max_bytes, max_connections=args.max_connections
+        ).start()
     except OSError as err:
         raise ValueError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}") from err
     print(f"serving {checkpoint} on {server.url} (Ctrl-C to stop)", flush=True)

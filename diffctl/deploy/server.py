@@ -4,8 +4,11 @@ Every request gets a reply, ``{"ok": true, ...}`` with ``timing`` (decode, queue
 milliseconds on the server) or ``{"ok": false, "error": ...}``; a bad message never closes the server or
 affects other clients. Messages over ``max_bytes`` get an error reply; frames larger than the transport
 limit (``4 * max_bytes``) close only that connection (websocket code 1009). Inference runs in worker threads,
-serialized on the one network; ``act`` and ``reset`` use a per-connection copy of the policy (its own
-observation history and action queue).
+serialized on the one network. ``act`` and ``reset`` keep per-connection act-time state: a runner of the
+policy's own kind (observation history, action queue) sharing the one set of weights, or, for agents without
+a runner, a copy of the policy; it is dropped when the connection closes. At most ``max_connections`` clients
+are served at once (more are closed with code 1013, try again later), and requests a client left behind when
+it disconnected are not computed.
 """
 
 from __future__ import annotations
@@ -34,12 +37,16 @@ class PolicyServer:
         *,
         max_bytes: int = 4 << 20,
         max_batch: int = 256,
+        max_connections: int = 64,
         name: str | None = None,
     ) -> None:
         if max_bytes < 1024:
             raise ValueError(f"max_bytes must be >= 1024, got {max_bytes}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self.policy, self.host, self.port = policy, host, port
-        self.max_bytes, self.max_batch = max_bytes, max_batch
+        self.max_bytes, self.max_batch, self.max_connections = max_bytes, max_batch, max_connections
+        self.connections = 0
         self.name = name or type(policy).__name__
         self.requests = 0
         self.errors = 0
@@ -107,14 +114,24 @@ class PolicyServer:
     # ----- requests -------------------------------------------------------------------------------------
     async def _handle(self, connection: Any) -> None:
         from websockets.exceptions import ConnectionClosed
+        from websockets.protocol import State
 
+        if self.connections >= self.max_connections:
+            await connection.close(1013, f"server busy: {self.max_connections} connections already open")
+            return
+        self.connections += 1
         session: dict[str, Any] = {}
         try:
             async for message in connection:
+                if connection.state is not State.OPEN:
+                    break  # the client left: its queued requests are not computed
                 reply = await self._reply(message, session)
                 await connection.send(reply)
         except ConnectionClosed:
             pass
+        finally:
+            self.connections -= 1
+            session.clear()
 
     async def _reply(self, message: bytes | str, session: dict[str, Any]) -> bytes:
         t0 = time.perf_counter()
@@ -125,6 +142,9 @@ class PolicyServer:
                 raise ValueError(f"message of {len(message)} bytes exceeds the limit of {self.max_bytes}")
             header, arrays = decode(message)
             request_id = header.get("id")
+            if request_id is not None and _jsonable_id(request_id) is None:
+                request_id = None
+                raise ValueError("request id must be a string, an integer, a finite number or null")
             op = header.get("op")
             if op not in OPS:
                 raise ValueError(f"unknown op {op!r}; valid ops: {OPS}")
@@ -171,10 +191,19 @@ class PolicyServer:
     def _act(self, arrays: dict[str, np.ndarray], session: dict[str, Any]) -> np.ndarray:
         obs = _required(arrays, "obs", ndim=1)
         if "policy" not in session:
-            session["policy"] = copy.deepcopy(self.policy)
-            if hasattr(session["policy"], "reset"):
-                session["policy"].reset()
+            session["policy"] = self._session_actor()
         return _numpy(session["policy"].act(obs))
+
+    def _session_actor(self) -> Any:
+        """A fresh act-time state for one connection: a new runner of the policy's kind on the shared
+        weights, or (agents without a runner) a reset copy of the policy."""
+        runner = getattr(self.policy, "runner", None)
+        if runner is not None:
+            return type(runner)(self.policy)
+        actor = copy.deepcopy(self.policy)
+        if hasattr(actor, "reset"):
+            actor.reset()
+        return actor
 
     def _health(self) -> dict[str, Any]:
         keys = ("n_obs_steps", "n_action_steps", "horizon", "obs_dim", "action_dim", "goal_dim")
@@ -210,4 +239,7 @@ def _numpy(value: Any) -> np.ndarray:
 
 
 def _jsonable_id(value: Any) -> Any:
+    """A request id that can go back in a JSON reply (finite numbers only), else None."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     return value if isinstance(value, (str, int, float, type(None))) else None

@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,3 +145,40 @@ def test_serve_on_a_busy_port_is_one_clear_error(tmp_path, capsys) -> None:
         assert main(["serve", str(path), "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"cannot serve on 127.0.0.1:{port}: " in err
+
+
+def test_nan_request_ids_get_an_error_reply(server):
+    with connect(server.url, open_timeout=20) as ws:
+        for rid in ("NaN", "Infinity", "-Infinity"):
+            message = '{"op": "health", "id": ' + rid + "}"
+            reply = _raw_call(ws, message)
+            assert reply["ok"] is False and reply["id"] is None and "request id must be" in reply["error"]
+        assert _raw_call(ws, encode({"op": "health", "id": 3}))["ok"] is True  # the connection stays open
+
+
+def test_sessions_share_the_weights_and_keep_their_own_history(server):
+    from diffctl.policies.runner import ChunkRunner
+
+    actor = server._session_actor()
+    assert isinstance(actor, ChunkRunner) and actor.model is server.policy  # no copy of the network
+    obs = np.zeros(OBS + GOAL, np.float32)
+    with PolicyClient(server.url, timeout=20) as a, PolicyClient(server.url, timeout=20) as b:
+        for _ in range(3):
+            a.act(obs)
+        b.act(obs + 0.5)
+        assert server.connections >= 2
+
+
+def test_connections_beyond_the_cap_are_refused_with_1013():
+    with PolicyServer(tiny_policy(), port=0, max_connections=1) as srv:
+        with PolicyClient(srv.url, timeout=20) as first:
+            with connect(srv.url, open_timeout=20) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=20)
+                assert closed.value.rcvd.code == 1013
+            assert first.health()["status"] == "ok"
+        deadline = time.monotonic() + 10
+        while srv.connections and time.monotonic() < deadline:  # the server notices the close
+            time.sleep(0.01)
+        with PolicyClient(srv.url, timeout=20) as again:  # the slot is free once the first client left
+            assert again.health()["status"] == "ok"
