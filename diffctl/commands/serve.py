@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-connections", type=int, default=64, help="clients served at once (more are refused, 1013)"
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DIFFCTL_SERVE_TOKEN"),
+        help="shared token every request must carry (default: $DIFFCTL_SERVE_TOKEN; none: no authentication)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -46,8 +52,9 @@ def _run(args: argparse.Namespace) -> int:
     agent = load(checkpoint, **overrides)
     try:
         server = PolicyServer(
-            agent, args.host, args.port, max_bytes=args.max_bytes, max_connections=args.max_connections
-        ).start()
+            agent, args.host, args.port, max_bytes=args.max_bytes, max_connections=args.max_connections,
+            token=args.token,
+        ).start()  # fmt: skip
     except OSError as err:
         raise ValueError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}") from err
     print(f"serving {checkpoint} on {server.url} (Ctrl-C to stop)", flush=True)

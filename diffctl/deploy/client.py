@@ -22,10 +22,13 @@ class ServerError(RuntimeError):
 
 
 class PolicyClient:
-    def __init__(self, url: str, timeout: float = 30.0, max_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, url: str, timeout: float = 30.0, max_bytes: int = 64 << 20, token: str | None = None
+    ) -> None:
+        """Connect to ``url``; ``token`` is the server's shared token when it requires one."""
         from websockets.sync.client import connect
 
-        self.url, self.timeout = url, timeout
+        self.url, self.timeout, self.token = url, timeout, token
         self._stack = contextlib.ExitStack()
         self._ws = self._stack.enter_context(connect(url, open_timeout=timeout, max_size=max_bytes))
         self._ids = itertools.count()
@@ -39,7 +42,8 @@ class PolicyClient:
         """Send one request and wait for its reply; ``ServerError`` on an error reply."""
         rid = next(self._ids)
         t0 = time.perf_counter()
-        self._ws.send(encode({"op": op, "id": rid}, arrays))
+        header = {"op": op, "id": rid} if self.token is None else {"op": op, "id": rid, "token": self.token}
+        self._ws.send(encode(header, arrays))
         header, out = decode(self._ws.recv(timeout=self.timeout))
         rtt = (time.perf_counter() - t0) * 1e3
         if not header.get("ok"):

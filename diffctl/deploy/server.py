@@ -8,15 +8,18 @@ serialized on the one network. ``act`` and ``reset`` keep per-connection act-tim
 policy's own kind (observation history, action queue) sharing the one set of weights, or, for agents without
 a runner, a copy of the policy; it is dropped when the connection closes. At most ``max_connections`` clients
 are served at once (more are closed with code 1013, try again later), and requests a client left behind when
-it disconnected are not computed.
+it disconnected are not computed. With a ``token`` every request must carry it (header key ``token``); serving
+a non-loopback address without one warns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hmac
 import threading
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -38,6 +41,7 @@ class PolicyServer:
         max_bytes: int = 4 << 20,
         max_batch: int = 256,
         max_connections: int = 64,
+        token: str | None = None,
         name: str | None = None,
     ) -> None:
         if max_bytes < 1024:
@@ -47,6 +51,15 @@ class PolicyServer:
         self.policy, self.host, self.port = policy, host, port
         self.max_bytes, self.max_batch, self.max_connections = max_bytes, max_batch, max_connections
         self.connections = 0
+        if token is not None and not token:
+            raise ValueError("token must be a non-empty string (or None for no authentication)")
+        self.token = token
+        if token is None and not _loopback(host):
+            warnings.warn(
+                f"serving on {host} without a token: anyone who can reach this address can drive the policy "
+                "(pass token= / --token)",
+                stacklevel=2,
+            )
         self.name = name or type(policy).__name__
         self.requests = 0
         self.errors = 0
@@ -142,6 +155,8 @@ class PolicyServer:
                 raise ValueError(f"message of {len(message)} bytes exceeds the limit of {self.max_bytes}")
             header, arrays = decode(message)
             request_id = header.get("id")
+            if self.token is not None and not hmac.compare_digest(str(header.get("token", "")), self.token):
+                raise PermissionError("unauthorized: this server needs its shared token in every request")
             if request_id is not None and _jsonable_id(request_id) is None:
                 request_id = None
                 raise ValueError("request id must be a string, an integer, a finite number or null")
@@ -236,6 +251,18 @@ def _numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.float32)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` names a loopback interface only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _jsonable_id(value: Any) -> Any:

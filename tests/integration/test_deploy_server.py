@@ -182,3 +182,17 @@ def test_connections_beyond_the_cap_are_refused_with_1013():
             time.sleep(0.01)
         with PolicyClient(srv.url, timeout=20) as again:  # the slot is free once the first client left
             assert again.health()["status"] == "ok"
+
+
+def test_a_token_server_refuses_requests_without_it_and_warns_on_open_addresses():
+    with PolicyServer(tiny_policy(), port=0, token="s3cret") as srv:
+        with connect(srv.url, open_timeout=20) as ws:
+            for header in ({"op": "health"}, {"op": "health", "token": "guess"}):
+                reply = _raw_call(ws, encode(header))
+                assert reply["ok"] is False and "unauthorized" in reply["error"]
+        with PolicyClient(srv.url, timeout=20, token="s3cret") as client:
+            assert client.health()["status"] == "ok"
+    with pytest.warns(UserWarning, match="serving on 0.0.0.0 without a token"):
+        PolicyServer(tiny_policy(), host="0.0.0.0", port=0)
+    with pytest.raises(ValueError, match="token must be a non-empty string"):
+        PolicyServer(tiny_policy(), token="")
