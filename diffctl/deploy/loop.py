@@ -25,6 +25,7 @@ from diffctl.deploy.latency import LatencyTracker
 from diffctl.deploy.scheduling import ActionSchedule, TimedChunk, shape_action
 
 HOLD_MODES = ("last", "safe")
+ACTION_KINDS = ("velocity", "position")
 
 
 @dataclass
@@ -36,7 +37,10 @@ class LoopConfig:
     (None: the p99 of the measured latency). ``hold``: with no planned action, repeat the last action
     (``"last"``) or send ``safe_action`` (``"safe"``). ``inference_budget_s``: chunks slower than this are
     counted as over budget (default: ``replan_every`` periods). ``watchdog_s``: a tick or an inference taking
-    longer than this is a stall; with ``stop_on_stall`` the loop sends the safe action (or holds) and stops.
+    longer than this is a stall (an inference error is one too); with ``stop_on_stall`` the loop applies its
+    stop action and stops. The stop action is ``safe_action``, or zero for ``action_kind="velocity"``
+    (velocity-like commands: zero halts); ``action_kind="position"`` requires ``safe_action``, since repeating
+    or zeroing a position target is not safe by itself. It is clipped to the action limits, not rate limited.
     ``wait_s``: when nothing is planned for the current tick and a request is in flight, wait this long
     for it within the tick before holding (default: half a period).
     ``rtc``: real-time chunking, i.e. inpaint the actions that will execute during inference into the next
@@ -51,6 +55,7 @@ class LoopConfig:
     action_high: Sequence[float] | float | None = None
     max_delta: Sequence[float] | float | None = None
     safe_action: Sequence[float] | None = None
+    action_kind: str = "velocity"
     hold: str = "last"
     inference_budget_s: float | None = None
     watchdog_s: float = 1.0
@@ -66,6 +71,12 @@ class LoopConfig:
             raise ValueError(f"hold must be one of {HOLD_MODES}, got {self.hold!r}")
         if self.hold == "safe" and self.safe_action is None:
             raise ValueError("hold='safe' needs safe_action")
+        if self.action_kind not in ACTION_KINDS:
+            raise ValueError(f"action_kind must be one of {ACTION_KINDS}, got {self.action_kind!r}")
+        if self.action_kind == "position" and self.safe_action is None:
+            raise ValueError(
+                "action_kind='position' needs safe_action: the command the loop applies when it stops"
+            )
         if self.replan_every is not None and self.replan_every < 1:
             raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
         if self.delay_ticks is not None and self.delay_ticks < 0:
@@ -104,7 +115,7 @@ class ChunkInference:
 
 @dataclass
 class LoopResult:
-    """What happened, tick by tick (``source``: ``chunk``, ``hold`` or ``safe``) and chunk by chunk."""
+    """What happened, tick by tick (``source``: ``chunk``, ``hold``, ``safe`` or ``stop``), chunk by chunk."""
 
     ticks: np.ndarray
     times: np.ndarray
@@ -118,6 +129,8 @@ class LoopResult:
     stall: str | None
     latency: dict[str, float]
     tick_jitter_ms: dict[str, float] = field(default_factory=dict)
+    stop_action: str | None = None
+    """What the loop applied when a stall stopped it: ``safe`` (``safe_action``) or ``zero``; else None."""
 
     @property
     def held(self) -> int:
@@ -127,7 +140,8 @@ class LoopResult:
         return {
             "ticks": len(self.ticks), "held": self.held, "dropped": self.dropped,
             "missed_ticks": self.missed_ticks, "over_budget": self.over_budget, "chunks": len(self.chunks),
-            "stall": self.stall, "latency": self.latency, "tick_jitter_ms": self.tick_jitter_ms,
+            "stall": self.stall, "stop_action": self.stop_action, "latency": self.latency,
+            "tick_jitter_ms": self.tick_jitter_ms,
         }  # fmt: skip
 
 
@@ -268,6 +282,15 @@ class ControlLoop:
             return self._safe.astype(np.float32), "safe"
         return last, "hold"
 
+    def _stop_action(self, last: np.ndarray | None) -> tuple[np.ndarray, str]:
+        """The command applied when a stall stops the loop (see ``LoopConfig``) and which one it is."""
+        if self._safe is not None:
+            action, kind = self._safe, "safe"
+        else:
+            width = last.shape[-1] if last is not None else int(getattr(self.infer.policy, "action_dim", 1))
+            action, kind = np.zeros(width), "zero"
+        return shape_action(action, None, self._low, self._high, None), kind
+
     def run(self, ticks: int | None = None, duration_s: float | None = None) -> LoopResult:
         """Run until ``ticks`` ticks (or ``duration_s`` seconds) have passed, or a stall stops the loop."""
         if ticks is None and duration_s is None:
@@ -287,7 +310,7 @@ class ControlLoop:
         missed = over_budget = 0
         budget = self.cfg.inference_budget_s or self.replan_every * dt
         wait_s = 0.5 * dt if self.cfg.wait_s is None else self.cfg.wait_s
-        next_id, pending, last = 0, False, None
+        next_id, pending, last, stop_action = 0, False, None, None
         primed: np.ndarray | None = None  # held if the first ticks run late, past the primed chunk
 
         obs = np.asarray(self.get_obs(), dtype=np.float32)
@@ -330,9 +353,13 @@ class ControlLoop:
                     pending = False
                     over_budget += self._adopt(chunk, tick, budget, chunks)
                 if self._stall is not None and self.cfg.stop_on_stall:
-                    action = self._safe if self._safe is not None else last
-                    if action is not None:
-                        self.apply(shape_action(action, last, self._low, self._high, self._max_delta))
+                    action, stop_action = self._stop_action(last if last is not None else primed)
+                    self.apply(action)
+                    rec_tick.append(tick)
+                    rec_t.append(t_tick - t0)
+                    rec_a.append(action)
+                    rec_src.append("stop")
+                    rec_cid.append(-1)
                     break
                 delay = self._delay()
                 if not pending and self._due(tick, delay):
@@ -382,6 +409,7 @@ class ControlLoop:
             missed_ticks=missed,
             over_budget=int(over_budget),
             stall=self._stall,
+            stop_action=stop_action,
             latency=self.latency.summary(),
             tick_jitter_ms={"p50": float(np.quantile(jitter, 0.5)), "p99": float(np.quantile(jitter, 0.99))}
             if len(jitter)

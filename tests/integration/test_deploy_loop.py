@@ -137,7 +137,30 @@ def test_watchdog_stops_on_stalled_inference():
     assert result.stall is not None and "inference stalled" in result.stall
     assert stalls == [result.stall]
     assert len(result.ticks) < 2000
-    assert result.source[-1] == "hold"
+    assert result.source[-1] == "stop" and result.stop_action == "safe" and result.actions[-1, 0] == 0.5
+
+
+def test_a_stop_without_safe_action_applies_zero_not_the_last_command():
+    class Failing:
+        n_obs_steps, n_action_steps, action_dim = 1, 4, 2
+
+        def predict_chunk(self, hist, prefix=None):
+            if hist[0, -1, 0] > 2:
+                raise RuntimeError("policy crashed")
+            return np.tile(np.array([1.0, 0.17], np.float32), (1, 4, 1))
+
+    counter = iter(range(10**6))
+    applied: list[np.ndarray] = []
+    loop = ControlLoop(Failing(), lambda: [float(next(counter))], applied.append, LoopConfig(rate_hz=200.0))
+    result = loop.run(ticks=500)
+    assert result.stall is not None and "inference error: RuntimeError: policy crashed" in result.stall
+    assert result.stop_action == "zero" and result.source[-1] == "stop"
+    np.testing.assert_array_equal(applied[-1], [0.0, 0.0])  # not the [1.0, 0.17] it was executing
+    assert result.summary()["stop_action"] == "zero"
+    with pytest.raises(ValueError, match="action_kind='position' needs safe_action"):
+        LoopConfig(action_kind="position")
+    with pytest.raises(ValueError, match="action_kind must be one of"):
+        LoopConfig(action_kind="torque")
 
 
 def test_shape_action_clips_and_rate_limits():
