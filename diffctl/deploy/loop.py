@@ -43,6 +43,10 @@ class LoopConfig:
     or zeroing a position target is not safe by itself. It is clipped to the action limits, not rate limited.
     ``wait_s``: when nothing is planned for the current tick and a request is in flight, wait this long
     for it within the tick before holding (default: half a period).
+    ``hold_budget``: consecutive ticks without a planned action, after the first chunk, that the loop
+    tolerates (default: two chunks, ``2 * replan_every``); a longer run sets
+    ``LoopResult.hold_budget_exceeded`` and, with ``stop_on_hold_budget``, stops the loop as a stall does
+    (the policy cannot keep up).
     ``rtc``: real-time chunking, i.e. inpaint the actions that will execute during inference into the next
     chunk (policies whose ``predict_chunk`` takes ``prefix``). ``prime``: compute the first chunk before the
     clock starts.
@@ -60,6 +64,8 @@ class LoopConfig:
     inference_budget_s: float | None = None
     watchdog_s: float = 1.0
     stop_on_stall: bool = True
+    hold_budget: int | None = None
+    stop_on_hold_budget: bool = False
     wait_s: float | None = None
     rtc: bool = False
     prime: bool = True
@@ -83,6 +89,8 @@ class LoopConfig:
             raise ValueError(f"delay_ticks must be >= 0, got {self.delay_ticks}")
         if self.watchdog_s <= 0:
             raise ValueError(f"watchdog_s must be > 0, got {self.watchdog_s}")
+        if self.hold_budget is not None and self.hold_budget < 1:
+            raise ValueError(f"hold_budget must be >= 1 tick, got {self.hold_budget}")
 
     @property
     def dt(self) -> float:
@@ -131,6 +139,10 @@ class LoopResult:
     tick_jitter_ms: dict[str, float] = field(default_factory=dict)
     stop_action: str | None = None
     """What the loop applied when a stall stopped it: ``safe`` (``safe_action``) or ``zero``; else None."""
+    longest_hold_run: int = 0
+    """The longest run of consecutive ticks without a planned action after the first chunk."""
+    hold_budget_exceeded: bool = False
+    """Whether that run exceeded ``LoopConfig.hold_budget`` (the policy did not keep up)."""
 
     @property
     def held(self) -> int:
@@ -140,7 +152,8 @@ class LoopResult:
         return {
             "ticks": len(self.ticks), "held": self.held, "dropped": self.dropped,
             "missed_ticks": self.missed_ticks, "over_budget": self.over_budget, "chunks": len(self.chunks),
-            "stall": self.stall, "stop_action": self.stop_action, "latency": self.latency,
+            "stall": self.stall, "stop_action": self.stop_action, "longest_hold_run": self.longest_hold_run,
+            "hold_budget_exceeded": self.hold_budget_exceeded, "latency": self.latency,
             "tick_jitter_ms": self.tick_jitter_ms,
         }  # fmt: skip
 
@@ -311,6 +324,9 @@ class ControlLoop:
         budget = self.cfg.inference_budget_s or self.replan_every * dt
         wait_s = 0.5 * dt if self.cfg.wait_s is None else self.cfg.wait_s
         next_id, pending, last, stop_action = 0, False, None, None
+        hold_budget = self.cfg.hold_budget or 2 * self.replan_every
+        hold_run = longest_hold = 0
+        had_chunk = False
         primed: np.ndarray | None = None  # held if the first ticks run late, past the primed chunk
 
         obs = np.asarray(self.get_obs(), dtype=np.float32)
@@ -377,11 +393,16 @@ class ControlLoop:
                 planned = self.schedule.action_at(tick)
                 if planned is not None:
                     action, source, cid = planned[0], "chunk", planned[1]
+                    had_chunk, hold_run = True, 0
                 else:
                     action, source = self._fallback(last if last is not None else primed)
                     cid = -1
                     if action is None:
                         raise ValueError("no action available: set LoopConfig.safe_action or prime=True")
+                    hold_run += had_chunk
+                    longest_hold = max(longest_hold, hold_run)
+                    if hold_run > hold_budget and self.cfg.stop_on_hold_budget:
+                        self._flag(f"held {hold_run} consecutive ticks (hold budget {hold_budget})")
                 action = shape_action(action, last, self._low, self._high, self._max_delta)
                 self.apply(action)
                 last = action
@@ -410,6 +431,8 @@ class ControlLoop:
             over_budget=int(over_budget),
             stall=self._stall,
             stop_action=stop_action,
+            longest_hold_run=longest_hold,
+            hold_budget_exceeded=longest_hold > hold_budget,
             latency=self.latency.summary(),
             tick_jitter_ms={"p50": float(np.quantile(jitter, 0.5)), "p99": float(np.quantile(jitter, 0.99))}
             if len(jitter)

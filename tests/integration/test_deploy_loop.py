@@ -243,3 +243,23 @@ def test_late_first_tick_holds_the_primed_chunk(monkeypatch):
     held = [i for i, s in enumerate(result.source) if s == "hold"]
     assert held == list(range(len(held))) and 1 <= len(held) <= 4
     assert all(s == "chunk" for s in result.source[len(held) :])
+
+
+def test_a_policy_that_cannot_keep_up_exceeds_the_hold_budget():
+    class Slow:
+        n_obs_steps, n_action_steps, action_dim = 1, 2, 1
+
+        def predict_chunk(self, hist, prefix=None):
+            time.sleep(0.1)  # twenty 5 ms ticks per chunk of two actions
+            return np.ones((1, 2, 1), np.float32)
+
+    flagged = ControlLoop(Slow(), lambda: [0.0], lambda a: None, LoopConfig(rate_hz=200.0)).run(ticks=60)
+    assert flagged.hold_budget_exceeded and flagged.longest_hold_run > 4 and flagged.stall is None
+    assert flagged.summary()["hold_budget_exceeded"] is True
+    stopped = ControlLoop(
+        Slow(), lambda: [0.0], lambda a: None, LoopConfig(rate_hz=200.0, stop_on_hold_budget=True)
+    ).run(ticks=200)
+    assert stopped.stall is not None and "consecutive ticks (hold budget 4)" in stopped.stall
+    assert stopped.source[-1] == "stop" and stopped.stop_action == "zero" and len(stopped.ticks) < 200
+    with pytest.raises(ValueError, match="hold_budget must be >= 1"):
+        LoopConfig(hold_budget=0)
