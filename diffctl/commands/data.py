@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
     info = sub.add_parser("info", help="episodes, steps, keys and the card of a store")
     info.add_argument("path", help="EpisodeStore path")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.add_argument(
+        "--verify", action="store_true", help="read every chunk and compare it with the checksums of the card"
+    )
     info.set_defaults(func=_info)
 
 
@@ -66,7 +69,7 @@ def _generate(args: argparse.Namespace) -> int:
     generate(args.task, args.out, episodes=args.episodes, seed=args.seed, force=args.force)
     elapsed = time.perf_counter() - start
     print(f"generated {args.task} in {elapsed:.1f} s")
-    return _info(argparse.Namespace(path=args.out, json=False))
+    return _info(argparse.Namespace(path=args.out, json=False, verify=False))
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -79,7 +82,7 @@ def _import(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     import_dataset(args.format, args.src, args.out, task=args.task, force=args.force, **options)
     print(f"imported {args.src} ({args.format}) in {time.perf_counter() - start:.1f} s")
-    return _info(argparse.Namespace(path=args.out, json=False))
+    return _info(argparse.Namespace(path=args.out, json=False, verify=False))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -117,6 +120,10 @@ def describe(path: str) -> dict[str, Any]:
 
 def _info(args: argparse.Namespace) -> int:
     summary = describe(args.path)
+    if args.verify:
+        from diffctl.datasets import EpisodeStore
+
+        summary["verify"] = EpisodeStore.open(args.path).verify()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
@@ -128,6 +135,14 @@ def _info(args: argparse.Namespace) -> int:
     width = max((len(k) for k in summary["keys"]), default=0)
     for key, meta in summary["keys"].items():
         print(f"    {key:<{width}}  per-step shape {tuple(meta['shape'])}  {meta['dtype']}")
+    if "verify" in summary:
+        check = summary["verify"]
+        if check["checked"]:
+            print(
+                f"  verified: {check['chunks']} chunks of {len(check['arrays'])} arrays match their checksums"
+            )
+        else:
+            print(f"  not verified: {check['reason']}")
     if summary["card"]:
         print("  card:")
         for line in json.dumps(summary["card"], indent=2, default=str).splitlines():

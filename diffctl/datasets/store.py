@@ -9,6 +9,7 @@ leaves a store whose episodes point at missing steps.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,15 @@ def flatten_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def chunk_checksums(values: np.ndarray, rows: int) -> list[str]:
+    """BLAKE2b digests of ``values`` in blocks of ``rows`` rows (a store's chunks along the step axis)."""
+    data = np.ascontiguousarray(values)
+    return [
+        hashlib.blake2b(data[i : i + rows].tobytes(), digest_size=16).hexdigest()
+        for i in range(0, max(len(data), 1), rows)
+    ]
 
 
 def _chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -262,7 +272,8 @@ class EpisodeStore:
         return self._arrays[key]
 
     def array(self, key: str) -> np.ndarray:
-        """All steps of ``key`` concatenated over episodes (read once, then cached)."""
+        """All steps of ``key`` concatenated over episodes (read once, checked against the checksums recorded
+        at publish time when the store has them, then cached)."""
         self._flush_if_writable()
         if key not in self._cache:
             handle = self._array_handle(key)
@@ -273,8 +284,52 @@ class EpisodeStore:
                 raise ValueError(
                     f"{self.name}: cannot read 'data/{key}' (corrupt or truncated chunk): {err}"
                 ) from err
+            if self._mode == "r":
+                self._check_checksums(key, handle, values)
             self._cache[key] = values
         return self._cache[key]
+
+    def verify(self) -> dict[str, Any]:
+        """Read every array and compare it, chunk by chunk, with the checksums recorded when the store was
+        published; a ValueError names the first array and chunk that differ (a missing chunk file reads
+        as zeros, so it shows up here too). Returns what was checked."""
+        recorded = self._recorded_checksums()
+        if recorded is None:
+            return {
+                "checked": False,
+                "reason": "the store records no checksums (written by an older diffctl)",
+            }
+        self._cache.clear()
+        for key in self.keys:
+            self.array(key)
+        return {"checked": True, "arrays": sorted(recorded), "chunks": sum(map(len, recorded.values()))}
+
+    def _recorded_checksums(self) -> dict[str, list[str]] | None:
+        reserved = self._root.attrs.get(_RESERVED, {})
+        checksums = reserved.get("checksums") if isinstance(reserved, Mapping) else None
+        return dict(checksums) if isinstance(checksums, Mapping) else None
+
+    def _check_checksums(self, key: str, handle: zarr.Array, values: np.ndarray) -> None:
+        recorded = self._recorded_checksums()
+        if recorded is None:
+            return
+        if key not in recorded:
+            raise ValueError(
+                f"{self.name}: array 'data/{key}' has no recorded checksum (added after publish?)"
+            )
+        actual = chunk_checksums(values, handle.chunks[0])
+        if len(actual) != len(recorded[key]):
+            raise ValueError(
+                f"{self.name}: array 'data/{key}' has {len(actual)} chunks; "
+                f"{len(recorded[key])} were published"
+            )
+        for i, (got, want) in enumerate(zip(actual, recorded[key], strict=True)):
+            if got != want:
+                raise ValueError(
+                    f"{self.name}: array 'data/{key}' chunk {i} (rows {i * handle.chunks[0]}-"
+                    f"{min((i + 1) * handle.chunks[0], len(values)) - 1}) differs from the checksum recorded "
+                    "at publish time: a missing or corrupted chunk file"
+                )
 
     def episode_slice(self, i: int) -> slice:
         self._flush_if_writable()
@@ -429,7 +484,12 @@ class EpisodeStore:
         if self._mode == "w" and self._ends.size == 0:
             self.discard()
             raise ValueError(f"{self.name}: no episodes were added; nothing written")
-        self._root.attrs.update({**self._attrs, _RESERVED: {"version": STORE_VERSION, "incomplete": False}})
+        checksums = {
+            key: chunk_checksums(np.asarray(handle[: self.num_steps]), handle.chunks[0])
+            for key, handle in self._arrays.items()
+        }
+        reserved = {"version": STORE_VERSION, "incomplete": False, "checksums": checksums}
+        self._root.attrs.update({**self._attrs, _RESERVED: reserved})
         if self._mode == "w":
             assert self._path is not None and self._temp_path is not None
             self._publish(self._temp_path, self._path)

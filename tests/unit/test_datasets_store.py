@@ -217,3 +217,39 @@ def test_corrupt_chunk_names_key(tmp_path: Path) -> None:
     chunks[0].write_bytes(b"garbage")
     with pytest.raises(ValueError, match="'data/obs'"):
         EpisodeStore.open(path).episode(0)
+
+
+def test_checksums_recorded_at_publish_catch_a_missing_or_flipped_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    values = np.arange(140000, dtype=np.float32).reshape(-1, 1)  # three chunks of the step axis
+    with EpisodeStore.create(path) as store:
+        store.add_episode({"x": values, "y": np.zeros((140000, 1), np.float32)})
+    report = EpisodeStore.open(path).verify()
+    assert report["checked"] and report["arrays"] == ["x", "y"] and report["chunks"] >= 4
+    chunk = path / "data" / "x" / "c" / "1" / "0"
+    raw = chunk.read_bytes()
+    chunk.unlink()  # a missing chunk file reads as zeros: the checksum catches it
+    with pytest.raises(ValueError, match=r"array 'data/x' chunk 1 \(rows 65536-131071\) differs"):
+        EpisodeStore.open(path).array("x")
+    from diffctl.cli import main
+
+    assert main(["data", "info", str(path), "--verify"]) == 1  # the CLI says the same in one line
+    flipped = bytearray(raw)
+    flipped[len(flipped) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="data/x"):  # undecodable, or decoded to other values
+        EpisodeStore.open(path).verify()
+    chunk.write_bytes(raw)
+    np.testing.assert_array_equal(EpisodeStore.open(path).array("x"), values)
+
+
+def test_stores_without_recorded_checksums_still_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.zarr"
+    with EpisodeStore.create(path) as store:
+        store.add_episode({"x": np.ones((5, 1), np.float32)})
+    root = zarr.open_group(store=zarr.storage.LocalStore(str(path)), mode="a")
+    reserved = dict(root.attrs["diffctl"])
+    del reserved["checksums"]  # as written by diffctl before checksums were recorded
+    root.attrs["diffctl"] = reserved
+    store = EpisodeStore.open(path)
+    assert store.array("x").shape == (5, 1) and store.verify()["checked"] is False
