@@ -351,9 +351,7 @@ class DiffusionPolicy(Configurable, Policy):
         o = self.normalizer("obs").normalize(obs)
         denoise, w = self._denoiser(), self.sampler.guidance_scale
         net = self.network
-        if not self.goal_dim or goal is None:
-            return functools.partial(denoise, cond=net.condition(o, None, None))
-        if w == 0.0:
+        if not self.goal_dim or goal is None or w == 0.0:
             return functools.partial(denoise, cond=net.condition(o, None, None))
         g = self.normalizer("goal").normalize(goal)
         cond = net.condition(o, g, torch.ones(o.shape[0], device=o.device))

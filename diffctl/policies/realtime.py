@@ -35,6 +35,7 @@ from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
 from diffctl.policies.diffusion import history_tensor, prefix_tensor
 from diffctl.policies.fused import FusedInputs, run_fused_chunk
+from diffctl.policies.runner import push_observation
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -262,11 +263,7 @@ class RealTimePolicy(Policy):
 
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action; requests the next chunk ``delay`` ticks before the queue ends."""
-        arr = self.policy.check_obs(obs)
-        if not self._obs:
-            self._obs.extend([arr] * self.n_obs_steps)
-        else:
-            self._obs.append(arr)
+        push_observation(self._obs, self.policy, obs)
         if len(self._queue) <= self.delay:
             upcoming = [a for a, _ in self._queue]
             old_tail = self._old_tail(len(upcoming)) if self.seam == "blend" else None

@@ -21,6 +21,19 @@ from diffctl.kernels.samplers import NonFiniteError
 from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
 
+def push_observation(history: collections.deque[np.ndarray], model: Any, obs: Any) -> np.ndarray:
+    """``model.check_obs(obs)`` appended to ``history`` (filled with it on the first step of an episode); a
+    rejected observation, or one whose shape differs from the episode's, never enters it."""
+    arr = model.check_obs(obs)
+    if history and history[-1].shape != arr.shape:
+        raise ValueError(f"observation shape changed within an episode: {history[-1].shape} -> {arr.shape}")
+    if not history:
+        history.extend([arr] * model.n_obs_steps)
+    else:
+        history.append(arr)
+    return arr
+
+
 class ChunkRunner:
     """Receding-horizon execution of action chunks: sample H actions, execute ``Ta`` from index ``To - 1``."""
 
@@ -37,16 +50,7 @@ class ChunkRunner:
 
     def observe(self, obs: Any) -> np.ndarray:
         """Check ``obs`` and push it onto the history (a rejected observation never enters it)."""
-        arr = self.model.check_obs(obs)
-        if self.history and self.history[-1].shape != arr.shape:
-            raise ValueError(
-                f"observation shape changed within an episode: {self.history[-1].shape} -> {arr.shape}"
-            )
-        if not self.history:
-            self.history.extend([arr] * self.model.n_obs_steps)
-        else:
-            self.history.append(arr)
-        return arr
+        return push_observation(self.history, self.model, obs)
 
     def warm_init(self) -> torch.Tensor | None:
         """The last chunk shifted by the executed actions (last action repeated), when warm starts are on."""

@@ -167,3 +167,16 @@ def test_non_finite_histories_raise(policy):
             agent.predict_chunk(torch.as_tensor(bad))
         with pytest.raises(ValueError, match="obs_history"):
             agent.predict_chunk(np.zeros((TO, OBS)))
+
+
+def test_wrapper_refuses_an_observation_whose_shape_changes_within_an_episode():
+    pol = DiffusionPolicy(OBS, ACT, goal_dim=2, horizon=H, n_obs_steps=TO, n_action_steps=TA, backbone="mlp",
+                          backbone_kwargs={"hidden": 8, "depth": 1}, sampler={"steps": 2})  # fmt: skip
+    pol.fit_normalizers(np.array([[0.0] * OBS, [1.0] * OBS]), np.array([[-1.0] * ACT, [1.0] * ACT]),
+                        np.array([[0.0, 0.0], [1.0, 1.0]]))  # fmt: skip
+    rt = RealTimePolicy(pol, seam="naive")
+    rt.act(np.zeros(OBS + 2, np.float32))
+    with pytest.raises(ValueError, match=r"shape changed within an episode: \(6,\) -> \(4,\)"):
+        rt.act(np.zeros(OBS, np.float32))
+    rt.reset()
+    assert rt.act(np.zeros(OBS, np.float32)).shape == (ACT,)  # a new episode may use the other layout
