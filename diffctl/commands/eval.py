@@ -100,7 +100,7 @@ def _task_of_run(checkpoint: Path) -> str:
     ``task.name`` in the run's config.yaml next to (or up to two levels above) the checkpoint."""
     from omegaconf import OmegaConf
 
-    from diffctl.core.registry import read_config_json
+    from diffctl.core.persistence import read_config_json
 
     task = read_config_json(checkpoint).get("task")
     if task:

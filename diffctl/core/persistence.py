@@ -34,21 +34,29 @@ def write_agent_dir(
     return final
 
 
+def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of the agent directory ``path`` as a dict, with one-line errors."""
+    cfg_path = Path(path) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no agent at {path}: {cfg_path} does not exist")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
 def read_agent_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read ``config.json`` and ``model.safetensors`` of an agent directory, with clear errors."""
     from safetensors.torch import load_file
 
     root = Path(path)
-    cfg_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"agent directory {root} has no {p.name}")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(config).__name__}")
+    config = read_config_json(root)
+    weights_path = root / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"agent directory {root} has no {WEIGHTS_FILE}")
     try:
         state = load_file(str(weights_path))
     except Exception as err:

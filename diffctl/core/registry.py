@@ -8,10 +8,11 @@ imported only when an agent of that class is built or loaded. Each agent class c
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from diffctl.core.persistence import read_config_json
 
 AGENT_CLASSES: dict[str, str] = {
     "DiffusionPolicy": "diffctl.policies.diffusion",
@@ -38,20 +39,6 @@ def agent_class(name: str) -> type:
     if name not in AGENT_CLASSES:
         raise ValueError(f"unknown agent class {name!r}; known classes: {sorted(AGENT_CLASSES)}")
     return getattr(importlib.import_module(AGENT_CLASSES[name]), name)
-
-
-def read_config_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``config.json`` of the agent directory ``path`` as a dict, with one-line errors."""
-    cfg_path = Path(path) / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"no agent at {path}: {cfg_path} does not exist")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path} must hold a JSON object, got {type(config).__name__}")
-    return config
 
 
 def load(path: str | os.PathLike[str], **overrides: Any) -> Any:
