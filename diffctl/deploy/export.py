@@ -6,12 +6,17 @@ normalized spaces. Inputs: ``x`` (B, H, Da) noisy normalized actions, ``sigma`` 
 ``obs`` (B, To, Do) normalized observations and, for goal-conditioned policies, ``goal`` (B, Dg) normalized
 goal (classifier-free guidance at scale 1). A sampler loop runs around it: the sidecar ``<out>.json`` holds
 the sigma grid of the policy's sampler, the solver name and the normalizer statistics a runtime needs.
-Both formats export EDM- and VP-parameterized policies.
+Both formats export EDM- and VP-parameterized policies, transformer backbones included (exported with
+PyTorch's fused attention fast path off, since ONNX has no operator for it). A streaming policy exports its
+per-entry step: ``x`` is the action buffer (B, Hb, Da) and ``sigma`` (B, Hb) holds each entry's noise level.
+The sidecar's ``postprocess`` lists, in order, what a runtime does with the last ``x0_hat`` to get actions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +48,21 @@ class DenoiserStep(nn.Module):
         return self.denoiser(x, sigma, cond=cond)
 
 
+def is_streaming(policy: Any) -> bool:
+    """Streaming policies denoise a buffer whose entries each carry their own noise level."""
+    return hasattr(policy, "buffer_len") and hasattr(policy, "stream_sigmas")
+
+
 def example_inputs(policy: Any, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random inputs of the exported signature (sigmas spread over the sampler's grid)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, policy.horizon, policy.action_dim, generator=g)
-    sigma = torch.exp(torch.empty(batch).uniform_(-5.0, 4.0, generator=g))
+    length = policy.buffer_len if is_streaming(policy) else policy.horizon
+    x = torch.randn(batch, length, policy.action_dim, generator=g)
+    sigma_shape = (batch, length) if is_streaming(policy) else (batch,)
+    sigma = torch.exp(torch.empty(sigma_shape).uniform_(-5.0, 4.0, generator=g))
     obs = torch.rand(batch, policy.n_obs_steps, policy.obs_dim, generator=g) * 2 - 1
-    inputs = (x * sigma.reshape(-1, 1, 1), sigma, obs)
+    scale = sigma.reshape(batch, -1, 1)
+    inputs = (x * scale, sigma, obs)
     if getattr(policy, "goal_dim", 0):
         inputs += (torch.rand(batch, policy.goal_dim, generator=g) * 2 - 1,)
     return inputs
@@ -73,23 +86,52 @@ def export_denoiser(policy: Any, out: str | os.PathLike[str], fmt: str) -> dict[
     module = DenoiserStep(policy).eval()
     inputs = example_inputs(policy, batch=2)
     names = input_names(policy)
-    with atomic_path(final) as tmp, torch.no_grad():
+    with atomic_path(final) as tmp, torch.no_grad(), _attention_fast_path_off():
         if fmt == "torchscript":
             torch.jit.trace(module, inputs, check_trace=False).save(str(tmp))
         else:
             _export_onnx(module, inputs, names, tmp)
+    streaming = is_streaming(policy)
+    sigmas = policy.stream_sigmas() if streaming else policy.sigmas() if hasattr(policy, "sigmas") else None
     meta = {
         "format": fmt, "file": final.name, "class": type(policy).__name__, "inputs": names,
         "shapes": {n: ["B", *t.shape[1:]] for n, t in zip(names, inputs, strict=True)},
-        "output": "x0_hat (B, H, Da), normalized actions",
+        "output": f"x0_hat (B, {'Hb' if streaming else 'H'}, Da), normalized actions",
         "parameterization": getattr(policy, "parameterization", None),
         "sampler": policy.sampler.to_dict() if hasattr(policy, "sampler") else None,
-        "sigmas": policy.sigmas().tolist() if hasattr(policy, "sigmas") else None,
+        "sigmas": None if sigmas is None else sigmas.tolist(),
         "normalizers": {k: n.to_dict() for k, n in getattr(policy, "normalizers", {}).items()},
-        "n_action_start": policy.n_obs_steps - 1, "n_action_steps": getattr(policy, "n_action_steps", None),
+        "n_action_start": 0 if streaming else policy.n_obs_steps - 1,
+        "n_action_steps": getattr(policy, "n_action_steps", None),
+        "postprocess": postprocess_steps(policy),
     }  # fmt: skip
+    if streaming:
+        meta["steps_per_tick"] = policy.steps_per_tick
     write_json(final.with_name(final.name + ".json"), meta)
     return meta
+
+
+def postprocess_steps(policy: Any) -> list[str]:
+    """What a runtime does, in order, with the final ``x0_hat`` to get the actions the policy would act."""
+    start = 0 if is_streaming(policy) else policy.n_obs_steps - 1
+    steps = ["clamp x0_hat to [-1, 1]", "unnormalize with normalizers.action: (x - offset) / scale"]
+    if is_streaming(policy):
+        steps.append("act entry 0 of the buffer, then shift the buffer by one entry")
+    else:
+        count = getattr(policy, "n_action_steps", None)
+        steps.append(f"act actions[:, {start}:{start} + {count}] in order (n_action_start, n_action_steps)")
+    return steps
+
+
+@contextlib.contextmanager
+def _attention_fast_path_off() -> Iterator[None]:
+    """Trace ``nn.MultiheadAttention`` as plain ops: its fused fast path has no ONNX operator."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def _export_onnx(module: nn.Module, inputs: tuple, names: list[str], path: Path) -> None:

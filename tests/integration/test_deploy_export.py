@@ -81,3 +81,58 @@ def test_cli_export_to_a_directory_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     wanted = f"--out {tmp_path / 'out'} is a directory; expected the path of the file to write"
     assert err == f"diffctl export: error: {wanted}"
+
+
+def perturbed(policy, scale=0.2):
+    """Random weights everywhere (zero-initialized gates would make any export match trivially)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.network.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return policy
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_transformer_and_streaming_policies_export(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from diffctl.policies.streaming import StreamingDiffusionPolicy
+
+    dit = DiffusionPolicy(4, 2, horizon=8, n_action_steps=4, backbone="dit",
+                          backbone_kwargs={"dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0, "dropout": 0.0})  # fmt: skip
+    stream = StreamingDiffusionPolicy(4, 2, horizon=8, n_obs_steps=2, n_action_steps=4, backbone_kwargs={"hidden": 32, "depth": 1})
+    for name, policy in [("dit", perturbed(dit)), ("stream", perturbed(stream))]:
+        out = tmp_path / f"{name}.{fmt}"
+        meta = export_denoiser(policy, out, fmt)
+        assert parity(policy, out, fmt, batch=3)["max_abs_err"] < 1e-4
+        assert meta["postprocess"][0] == "clamp x0_hat to [-1, 1]"
+    assert meta["shapes"]["x"] == ["B", stream.buffer_len, 2] and meta["shapes"]["sigma"] == ["B", stream.buffer_len]
+    assert meta["sigmas"] == stream.stream_sigmas().tolist() and meta["n_action_start"] == 0
+
+
+def test_a_runtime_following_the_sidecar_reproduces_the_policy(tmp_path):
+    """Euler over the sidecar's sigmas on the exported step, then its postprocess steps == predict_chunk."""
+    policy = perturbed(tiny_policy(), scale=0.6)
+    policy.sampler = policy.sampler.replace(solver="euler", steps=6)
+    out = tmp_path / "step.pt"
+    meta = export_denoiser(policy, out, "torchscript")
+    step = torch.jit.load(str(out))
+    g = torch.Generator().manual_seed(3)
+    hist = torch.rand(2, 2, 6, generator=g) * 4 - 2  # raw obs (4) + goal (2), far outside the data range
+    noise = torch.randn(2, 8, 2, generator=g)
+    norms = {k: np.asarray(v["scale"]) for k, v in meta["normalizers"].items()}
+    offsets = {k: np.asarray(v["offset"]) for k, v in meta["normalizers"].items()}
+    obs = torch.as_tensor(hist[..., :4].numpy() * norms["obs"] + offsets["obs"], dtype=torch.float32)
+    goal = torch.as_tensor(hist[:, -1, 4:].numpy() * norms["goal"] + offsets["goal"], dtype=torch.float32)
+    sigmas = meta["sigmas"]
+    x = noise * sigmas[0]
+    with torch.no_grad():
+        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            x0 = step(x, torch.full((2,), s), obs, goal)
+            x = x + (x - x0) / s * (s_next - s)
+    assert meta["postprocess"][:2] == ["clamp x0_hat to [-1, 1]",
+                                       "unnormalize with normalizers.action: (x - offset) / scale"]  # fmt: skip
+    actions = (x.clamp(-1, 1).numpy() - offsets["action"]) / norms["action"]
+    expected = policy.predict_chunk(hist, noise=noise).numpy()
+    assert np.abs(expected).max() > 0 and np.abs(x.numpy()).max() > 1  # the clamp matters here
+    np.testing.assert_allclose(actions, expected, atol=1e-5)
