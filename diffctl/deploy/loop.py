@@ -4,7 +4,9 @@ The loop ticks on a monotonic clock at ``rate_hz``. Each tick it reads an observ
 inference thread finished, executes the action planned for this tick (stale ones are dropped; with nothing
 planned it holds the last action or a safe action), shapes it (clip + rate limit) and applies it. A new chunk
 is requested early enough that, given the measured inference delay, it arrives before the plan runs out. A
-watchdog thread flags a loop or an inference that stalls. The robot side is two callables, ``get_obs()`` and
+watchdog thread flags a loop or an inference that stalls; when the loop itself is stuck (a ``get_obs`` or a
+tick that does not return) it applies the stop action from its own thread, without waiting for the loop. The
+robot side is two callables, ``get_obs()`` and
 ``apply(action)``, so the same loop drives a simulator, a network client or hardware.
 """
 
@@ -139,6 +141,9 @@ class LoopResult:
     tick_jitter_ms: dict[str, float] = field(default_factory=dict)
     stop_action: str | None = None
     """What the loop applied when a stall stopped it: ``safe`` (``safe_action``) or ``zero``; else None."""
+    stop_time_s: float | None = None
+    """When (seconds after the clock started) the stop action was applied; the watchdog applies it while a
+    blocked ``get_obs`` has not returned, so this can precede the last recorded tick's end."""
     longest_hold_run: int = 0
     """The longest run of consecutive ticks without a planned action after the first chunk."""
     hold_budget_exceeded: bool = False
@@ -152,7 +157,8 @@ class LoopResult:
         return {
             "ticks": len(self.ticks), "held": self.held, "dropped": self.dropped,
             "missed_ticks": self.missed_ticks, "over_budget": self.over_budget, "chunks": len(self.chunks),
-            "stall": self.stall, "stop_action": self.stop_action, "longest_hold_run": self.longest_hold_run,
+            "stall": self.stall, "stop_action": self.stop_action, "stop_time_s": self.stop_time_s,
+            "longest_hold_run": self.longest_hold_run,
             "hold_budget_exceeded": self.hold_budget_exceeded, "latency": self.latency,
             "tick_jitter_ms": self.tick_jitter_ms,
         }  # fmt: skip
@@ -226,6 +232,26 @@ class ControlLoop:
                 self._flag(f"inference stalled for more than {self.cfg.watchdog_s:.3f} s")
             if now - self._last_beat > self.cfg.watchdog_s + self.cfg.dt:
                 self._flag(f"control loop stalled for more than {self.cfg.watchdog_s:.3f} s")
+                if self.cfg.stop_on_stall:
+                    self._halt()  # the loop thread is stuck: it cannot apply the stop action itself
+
+    def _halt(self) -> None:
+        """Apply the stop action once, from whichever thread gets here first; later commands are dropped."""
+        with self._apply_lock:
+            if self._halted is not None:
+                return
+            action, kind = self._stop_action(self._last_action)
+            self.apply(action)
+            self._halted = (action, kind, self.clock() - self._t0)
+
+    def _command(self, action: np.ndarray) -> bool:
+        """Apply ``action`` unless the loop was halted; False when it was."""
+        with self._apply_lock:
+            if self._halted is not None:
+                return False
+            self.apply(action)
+            self._last_action = action
+            return True
 
     def _flag(self, reason: str) -> None:
         with self._flag_lock:
@@ -242,13 +268,17 @@ class ControlLoop:
         return self.latency.delay_ticks(self.cfg.dt, 0.99, default=0)
 
     def _due(self, tick: int, delay: int) -> bool:
-        """Request now so the next chunk, ``delay`` ticks away, starts ``replan_every`` after this one."""
+        """Request every ``replan_every`` ticks, or earlier when the plan would run out during inference.
+
+        A chunk's ``start_tick`` is the tick of its request: the actions for the ``delay`` ticks its inference
+        takes are stale on arrival. Chunks requested ``replan_every`` apart are therefore adopted
+        ``replan_every`` apart whatever the delay; subtracting the delay here as well would count it twice
+        and replan every ``replan_every - delay`` ticks.
+        """
         chunk = self.schedule.chunk
         if chunk is None:
             return True
-        return tick >= chunk.start_tick + max(self.replan_every - delay, 1) or (
-            self.schedule.remaining(tick) <= delay + 1
-        )
+        return tick >= chunk.start_tick + self.replan_every or self.schedule.remaining(tick) <= delay + 1
 
     def _prefix(self, tick: int, delay: int, executed: collections.deque) -> np.ndarray | None:
         """Real-time chunking prefix: the ``To - 1`` executed actions and the ``delay`` still planned."""
@@ -317,13 +347,23 @@ class ControlLoop:
         self._stop, self._flag_lock = threading.Event(), threading.Lock()
         self._stall: str | None = None
         self._busy_since: float | None = None
+        self._apply_lock = threading.Lock()
+        self._halted: tuple[np.ndarray, str, float] | None = None
+        self._last_action: np.ndarray | None = None
         history: collections.deque[np.ndarray] = collections.deque(maxlen=to)
         executed: collections.deque[np.ndarray] = collections.deque(maxlen=max(to - 1, 1))
         rec_tick, rec_t, rec_a, rec_src, rec_cid, chunks = [], [], [], [], [], []
+
+        def record(tick: int, t: float, action: np.ndarray, source: str, cid: int) -> None:
+            for log, value in zip(
+                (rec_tick, rec_t, rec_a, rec_src, rec_cid), (tick, t, action, source, cid), strict=True
+            ):
+                log.append(value)
+
         missed = over_budget = 0
         budget = self.cfg.inference_budget_s or self.replan_every * dt
         wait_s = 0.5 * dt if self.cfg.wait_s is None else self.cfg.wait_s
-        next_id, pending, last, stop_action = 0, False, None, None
+        next_id, pending, last = 0, False, None
         hold_budget = self.cfg.hold_budget or 2 * self.replan_every
         hold_run = longest_hold = 0
         had_chunk = False
@@ -335,6 +375,7 @@ class ControlLoop:
             t = self.clock()
             first = self.infer(np.stack(history), None)
             primed = np.asarray(first, np.float32)[-1]
+            self._last_action = primed
             self.latency.record(self.clock() - t)
             self.schedule.push(TimedChunk(np.asarray(first, np.float32), 0, 0, t, self.clock()), 0)
             chunks.append({"chunk_id": 0, "start_tick": 0, "arrival_tick": 0, "latency_s": self.clock() - t,
@@ -342,7 +383,7 @@ class ControlLoop:
             next_id = 1
         worker = threading.Thread(target=self._worker, name="diffctl-inference", daemon=True)
         dog = threading.Thread(target=self._watchdog, name="diffctl-watchdog", daemon=True)
-        t0 = self.clock()
+        t0 = self._t0 = self.clock()
         self._last_beat = t0
         worker.start()
         dog.start()
@@ -369,13 +410,8 @@ class ControlLoop:
                     pending = False
                     over_budget += self._adopt(chunk, tick, budget, chunks)
                 if self._stall is not None and self.cfg.stop_on_stall:
-                    action, stop_action = self._stop_action(last if last is not None else primed)
-                    self.apply(action)
-                    rec_tick.append(tick)
-                    rec_t.append(t_tick - t0)
-                    rec_a.append(action)
-                    rec_src.append("stop")
-                    rec_cid.append(-1)
+                    self._halt()
+                    record(tick, t_tick - t0, self._halted[0], "stop", -1)
                     break
                 delay = self._delay()
                 if not pending and self._due(tick, delay):
@@ -404,14 +440,12 @@ class ControlLoop:
                     if hold_run > hold_budget and self.cfg.stop_on_hold_budget:
                         self._flag(f"held {hold_run} consecutive ticks (hold budget {hold_budget})")
                 action = shape_action(action, last, self._low, self._high, self._max_delta)
-                self.apply(action)
+                if not self._command(action):  # the watchdog halted the loop during this tick
+                    record(tick, t_tick - t0, self._halted[0], "stop", -1)
+                    break
                 last = action
                 executed.append(action)
-                rec_tick.append(tick)
-                rec_t.append(t_tick - t0)
-                rec_a.append(action)
-                rec_src.append(source)
-                rec_cid.append(cid)
+                record(tick, t_tick - t0, action, source, cid)
                 tick += 1
         finally:
             self._stop.set()
@@ -430,7 +464,8 @@ class ControlLoop:
             missed_ticks=missed,
             over_budget=int(over_budget),
             stall=self._stall,
-            stop_action=stop_action,
+            stop_action=None if self._halted is None else self._halted[1],
+            stop_time_s=None if self._halted is None else self._halted[2],
             longest_hold_run=longest_hold,
             hold_budget_exceeded=longest_hold > hold_budget,
             latency=self.latency.summary(),

@@ -263,3 +263,53 @@ def test_a_policy_that_cannot_keep_up_exceeds_the_hold_budget():
     assert stopped.source[-1] == "stop" and stopped.stop_action == "zero" and len(stopped.ticks) < 200
     with pytest.raises(ValueError, match="hold_budget must be >= 1"):
         LoopConfig(hold_budget=0)
+
+
+def test_the_watchdog_applies_the_stop_action_while_get_obs_is_blocked():
+    """A get_obs that blocks 1.5 s: the robot gets the stop action ~watchdog_s in, not when get_obs returns."""
+
+    class Constant:
+        n_obs_steps, n_action_steps, action_dim = 1, 4, 2
+
+        def predict_chunk(self, hist, prefix=None):
+            return np.tile(np.array([1.0, 0.17], np.float32), (1, 4, 1))
+
+    calls = iter(range(10**6))
+    blocked: dict[str, float] = {}
+    applied: list[tuple[float, np.ndarray]] = []
+
+    def get_obs():
+        if next(calls) == 10:
+            blocked["start"] = time.monotonic()
+            time.sleep(1.5)
+            blocked["end"] = time.monotonic()
+        return [0.0]
+
+    config = LoopConfig(rate_hz=50.0, watchdog_s=0.2)
+    loop = ControlLoop(Constant(), get_obs, lambda a: applied.append((time.monotonic(), a)), config)
+    result = loop.run(ticks=200)
+    assert result.stall is not None and "control loop stalled" in result.stall
+    t_stop, stop = applied[-1]
+    np.testing.assert_array_equal(stop, [0.0, 0.0])
+    assert blocked["start"] + 0.2 < t_stop < blocked["start"] + 0.8 < blocked["end"]  # during the block
+    assert [a for t, a in applied if t > t_stop] == []  # nothing applied after the stop
+    assert result.stop_action == "zero" and result.source[-1] == "stop" and result.stop_time_s is not None
+
+
+def test_chunks_are_requested_once_per_replan_interval_whatever_the_delay():
+    """3-tick inference at n_action_steps=8: one request per 8 ticks (the delay was counted twice: 1 per 5)."""
+
+    class Slow:
+        n_obs_steps, n_action_steps, action_dim = 2, 8, 2
+
+        def predict_chunk(self, hist, prefix=None):
+            time.sleep(0.012)  # 2.4 periods at 200 Hz: a measured delay of 3 ticks
+            return np.zeros((1, 16, 2), np.float32)
+
+    for delay_ticks in (None, 3):
+        config = LoopConfig(rate_hz=200.0, delay_ticks=delay_ticks)
+        result = ControlLoop(Slow(), lambda: [0.0], lambda a: None, config).run(ticks=160)
+        assert len(result.chunks) <= 160 // 8 + 1, (delay_ticks, len(result.chunks))
+        assert result.longest_hold_run == 0
+        starts = [c["start_tick"] for c in result.chunks]
+        assert min(np.diff(starts)) >= 8 - 1  # a late tick may shift one request by a tick
