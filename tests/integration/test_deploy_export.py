@@ -1,5 +1,6 @@
 """Export of one denoising step: TorchScript and ONNX match eager PyTorch; the CLI runs the parity check."""
 
+import itertools
 import json
 
 import numpy as np
@@ -98,15 +99,17 @@ def test_transformer_and_streaming_policies_export(tmp_path, fmt):
         pytest.importorskip("onnxruntime")
     from diffctl.policies.streaming import StreamingDiffusionPolicy
 
-    dit = DiffusionPolicy(4, 2, horizon=8, n_action_steps=4, backbone="dit",
-                          backbone_kwargs={"dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0, "dropout": 0.0})  # fmt: skip
-    stream = StreamingDiffusionPolicy(4, 2, horizon=8, n_obs_steps=2, n_action_steps=4, backbone_kwargs={"hidden": 32, "depth": 1})
+    dit_net = {"dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0, "dropout": 0.0}
+    dit = DiffusionPolicy(4, 2, horizon=8, n_action_steps=4, backbone="dit", backbone_kwargs=dit_net)
+    windows = {"horizon": 8, "n_obs_steps": 2, "n_action_steps": 4}
+    stream = StreamingDiffusionPolicy(4, 2, **windows, backbone_kwargs={"hidden": 32, "depth": 1})
     for name, policy in [("dit", perturbed(dit)), ("stream", perturbed(stream))]:
         out = tmp_path / f"{name}.{fmt}"
         meta = export_denoiser(policy, out, fmt)
         assert parity(policy, out, fmt, batch=3)["max_abs_err"] < 1e-4
         assert meta["postprocess"][0] == "clamp x0_hat to [-1, 1]"
-    assert meta["shapes"]["x"] == ["B", stream.buffer_len, 2] and meta["shapes"]["sigma"] == ["B", stream.buffer_len]
+    assert meta["shapes"]["x"] == ["B", stream.buffer_len, 2]
+    assert meta["shapes"]["sigma"] == ["B", stream.buffer_len]
     assert meta["sigmas"] == stream.stream_sigmas().tolist() and meta["n_action_start"] == 0
 
 
@@ -127,11 +130,11 @@ def test_a_runtime_following_the_sidecar_reproduces_the_policy(tmp_path):
     sigmas = meta["sigmas"]
     x = noise * sigmas[0]
     with torch.no_grad():
-        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        for s, s_next in itertools.pairwise(sigmas):
             x0 = step(x, torch.full((2,), s), obs, goal)
             x = x + (x - x0) / s * (s_next - s)
-    assert meta["postprocess"][:2] == ["clamp x0_hat to [-1, 1]",
-                                       "unnormalize with normalizers.action: (x - offset) / scale"]  # fmt: skip
+    clamp, unnormalize = meta["postprocess"][:2]
+    assert clamp == "clamp x0_hat to [-1, 1]" and "(x - offset) / scale" in unnormalize
     actions = (x.clamp(-1, 1).numpy() - offsets["action"]) / norms["action"]
     expected = policy.predict_chunk(hist, noise=noise).numpy()
     assert np.abs(expected).max() > 0 and np.abs(x.numpy()).max() > 1  # the clamp matters here

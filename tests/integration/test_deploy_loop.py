@@ -266,7 +266,7 @@ def test_a_policy_that_cannot_keep_up_exceeds_the_hold_budget():
 
 
 def test_the_watchdog_applies_the_stop_action_while_get_obs_is_blocked():
-    """A get_obs that blocks 1.5 s: the robot gets the stop action ~watchdog_s in, not when get_obs returns."""
+    """get_obs blocks 1.5 s: the robot gets the stop action about watchdog_s in, not when get_obs returns."""
 
     class Constant:
         n_obs_steps, n_action_steps, action_dim = 1, 4, 2
@@ -297,7 +297,7 @@ def test_the_watchdog_applies_the_stop_action_while_get_obs_is_blocked():
 
 
 def test_chunks_are_requested_once_per_replan_interval_whatever_the_delay():
-    """3-tick inference at n_action_steps=8: one request per 8 ticks (the delay was counted twice: 1 per 5)."""
+    """3-tick inference, 8 actions per chunk: a request per 8 ticks (the delay counted twice: 1 per 5)."""
 
     class Slow:
         n_obs_steps, n_action_steps, action_dim = 2, 8, 2
