@@ -8,8 +8,10 @@ serialized on the one network. ``act`` and ``reset`` keep per-connection act-tim
 policy's own kind (observation history, action queue) sharing the one set of weights, or, for agents without
 a runner, a copy of the policy; it is dropped when the connection closes. At most ``max_connections`` clients
 are served at once (more are closed with code 1013, try again later), and requests a client left behind when
-it disconnected are not computed. With a ``token`` every request must carry it (header key ``token``); serving
-a non-loopback address without one warns.
+it disconnected are not computed: each connection reads its messages into its own queue as they arrive (up to
+``PENDING_LIMIT``), so a close frame is seen while earlier requests still wait, and its worker stops there.
+With a ``token`` every request must carry it (header key ``token``); serving a non-loopback address without
+one warns.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import numpy as np
 from diffctl.deploy.wire import decode, encode
 
 OPS = ("health", "predict_chunk", "act", "reset")
+PENDING_LIMIT = 256
+"""Requests one connection may have waiting; beyond it the server stops reading that connection."""
 
 
 class PolicyServer:
@@ -134,8 +138,23 @@ class PolicyServer:
             return
         self.connections += 1
         session: dict[str, Any] = {}
+        pending: asyncio.Queue[bytes | str | None] = asyncio.Queue(maxsize=PENDING_LIMIT)
+
+        async def read() -> None:
+            # websockets stops reading a connection while 16 messages wait (flow control), so without this
+            # reader a close frame behind queued requests would only be seen after computing all of them
+            try:
+                async for message in connection:
+                    await pending.put(message)
+            except ConnectionClosed:
+                pass
+            finally:
+                if not pending.full():  # a full queue ends at its next message: the state check below
+                    pending.put_nowait(None)
+
+        reader = asyncio.create_task(read())
         try:
-            async for message in connection:
+            while (message := await pending.get()) is not None:
                 if connection.state is not State.OPEN:
                     break  # the client left: its queued requests are not computed
                 reply = await self._reply(message, session)
@@ -143,6 +162,7 @@ class PolicyServer:
         except ConnectionClosed:
             pass
         finally:
+            reader.cancel()
             self.connections -= 1
             session.clear()
 

@@ -196,3 +196,33 @@ def test_a_token_server_refuses_requests_without_it_and_warns_on_open_addresses(
         PolicyServer(tiny_policy(), host="0.0.0.0", port=0)
     with pytest.raises(ValueError, match="token must be a non-empty string"):
         PolicyServer(tiny_policy(), token="")
+
+
+def test_requests_of_a_client_that_left_are_not_computed():
+    """A client pipelines 20 slow requests and disconnects: the server computes at most the one in flight."""
+    policy = tiny_policy()
+    calls = []
+    slow = policy.predict_chunk
+
+    def counted(hist, **kwargs):
+        calls.append(time.monotonic())
+        time.sleep(0.1)
+        return slow(hist, **kwargs)
+
+    policy.predict_chunk = counted
+    hist = np.zeros((1, TO, OBS + GOAL), np.float32)
+    with PolicyServer(policy, port=0) as srv:
+        ws = connect(srv.url, open_timeout=20)
+        for i in range(20):
+            ws.send(encode({"op": "predict_chunk", "id": i}, {"obs_history": hist}))
+        time.sleep(0.05)
+        ws.close()
+        deadline = time.monotonic() + 10
+        while srv.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert len(calls) <= 2, f"{len(calls)} abandoned requests were computed"
+        with PolicyClient(srv.url, timeout=20) as client:  # the next client is served at once
+            t0 = time.monotonic()
+            client.predict_chunk(hist)
+            assert time.monotonic() - t0 < 1.0
