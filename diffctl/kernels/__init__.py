@@ -3,7 +3,17 @@
 Pure math on torch tensors in the VE convention ``x = x0 + sigma * noise``; imports nothing else of diffctl.
 """
 
-from . import analytic, denoisers, guidance, losses, samplers, schedules
+from . import analytic, denoisers, guidance, inversion, losses, samplers, schedules
 from .samplers import SOLVERS, sample
 
-__all__ = ["SOLVERS", "analytic", "denoisers", "guidance", "losses", "sample", "samplers", "schedules"]
+__all__ = [
+    "SOLVERS",
+    "analytic",
+    "denoisers",
+    "guidance",
+    "inversion",
+    "losses",
+    "sample",
+    "samplers",
+    "schedules",
+]
