@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-IMPORT_FORMATS = ("d4rl", "minari", "zarr")
+IMPORT_FORMATS = ("d4rl", "minari", "zarr", "images")
 
 
 def register(subparsers: Any) -> None:
@@ -17,21 +17,27 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=lambda args: _usage(parser))
 
     gen = sub.add_parser("generate", help="generate a dataset for a task (e.g. maze2d-umaze)")
-    gen.add_argument("task", help="task or dataset name, e.g. maze2d-umaze or hopper-medium")
+    gen.add_argument("task", help="task or dataset name, e.g. maze2d-umaze, hopper-medium or digits")
     gen.add_argument("--out", required=True, help="output store path (.zarr directory)")
     gen.add_argument("--episodes", type=int, default=None, help="number of episodes (default: the recipe's)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--force", action="store_true", help="replace an existing --out")
     gen.set_defaults(func=_generate)
 
-    imp = sub.add_parser("import", help="import a D4RL HDF5 file, Minari dataset or diffusion_policy zarr")
+    imp = sub.add_parser(
+        "import", help="import a D4RL HDF5 file, Minari dataset, diffusion_policy zarr or images"
+    )
     imp.add_argument("format", choices=IMPORT_FORMATS)
-    imp.add_argument("src", help="source file or directory")
+    imp.add_argument(
+        "src", help="source file or directory (images: a folder of PNGs, class subfolders, or STORE:key)"
+    )
     imp.add_argument("--out", required=True, help="output store path (.zarr directory)")
     imp.add_argument("--task", default=None, help="task name for the card (and D4RL episode limits)")
     imp.add_argument(
         "--episode-limit", type=int, default=None, help="D4RL files without timeouts: split length"
     )
+    imp.add_argument("--size", type=int, default=32, help="images: side in pixels to resize to")
+    imp.add_argument("--channels", type=int, choices=(1, 3), default=3, help="images: 1 grey or 3 RGB")
     imp.add_argument("--force", action="store_true", help="replace an existing --out")
     imp.set_defaults(func=_import)
 
@@ -76,6 +82,13 @@ def _import(args: argparse.Namespace) -> int:
     from diffctl.datasets.convert import import_dataset
 
     _refuse_existing(args.out, args.force)
+    if args.format == "images":
+        from diffctl.datasets.images import import_images
+
+        start = time.perf_counter()
+        import_images(args.src, args.out, size=args.size, channels=args.channels, force=args.force)
+        print(f"imported {args.src} (images) in {time.perf_counter() - start:.1f} s")
+        return _info(argparse.Namespace(path=args.out, json=False, verify=False))
     options = {"episode_limit": args.episode_limit} if args.format == "d4rl" else {}
     if args.episode_limit is not None and args.format != "d4rl":
         raise ValueError("--episode-limit applies to d4rl imports only")

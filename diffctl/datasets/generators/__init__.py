@@ -1,4 +1,5 @@
-"""Dataset generators: maze2d (scripted waypoint expert) and locomotion (SAC, D4RL recipe).
+"""Dataset generators: maze2d (scripted waypoint expert), locomotion (SAC, D4RL recipe) and images (digits,
+shapes, simulator frames: ``diffctl.datasets.images``).
 
 ``generate(task, out, episodes=None, seed=0, force=False, **options)`` writes an ``EpisodeStore`` at ``out``
 with a dataset card in ``store.attrs`` and returns the opened store.
@@ -41,8 +42,15 @@ def generate(
     An existing ``out`` is refused unless ``force``. Options go to the task's generator (maze:
     ``size="small"|"d4rl"``, ``steps``, ``action_noise``, ...; locomotion: ``budget="small"|"d4rl"``, ...).
     """
+    from diffctl.datasets.images import IMAGE_DATASETS, generate_images
+
+    if task in IMAGE_DATASETS:
+        if episodes is not None:
+            raise ValueError(f"image dataset {task!r} has no episodes; use n= for its number of images")
+        return generate_images(task, out, seed=seed, force=force, **options)
     if task not in DATASETS:
-        raise ValueError(f"no generator for {task!r}; valid datasets: {', '.join(DATASETS)}")
+        valid = ", ".join((*DATASETS, *IMAGE_DATASETS))
+        raise ValueError(f"no generator for {task!r}; valid datasets: {valid}")
     if episodes is not None and int(episodes) < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     path = Path(out)
