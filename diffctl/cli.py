@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("data", "train", "eval", "quickstart", "export", "serve")
+COMMAND_MODULES = ("data", "train", "eval", "quickstart", "export", "serve", "images")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ AGENT_CLASSES: dict[str, str] = {
     "Diffuser": "diffctl.planners.diffuser",
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",
     "CoarseToFineDiffuser": "diffctl.planners.coarse_to_fine",
+    "ImageDiffusion": "diffctl.images.model",
 }
 
 

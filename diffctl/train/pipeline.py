@@ -5,7 +5,9 @@ Policies, datasets and simulators are imported lazily so ``diffctl.train`` itsel
 
 An agent class steers its own training through optional hooks, so the pipeline has no per-class cases:
 ``make_dataset(store, task)`` (classmethod) builds its training data instead of the task's
-``SequenceDataset``; ``fit(dataset, mode)`` replaces ``fit_normalizers`` on the store; and a ``Builder``
+``SequenceDataset``; ``data_dims(dataset)`` (classmethod) reads its dimensions off that data (e.g. an
+image model's channels, size and classes); ``fit(dataset, mode)`` replaces ``fit_normalizers`` on the store;
+``after_training(run_dir)`` writes extra outputs of a finished run (e.g. a grid of samples); and a ``Builder``
 registered with ``register_builder`` (for classes whose construction needs more than the config, e.g. a
 consistency student distilled from a teacher checkpoint) builds the agent and may consume extra config keys.
 """
@@ -32,9 +34,14 @@ from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("task", "policy", "sampler", "planner", "experiment")
+GROUPS = ("task", "policy", "sampler", "planner", "image_model", "experiment")
+# Sections that select the agent instead of ``policy`` when set, in this order.
+AGENT_SECTIONS = ("planner", "image_model")
 # Agent settings the pipeline reads off the task and the data instead of the policy / planner section.
-DATA_KEYS = ("obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim")
+DATA_KEYS = (
+    "obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim",
+    "channels", "image_size", "num_classes",
+)  # fmt: skip
 # Keys of a policy/planner section that are not constructor arguments; ``teacher`` is read by the builders
 # that declare it (e.g. ConsistencyPolicy's) and refused by the others.
 BUILDER_KEYS = ("teacher",)
@@ -138,11 +145,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def agent_section(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """The section that describes the agent: ``planner`` when one is selected, else ``policy``."""
-    planner = conf.get("planner")
-    if planner is not None and not isinstance(planner, Mapping):
-        raise ValueError(f"config section 'planner' must be a mapping or null, got {planner!r}")
-    return dict(planner or conf["policy"])
+    """The section that describes the agent: ``planner`` or ``image_model`` when one is selected, else
+    ``policy``."""
+    return dict(conf[agent_section_name(conf)])
+
+
+def agent_section_name(conf: Mapping[str, Any]) -> str:
+    """``planner``, ``image_model`` (the first one set) or ``policy``."""
+    for name in AGENT_SECTIONS:
+        section = conf.get(name)
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"config section {name!r} must be a mapping or null, got {section!r}")
+        if section:
+            return name
+    return "policy"
 
 
 @dataclass
@@ -170,7 +186,8 @@ def prepare(cfg: Any) -> PreparedRun:
     agent_section(conf)
     SamplerConfig.from_dict(conf["sampler"])  # checked before anything is written, whatever the agent
     eval_episodes(conf)
-    task_windows(conf["task"])
+    if "horizon" in conf["task"]:  # sequence tasks; image tasks have no windows
+        task_windows(conf["task"])
     info = init_distributed()
     train_cfg = TrainConfig.from_dict(conf["training"])
     run_dir = resolve_run_dir(conf, info)
@@ -197,6 +214,9 @@ def run(cfg: Any) -> dict[str, Any]:
     if info.is_main:
         write_json(run_dir / "summary.json", summary)
         plot_curves_or_warn(run_dir)
+        after = getattr(prep.agent, "after_training", None)
+        if callable(after):
+            after(run_dir)
     return summary
 
 
@@ -416,15 +436,7 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     builder = BUILDERS.get(cls.__name__, DEFAULT_BUILDER)
     norm_mode = policy.get("normalizer", "limits")
     kwargs = {k: v for k, v in policy.items() if k not in RESERVED_POLICY_KEYS}
-    sample = dataset.get_batch(np.array([0]))
-    if not isinstance(sample["obs"], torch.Tensor):
-        raise ValueError("the train pipeline needs flat vector observations (task.obs_keys)")
-    dims = {
-        "obs_dim": int(sample["obs"].shape[-1]),
-        "action_dim": int(sample["actions"].shape[-1]),
-        "goal_dim": int(sample["goal"].shape[-1]) if "goal" in sample else 0,
-        **task_windows(task),
-    }
+    dims = data_dims(cls, dataset, task)
     accepted = agent_settings(cls)
     if "state_dim" in accepted:
         dims["state_dim"] = dims["obs_dim"]
@@ -436,7 +448,7 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     stray = [k for k in BUILDER_KEYS if k in policy and k not in builder.keys]
     unknown = sorted(set(kwargs) - accepted) + stray
     if unknown:
-        section = "planner" if conf.get("planner") else "policy"
+        section = agent_section_name(conf)
         valid = sorted((accepted | set(builder.keys)) - set(dims) - {"sampler", "normalizers"})
         raise ValueError(f"unknown {section} keys {unknown} for {cls.__name__}; valid keys: {valid}")
     agent = builder.build(cls, dims, kwargs, dict(conf["sampler"]), options)
@@ -463,6 +475,23 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
             extra["obs_mode"] = str(policy["obs_normalizer"])
         agent.fit_normalizers(obs, actions, goal, mode=norm_mode, **extra)
     return agent
+
+
+def data_dims(cls: type, dataset: Any, task: Mapping[str, Any]) -> dict[str, int]:
+    """Dimensions read off the training data: the class's ``data_dims(dataset)`` hook when it has one, else
+    observation, action and goal widths plus the task's windows."""
+    hook = getattr(cls, "data_dims", None)
+    if callable(hook):
+        return dict(hook(dataset))
+    sample = dataset.get_batch(np.array([0]))
+    if not isinstance(sample.get("obs"), torch.Tensor):
+        raise ValueError("the train pipeline needs flat vector observations (task.obs_keys)")
+    return {
+        "obs_dim": int(sample["obs"].shape[-1]),
+        "action_dim": int(sample["actions"].shape[-1]),
+        "goal_dim": int(sample["goal"].shape[-1]) if "goal" in sample else 0,
+        **task_windows(task),
+    }
 
 
 def stamp_origin(agent: Any, task: Mapping[str, Any], store: Any) -> None:
