@@ -29,11 +29,14 @@ class Classification:
 
 
 def classifier_sigmas(k: int, p_mean: float = -1.2, p_std: float = 1.2) -> torch.Tensor:
-    """``k`` fixed noise levels at evenly spaced quantiles of the training log-normal."""
+    """``k`` fixed noise levels at evenly spaced quantiles of the training log-normal, in a low-discrepancy
+    order (golden-ratio steps through the quantiles) so that every prefix, e.g. the first round of early
+    elimination, spreads over the whole range instead of holding only the lowest levels."""
     if k < 1:
         raise ValueError(f"the diffusion classifier needs at least 1 noise level, got {k}")
     q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-    z = math.sqrt(2.0) * torch.erfinv(2 * q - 1)
+    order = torch.argsort(torch.arange(k, dtype=torch.float64) * 0.6180339887498949 % 1.0)
+    z = math.sqrt(2.0) * torch.erfinv(2 * q[order.argsort()] - 1)
     return (p_mean + p_std * z).exp()
 
 

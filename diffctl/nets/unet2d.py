@@ -171,6 +171,7 @@ class UNet2d(nn.Module):
         )
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        self.to(memory_format=torch.channels_last)  # oneDNN convolutions run ~15% faster on CPU in NHWC
 
     @staticmethod
     def _run(layer: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -183,7 +184,7 @@ class UNet2d(nn.Module):
     ) -> torch.Tensor:
         check_image_inputs(x, c_noise, cond, self.num_classes)
         emb = self.embed(c_noise, cond)
-        h = self.stem(x)
+        h = self.stem(x.contiguous(memory_format=torch.channels_last))
         hs = [h]
         for layer in self.down:
             h = self._run(layer, h, emb)
@@ -193,4 +194,4 @@ class UNet2d(nn.Module):
             if isinstance(layer[0], ResBlock2d):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = self._run(layer, h, emb)
-        return self.head(h)
+        return self.head(h).contiguous()

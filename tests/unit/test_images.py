@@ -156,3 +156,13 @@ def test_frechet_distance_matches_the_closed_form_for_gaussians():
     # |mu|^2 = 3; tr(S_a + S_b - 2 sqrt(S_a S_b)) = 3 * (1 + 4 - 2 * 2) = 3
     assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.03)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_classifier_levels_spread_over_the_range_in_every_prefix():
+    """The first round of early elimination must see high and low noise, not only the lowest levels."""
+    levels = classifier_sigmas(24)
+    median = levels.median()
+    first = levels[:6]
+    assert (first < median).any() and (first > median).any()
+    assert torch.allclose(levels.sort().values, classifier_sigmas(24).sort().values)
+    assert len(set(levels.tolist())) == 24
