@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from diffctl.agents import load
 from diffctl.cli import main
 from diffctl.datasets.generators import LOCOMOTION_DATASETS, MAZE_DATASETS
+from diffctl.datasets.images import IMAGE_DATASETS
 from diffctl.envs.registry import TASKS
 from diffctl.policies import SamplerConfig
 from diffctl.train import TrainConfig
@@ -38,7 +39,9 @@ TINY_MAZE = ["task=maze2d-umaze", "task.dataset.generate.episodes=2", "eval.epis
 
 def test_groups_list_the_expected_options() -> None:
     tasks = group_options("task")
-    assert set(tasks) == set(TASKS) | set(LOCOMOTION_DATASETS) and len(tasks) == len(set(tasks))
+    image_tasks = {"images", *IMAGE_DATASETS} - {"frames"}  # frames: data generate only, no task file
+    assert set(tasks) == set(TASKS) | set(LOCOMOTION_DATASETS) | image_tasks and len(tasks) == len(set(tasks))
+    assert group_options("image_model") == ["dit2d", "unet2d"]
     assert group_options("policy") == [
         "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
         "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
@@ -60,9 +63,17 @@ def _sampler_file(option: str) -> SamplerConfig:
     return SamplerConfig.from_dict({k: v for k, v in values.items() if k != "defaults"})
 
 
-@pytest.mark.parametrize("group", ["task", "policy", "sampler"])
+@pytest.mark.parametrize("group", ["task", "policy", "sampler", "image_model"])
 def test_every_group_option_composes(group: str) -> None:
     for option in group_options(group):
+        if group == "task" and option in ("digits", "shapes", "images"):
+            continue  # image tasks: test_image_tasks_and_models_compose
+        if group == "image_model":
+            conf = to_dict(compose_config(["task=digits", f"image_model={option}"]))
+            section = conf["image_model"]
+            unknown = set(section) - set(RESERVED_POLICY_KEYS) - config_keys(agent_class(section["class"]))
+            assert not unknown and section["name"] == option
+            continue
         conf = to_dict(compose_config([f"{group}={option}"]))
         TrainConfig.from_dict(conf["training"])
         SamplerConfig.from_dict(conf["sampler"])
@@ -82,6 +93,18 @@ def test_every_group_option_composes(group: str) -> None:
         else:
             assert task["dataset"]["name"] in (*MAZE_DATASETS, *LOCOMOTION_DATASETS, "pusht")
             assert option in (task["name"], task["dataset"]["name"])
+
+
+def test_image_tasks_and_models_compose() -> None:
+    from diffctl.train.pipeline import agent_section_name
+
+    for task in ("digits", "shapes"):
+        conf = to_dict(compose_config([f"task={task}", "image_model=unet2d", "experiment=images"]))
+        assert agent_section_name(conf) == "image_model" and conf["task"]["kind"] == "images"
+        assert conf["eval"]["episodes"] == 0 and conf["training"]["steps"] == 2000
+        assert task in conf["task"]["dataset"]["path"]
+    with pytest.raises(ValueError, match=r"task\.dataset\.path"):
+        to_dict(compose_config(["task=images", "image_model=unet2d"]))
 
 
 def test_locomotion_dataset_tasks_reuse_the_env_task() -> None:
@@ -123,7 +146,7 @@ def test_overrides_reach_the_config_and_default_run_dir() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "task=nope"], "unknown task 'nope'; available: halfcheetah, halfcheetah-expert, "),
+        (["train", "task=nope"], "unknown task 'nope'; available: digits, halfcheetah, halfcheetah-expert, "),
         (["train", "policy=cnn"], "unknown policy 'cnn'; available: bc_mlp, consistency_mlp, diffusion_mlp"),
         (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: consistency, ddim, ddpm"),
         (["train", "training.stepz=3"], "valid keys of training: ['adam_eps'"),
