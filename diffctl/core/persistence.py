@@ -142,11 +142,17 @@ def build_agent(
         agent = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, normalizers=normalizers)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}/config.json does not describe a valid {cls.__name__}: {err}") from err
+    load_network_state(agent.network, state, path)
+    agent.task, agent.dataset = config.get("task"), config.get("dataset")
+    return agent
+
+
+def load_network_state(network: Any, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Load the saved weights of the agent directory ``path`` into ``network`` (a mismatch is a ValueError
+    naming the file)."""
     try:
-        agent.network.load_state_dict(state)
+        network.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(
             f"{path}/model.safetensors does not match the network in config.json: {err}"
         ) from err
-    agent.task, agent.dataset = config.get("task"), config.get("dataset")
-    return agent

@@ -21,7 +21,7 @@ from torch import nn
 
 from diffctl.core.config import Config, Configurable
 from diffctl.core.modules import eval_mode, param_device
-from diffctl.core.persistence import agent_config, read_agent_config, write_agent_dir
+from diffctl.core.persistence import agent_config, load_network_state, read_agent_config, write_agent_dir
 from diffctl.core.sampler import SamplerConfig, refuse_fused
 from diffctl.core.seeding import SeededSampler
 from diffctl.images.classifier import Classification, classifier_sigmas, diffusion_classify
@@ -396,12 +396,7 @@ class ImageDiffusion(Configurable, SeededSampler):
             model = cls(sampler=sampler, **config["hyperparameters"])
         except ValueError as err:
             raise ValueError(f"{Path(path) / 'config.json'}: {err}") from err
-        try:
-            model.network.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{Path(path) / 'model.safetensors'} does not match its config.json: {err}"
-            ) from err
+        load_network_state(model.network, state, path)
         model.network.eval()
         model.task, model.dataset = config.get("task"), config.get("dataset")
         return model
