@@ -363,7 +363,7 @@ class ImageDiffusion(Configurable, SeededSampler):
             )
         return result if details else result.labels
 
-    def after_training(self, run_dir: str | os.PathLike[str]) -> Path | None:
+    def after_training(self, run_dir: str | os.PathLike[str], dataset: Any = None) -> Path | None:
         """Write ``samples.png`` in ``run_dir``: one row per class (8 samples each), or 64 samples; skipped
         with a warning when plotting fails (an optional output)."""
         import warnings

@@ -7,7 +7,8 @@ An agent class steers its own training through optional hooks, so the pipeline h
 ``make_dataset(store, task)`` (classmethod) builds its training data instead of the task's
 ``SequenceDataset``; ``data_dims(dataset)`` (classmethod) reads its dimensions off that data (e.g. an
 image model's channels, size and classes); ``fit(dataset, mode)`` replaces ``fit_normalizers`` on the store;
-``after_training(run_dir)`` writes extra outputs of a finished run (e.g. a grid of samples); and a ``Builder``
+``after_training(run_dir, dataset)``, called on the saved checkpoint, writes extra outputs of a finished run
+(e.g. a grid of samples); and a ``Builder``
 registered with ``register_builder`` (for classes whose construction needs more than the config, e.g. a
 consistency student distilled from a teacher checkpoint) builds the agent and may consume extra config keys.
 """
@@ -214,9 +215,10 @@ def run(cfg: Any) -> dict[str, Any]:
     if info.is_main:
         write_json(run_dir / "summary.json", summary)
         plot_curves_or_warn(run_dir)
-        after = getattr(prep.agent, "after_training", None)
-        if callable(after):
-            after(run_dir)
+        if callable(getattr(prep.agent, "after_training", None)):
+            from diffctl.core.registry import load
+
+            load(summary["checkpoint"]).after_training(run_dir, prep.dataset)  # the saved (EMA) weights
     return summary
 
 
