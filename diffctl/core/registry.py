@@ -27,6 +27,8 @@ AGENT_CLASSES: dict[str, str] = {
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",
     "CoarseToFineDiffuser": "diffctl.planners.coarse_to_fine",
     "ImageDiffusion": "diffctl.images.model",
+    "DiffusionWorldModel": "diffctl.world_models.dwm",
+    "MLPEnsembleWorldModel": "diffctl.world_models.ensemble",
 }
 
 

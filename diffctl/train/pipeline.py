@@ -35,9 +35,9 @@ from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("task", "policy", "sampler", "planner", "image_model", "experiment")
+GROUPS = ("task", "policy", "sampler", "planner", "image_model", "world_model", "experiment")
 # Sections that select the agent instead of ``policy`` when set, in this order.
-AGENT_SECTIONS = ("planner", "image_model")
+AGENT_SECTIONS = ("planner", "image_model", "world_model")
 # Agent settings the pipeline reads off the task and the data instead of the policy / planner section.
 DATA_KEYS = (
     "obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim",
@@ -209,7 +209,9 @@ def run(cfg: Any) -> dict[str, Any]:
 
     from diffctl.train.trainer import Trainer
 
-    trainer = Trainer(prep.agent, prep.dataset, prep.train_config, run_dir, eval_fn=make_eval_fn(prep.conf))
+    acts = callable(getattr(prep.agent, "act", None))  # world models have no closed-loop evaluation
+    eval_fn = make_eval_fn(prep.conf) if acts else None
+    trainer = Trainer(prep.agent, prep.dataset, prep.train_config, run_dir, eval_fn=eval_fn)
     summary = trainer.fit()
     summary["run_dir"] = str(run_dir)
     if info.is_main:
@@ -440,7 +442,7 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     kwargs = {k: v for k, v in policy.items() if k not in RESERVED_POLICY_KEYS}
     dims = data_dims(cls, dataset, task)
     accepted = agent_settings(cls)
-    if "state_dim" in accepted:
+    if "state_dim" in accepted and "obs_dim" in dims:  # planners: the goal is part of the observation
         dims["state_dim"] = dims["obs_dim"]
         dims["obs_dim"] += dims["goal_dim"]
     dims = {k: v for k, v in dims.items() if k in accepted}

@@ -42,6 +42,7 @@ def test_groups_list_the_expected_options() -> None:
     image_tasks = {"images", *IMAGE_DATASETS} - {"frames"}  # frames: data generate only, no task file
     assert set(tasks) == set(TASKS) | set(LOCOMOTION_DATASETS) | image_tasks and len(tasks) == len(set(tasks))
     assert group_options("image_model") == ["dit2d", "unet2d"]
+    assert group_options("world_model") == ["dwm", "mlp_ensemble"]
     assert group_options("policy") == [
         "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
         "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
@@ -63,14 +64,15 @@ def _sampler_file(option: str) -> SamplerConfig:
     return SamplerConfig.from_dict({k: v for k, v in values.items() if k != "defaults"})
 
 
-@pytest.mark.parametrize("group", ["task", "policy", "sampler", "image_model"])
+@pytest.mark.parametrize("group", ["task", "policy", "sampler", "image_model", "world_model"])
 def test_every_group_option_composes(group: str) -> None:
     for option in group_options(group):
         if group == "task" and option in ("digits", "shapes", "images"):
             continue  # image tasks: test_image_tasks_and_models_compose
-        if group == "image_model":
-            conf = to_dict(compose_config(["task=digits", f"image_model={option}"]))
-            section = conf["image_model"]
+        if group in ("image_model", "world_model"):
+            task = "digits" if group == "image_model" else "maze2d-umaze"
+            conf = to_dict(compose_config([f"task={task}", f"{group}={option}"]))
+            section = conf[group]
             unknown = set(section) - set(RESERVED_POLICY_KEYS) - config_keys(agent_class(section["class"]))
             assert not unknown and section["name"] == option
             continue
