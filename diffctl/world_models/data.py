@@ -3,11 +3,15 @@
 Windows never cross an episode boundary: the state after the last action of a window must be stored in the
 same episode, so a window starting at ``t`` needs ``t + H`` inside it. The window length is set by the model
 that trains on the data (``set_horizon``, called from its ``fit``), since the pipeline builds the data before
-the model. ``terminals`` are the stored per-step flags (0 where the store has none).
+the model. ``terminals`` are the stored per-step flags (0 where the store has none). With ``goal_key`` (tasks
+whose goal is stored per step, e.g. ``infos/goal`` of the mazes) the goal is appended to the state, as the
+environment's observation carries it: rewards that depend on the goal become predictable, and a
+goal-conditioned policy can act on imagined states directly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,11 +29,15 @@ class WorldModelData:
         obs_key: str = "observations",
         action_key: str = "actions",
         horizon: int = 1,
+        goal_key: str | None = None,
     ) -> None:
-        for key in (obs_key, action_key, "rewards"):
+        for key in (obs_key, action_key, "rewards", *([goal_key] if goal_key else [])):
             if key not in store.keys:
                 raise ValueError(f"a world model needs {key!r} in the dataset; {store.path} has {store.keys}")
         self.obs = np.asarray(store.array(obs_key), np.float32).reshape(store.num_steps, -1)
+        if goal_key:
+            goal = np.asarray(store.array(goal_key), np.float32).reshape(store.num_steps, -1)
+            self.obs = np.concatenate([self.obs, goal], axis=1)
         self.actions = np.asarray(store.array(action_key), np.float32).reshape(store.num_steps, -1)
         self.rewards = np.asarray(store.array("rewards"), np.float32).reshape(-1)
         term = store.array("terminals") if "terminals" in store.keys else np.zeros(store.num_steps)
@@ -94,3 +102,11 @@ class WorldModelData:
         """Training windows ``indices``: ``obs`` (B, Ds), ``actions`` (B, H, Da), ``next_obs`` (B, H, Ds),
         ``rewards`` (B, H), ``terminals`` (B, H)."""
         return self.windows(self.starts[np.asarray(indices, dtype=np.int64)])
+
+
+def task_data(store: EpisodeStore, task: Mapping[str, Any]) -> WorldModelData:
+    """The world-model data of a task section: its first observation key, its action key, and its goal
+    appended to the state when the task stores one (``goal: task``)."""
+    goal = "infos/goal" if task.get("goal") == "task" else None
+    obs_key = str(next(iter(task.get("obs_keys", ["observations"]))))
+    return WorldModelData(store, obs_key, str(task.get("action_key", "actions")), goal_key=goal)

@@ -29,7 +29,7 @@ from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample as run_sampler
 from diffctl.nets import build_backbone
 from diffctl.world_models.base import WorldModel
-from diffctl.world_models.data import WorldModelData
+from diffctl.world_models.data import WorldModelData, task_data
 
 VERSION = 1
 
@@ -49,7 +49,7 @@ class DWMConfig(Config):
     backbone: str = "mlp"
     """1-D backbone over the H-step sequence: ``mlp``, ``unet`` or ``dit``."""
     backbone_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"hidden": 512, "depth": 4, "embed_dim": 64}
+        default_factory=lambda: {"hidden": 256, "depth": 3, "embed_dim": 64}
     )
     """Options of the backbone."""
     sigma_data: float = 0.5
@@ -106,9 +106,7 @@ class DiffusionWorldModel(Configurable, SeededSampler, WorldModel):
     # ----- data ----------------------------------------------------------------------------------------
     @classmethod
     def make_dataset(cls, store: Any, task: Any) -> WorldModelData:
-        return WorldModelData(
-            store, str(task.get("obs_keys", ["observations"])[0]), str(task.get("action_key", "actions"))
-        )
+        return task_data(store, task)
 
     @classmethod
     def data_dims(cls, dataset: WorldModelData) -> dict[str, int]:

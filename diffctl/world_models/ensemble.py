@@ -27,7 +27,7 @@ from diffctl.core.persistence import agent_config, load_network_state, read_agen
 from diffctl.core.seeding import SeededSampler
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.world_models.base import WorldModel
-from diffctl.world_models.data import WorldModelData
+from diffctl.world_models.data import WorldModelData, task_data
 
 VERSION = 1
 
@@ -132,9 +132,7 @@ class MLPEnsembleWorldModel(Configurable, SeededSampler, WorldModel):
     # ----- data ----------------------------------------------------------------------------------------
     @classmethod
     def make_dataset(cls, store: Any, task: Any) -> WorldModelData:
-        return WorldModelData(
-            store, str(task.get("obs_keys", ["observations"])[0]), str(task.get("action_key", "actions"))
-        )
+        return task_data(store, task)
 
     @classmethod
     def data_dims(cls, dataset: WorldModelData) -> dict[str, int]:

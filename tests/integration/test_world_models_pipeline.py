@@ -31,6 +31,6 @@ def test_train_a_world_model_then_roll_out(tmp_path, name):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == 5 and summary["best_score"] is None  # no closed-loop evaluation
     model = load(run_dir / "checkpoint")
-    assert isinstance(model, WorldModel) and model.task == "maze2d-umaze" and model.state_dim == 4
-    out = model.rollout(torch.zeros(2, 4), torch.zeros(2, 9, 2), generator=torch.Generator().manual_seed(0))
-    assert out["observations"].shape == (2, 9, 4) and torch.isfinite(out["observations"]).all()
+    assert isinstance(model, WorldModel) and model.task == "maze2d-umaze" and model.state_dim == 6  # + goal
+    out = model.rollout(torch.zeros(2, 6), torch.zeros(2, 9, 2), generator=torch.Generator().manual_seed(0))
+    assert out["observations"].shape == (2, 9, 6) and torch.isfinite(out["observations"]).all()

@@ -1,0 +1,225 @@
+"""World-model benchmark: open-loop prediction error on held-out episodes and imagined steps per second,
+the diffusion world model (DWM) against the one-step MLP ensemble and a persistence baseline.
+
+Both models are trained through the pipeline (`diffctl train task=<dataset> world_model=dwm|mlp_ensemble
+experiment=world_model`), which holds out the same 10% of episodes. From windows that start in those episodes
+each model imagines 32 steps under the logged actions; errors at horizons 1, 8, 16 and 32 are RMSEs of the
+states in units of the dataset's per-dimension standard deviation, and of the rewards in units of their
+standard deviation. Persistence predicts the start state throughout and the mean reward of the data. Speed:
+imagined steps per second of a 32-step rollout at batch 1 and 256 on one thread.
+
+    PYTHONPATH=. taskset -c 0 python benchmarks/world_models.py --datasets maze2d-umaze hopper-medium
+    PYTHONPATH=. python benchmarks/world_models.py --fast          # smoke test (tiny budgets, temp dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffctl.atomic import write_text
+
+HORIZONS = (1, 8, 16, 32)
+MODELS = ("dwm", "mlp_ensemble")
+
+
+def train(dataset: str, model: str, run_dir: Path, steps: int | None, data_dir: Path) -> Path:
+    from diffctl.train.pipeline import compose_config, run
+
+    overrides = [
+        f"task={dataset}",
+        f"world_model={model}",
+        "experiment=world_model",
+        f"run_dir={run_dir}",
+        f"task.dataset.path={data_dir / (dataset + '.zarr')}",
+        "training.progress=false",
+    ]
+    if steps is not None:
+        overrides += [f"training.steps={steps}", "training.warmup_steps=10", "training.checkpoint_every=0"]
+    t0 = time.perf_counter()
+    run(compose_config(overrides))
+    (run_dir / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return run_dir / "checkpoint"
+
+
+def held_out_windows(model: Any, length: int, count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Up to ``count`` windows of ``length`` steps starting in the model's held-out episodes."""
+    from diffctl.datasets import EpisodeStore
+    from diffctl.world_models.data import WorldModelData
+
+    data = WorldModelData(EpisodeStore.open(model.dataset["path"]), horizon=length)
+    data.hold_out(model.config.held_out)
+    rng = np.random.default_rng(seed)
+    starts = rng.choice(data.validation, size=min(count, len(data.validation)), replace=False)
+    batch = data.windows(np.sort(starts))
+    std = {"obs": data.obs.std(0) + 1e-6, "reward": float(data.rewards.std() + 1e-6)}
+    arrays = {k: v.numpy() for k, v in batch.items()}
+    return {
+        **arrays,
+        "obs_std": std["obs"],
+        "reward_std": std["reward"],
+        "reward_mean": float(data.rewards.mean()),
+    }
+
+
+def errors(
+    pred_obs: np.ndarray, pred_rew: np.ndarray, w: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for h in HORIZONS:
+        ds = (pred_obs[:, h - 1] - w["next_obs"][:, h - 1]) / w["obs_std"]
+        dr = (pred_rew[:, h - 1] - w["rewards"][:, h - 1]) / w["reward_std"]
+        out[str(h)] = {
+            "state_rmse": float(np.sqrt((ds**2).mean())),
+            "reward_rmse": float(np.sqrt((dr**2).mean())),
+        }
+    return out
+
+
+def speed(model: Any, batch: int, steps: int = 32, repeats: int = 3) -> float:
+    obs = torch.zeros(batch, model.state_dim)
+    actions = torch.zeros(batch, steps, model.action_dim)
+    model.rollout(obs, actions)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.rollout(obs, actions, generator=torch.Generator().manual_seed(0))
+        best = min(best, time.perf_counter() - t0)
+    return batch * steps / best
+
+
+def bench_dataset(
+    dataset: str, root: Path, steps: int | None, windows: int, data_dir: Path
+) -> dict[str, Any]:
+    from diffctl.agents import load
+
+    rows: dict[str, Any] = {"dataset": dataset, "models": {}}
+    ref = None
+    for name in MODELS:
+        ckpt = train(dataset, name, root / f"{dataset}-{name}", steps, data_dir)
+        model = load(ckpt)
+        w = held_out_windows(model, max(HORIZONS), windows)
+        ref = ref or w
+        out = model.rollout(w["obs"], w["actions"], generator=torch.Generator().manual_seed(0))
+        rows["models"][name] = {
+            "errors": errors(out["observations"].numpy(), out["rewards"].numpy(), w),
+            "steps_per_s": {str(b): speed(model, b) for b in (1, 256)},
+            "train_seconds": float((root / f"{dataset}-{name}" / "train_seconds.txt").read_text()),
+            "params": sum(p.numel() for p in model.network.parameters()),
+            "windows": len(w["obs"]),
+            "command": f"diffctl train task={dataset} world_model={name} experiment=world_model",
+        }
+        print(json.dumps({"dataset": dataset, "model": name, **rows["models"][name]["errors"]}), flush=True)
+    assert ref is not None
+    persist_obs = np.repeat(ref["obs"][:, None], max(HORIZONS), axis=1)
+    persist_rew = np.full(ref["rewards"].shape, ref["reward_mean"])
+    rows["models"]["persistence"] = {"errors": errors(persist_obs, persist_rew, ref)}
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    lines = [
+        "# World models: open-loop prediction error and imagination speed",
+        "",
+        f"`PYTHONPATH=. taskset -c 0 python benchmarks/world_models.py` on {cfg['platform']} "
+        f"({cfg['cpus']} CPUs, one torch thread), torch {cfg['torch']}. Each model: `diffctl train "
+        f"task=<dataset> world_model=<model> experiment=world_model` ({cfg['steps'] or 'recipe'} steps; DWM "
+        "samples with DPM-Solver++(2M), 5 steps, 8 states per sample). Errors on "
+        f"{cfg['windows']} windows from the held-out 10% of episodes, 32 steps under the logged actions; "
+        "state RMSE in units of each dimension's standard deviation, reward RMSE in units of the reward's.",
+        "",
+        "| dataset | model | state RMSE h=1 | h=8 | h=16 | h=32 | reward RMSE h=1 | h=8 | h=16 | h=32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in report["datasets"]:
+        for name, m in d["models"].items():
+            e = m["errors"]
+            states = " | ".join(f"{e[str(h)]['state_rmse']:.3f}" for h in HORIZONS)
+            rewards = " | ".join(f"{e[str(h)]['reward_rmse']:.3f}" for h in HORIZONS)
+            lines.append(f"| {d['dataset']} | {name} | {states} | {rewards} |")
+    lines += [
+        "",
+        "## Imagined steps per second (32-step rollouts, one thread)",
+        "",
+        "| dataset | model | parameters | batch 1 | batch 256 | training s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for d in report["datasets"]:
+        for name in MODELS:
+            m = d["models"][name]
+            lines.append(
+                f"| {d['dataset']} | {name} | {m['params']:,} | {m['steps_per_s']['1']:,.0f} "
+                f"| {m['steps_per_s']['256']:,.0f} | {m['train_seconds']:.0f} |"
+            )
+    lines += ["", "## Targets", "", "| target | dataset | result | met |", "|---|---|---|---|"]
+    for name, dataset, value, met in report["targets"]:
+        lines.append(f"| {name} | {dataset} | {value} | {'yes' if met else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    out = []
+    for d in report["datasets"]:
+        dwm, ens = d["models"]["dwm"], d["models"]["mlp_ensemble"]
+        ratio = dwm["errors"]["32"]["state_rmse"] / ens["errors"]["32"]["state_rmse"]
+        out.append(
+            ("DWM 32-step state error <= 0.5x the ensemble's", d["dataset"], f"{ratio:.2f}x", ratio <= 0.5)
+        )
+        speedup = dwm["steps_per_s"]["256"] / ens["steps_per_s"]["256"]
+        out.append(
+            (
+                "DWM imagined steps/s at batch 256 >= the ensemble's",
+                d["dataset"],
+                f"{speedup:.2f}x",
+                speedup >= 1,
+            )
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["maze2d-umaze"])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    parser.add_argument("--windows", type=int, default=512, help="held-out windows scored per dataset")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the dataset stores live")
+    parser.add_argument("--runs", type=Path, default=None, help="where the trained models go (default: temp)")
+    parser.add_argument("--fast", action="store_true", help="smoke-test budget (not a result)")
+    parser.add_argument("--out", default=None, help="results dir (default benchmarks/results; --fast: temp)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    steps = 50 if args.fast else args.steps
+    out = Path(args.out or (tempfile.mkdtemp() if args.fast else "benchmarks/results"))
+    root = args.runs or Path(tempfile.mkdtemp())
+    report: dict[str, Any] = {
+        "config": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "steps": steps,
+            "windows": 64 if args.fast else args.windows,
+        },
+        "datasets": [
+            bench_dataset(d, root, steps, 64 if args.fast else args.windows, args.data_dir)
+            for d in args.datasets
+        ],
+    }
+    report["targets"] = targets(report)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "world_models.json", json.dumps(report, indent=2))
+    write_text(out / "world_models.md", markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
