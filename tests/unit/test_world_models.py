@@ -161,3 +161,37 @@ def test_elites_are_the_members_with_the_lowest_validation_error(trained, tmp_pa
     elites = ens.after_training(tmp_path, data)
     assert 0 not in elites and len(elites) == 2
     assert MLPEnsembleWorldModel.load(tmp_path / "checkpoint").elite_members == elites
+
+
+def test_imagined_returns_rank_policies_like_the_true_system(trained):
+    """Constant-action policies on the linear system: imagined returns track the true ones and rank them."""
+    from diffctl.world_models.ope import imagined_returns, spearman
+
+    _, dwm, ens = trained
+
+    class Constant:
+        n_obs_steps, obs_dim, action_dim, goal_dim = 1, 2, 1, 0
+
+        def __init__(self, a):
+            self.a = a
+
+        def predict_chunk(self, hist):
+            return torch.full((hist.shape[0], 8, 1), self.a)
+
+    rng = np.random.default_rng(2)
+    s0 = rng.uniform(-1, 1, (8, 2)).astype(np.float32)
+    levels = [-0.9, -0.4, 0.0, 0.5, 0.9]
+    true = [np.mean([truth(s, np.full((12, 1), a))[1].sum() for s in s0]) for a in levels]
+    for model in (dwm, ens):
+        imagined = [imagined_returns(model, Constant(a), s0, 12).mean() for a in levels]
+        assert spearman(imagined, true) == pytest.approx(1.0)
+        assert np.abs(np.array(imagined) - np.array(true)).max() < 0.25 * np.ptp(true)
+
+
+def test_spearman_and_ranks_known_values():
+    from diffctl.world_models.ope import ranks, spearman
+
+    np.testing.assert_array_equal(ranks([3.0, 1.0, 2.0, 2.0]), [4.0, 1.0, 2.5, 2.5])
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
