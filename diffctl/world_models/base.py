@@ -4,7 +4,8 @@ A model predicts a *segment*: from states ``(B, Ds)`` and ``segment`` actions ``
 ``segment`` states, rewards and terminal probabilities (raw units). ``rollout`` chains segments to any length:
 the last segment's missing actions repeat the last given one and the extra predictions are dropped.
 Closed loop, a policy with ``predict_chunk`` acts on the imagined states (its observation history is the
-imagined trajectory) and each chunk's first ``segment`` actions are imagined before it is asked again.
+imagined trajectory) and each chunk's first ``n_action_steps`` actions are imagined before it is asked again,
+as the policy executes them in the environment.
 """
 
 from __future__ import annotations
@@ -88,13 +89,15 @@ class WorldModel:
     def _closed_loop(
         self, s: torch.Tensor, policy: Any, horizon: int, generator: torch.Generator | None, goal: Any
     ) -> dict[str, Any]:
-        self.check_policy(policy)
+        goal_in_state = self.check_policy(policy)
         goal_dim = int(getattr(policy, "goal_dim", 0) or 0)
-        if goal_dim and goal is None:
-            raise ValueError(
-                f"{type(policy).__name__} is goal-conditioned: pass goal= of shape (B, {goal_dim})"
-            )
-        g = None if not goal_dim else _finite_tensor(goal, "goal").reshape(len(s), goal_dim)
+        g = None
+        if goal_dim and not goal_in_state:
+            if goal is None:
+                raise ValueError(
+                    f"{type(policy).__name__} is goal-conditioned: pass goal= of shape (B, {goal_dim})"
+                )
+            g = _finite_tensor(goal, "goal").reshape(len(s), goal_dim)
         to = int(getattr(policy, "n_obs_steps", 1))
         history = [s] * to
         actions, parts = [], {"observations": [], "rewards": [], "terminals": []}
@@ -104,7 +107,7 @@ class WorldModel:
             if g is not None:
                 hist = torch.cat([hist, g[:, None].expand(-1, to, -1)], dim=-1)
             chunk = torch.as_tensor(policy.predict_chunk(hist), dtype=torch.float32)[:, to - 1 :]
-            take = min(self.segment, chunk.shape[1], horizon - done) if self.segment > 1 else 1
+            take = min(int(getattr(policy, "n_action_steps", chunk.shape[1])), chunk.shape[1], horizon - done)
             seg = chunk[:, :take]
             out = self._open_loop(s, seg, generator)
             for key in parts:
@@ -117,8 +120,9 @@ class WorldModel:
         result["actions"] = torch.cat(actions, dim=1)[:, :horizon]
         return result
 
-    def check_policy(self, policy: Any) -> None:
-        """A policy from another task, of other dimensions or without ``predict_chunk`` is refused."""
+    def check_policy(self, policy: Any) -> bool:
+        """Refuse a policy from another task, of other dimensions or without ``predict_chunk``; True when the
+        model's state is the policy's whole observation (goal included), False when the goal must be given."""
         if not callable(getattr(policy, "predict_chunk", None)):
             raise ValueError(
                 f"{type(policy).__name__} has no predict_chunk: closed-loop rollouts need a chunk policy"
@@ -130,11 +134,16 @@ class WorldModel:
             raise ValueError(
                 f"the policy acts in {policy.action_dim} dimensions, the world model in {self.action_dim}"
             )
-        if int(getattr(policy, "obs_dim", self.state_dim)) != self.state_dim:
-            raise ValueError(
-                f"the policy observes {policy.obs_dim} state dimensions, "
-                f"the world model predicts {self.state_dim}"
-            )
+        obs_dim = int(getattr(policy, "obs_dim", self.state_dim))
+        goal_dim = int(getattr(policy, "goal_dim", 0) or 0)
+        if obs_dim + goal_dim == self.state_dim:
+            return True
+        if goal_dim and obs_dim == self.state_dim:
+            return False
+        raise ValueError(
+            f"the policy observes {obs_dim} + {goal_dim} (goal) dimensions, "
+            f"the world model's state has {self.state_dim}"
+        )
 
 
 def _finite_tensor(value: Any, name: str) -> torch.Tensor:

@@ -91,7 +91,7 @@ def test_rollout_shapes_and_closed_loop_with_a_chunk_policy(trained):
     _, dwm, ens = trained
 
     class Constant:
-        n_obs_steps, obs_dim, action_dim, goal_dim = 2, 2, 1, 0
+        n_obs_steps, n_action_steps, obs_dim, action_dim, goal_dim = 2, 4, 2, 1, 0
         calls = 0
 
         def predict_chunk(self, hist):
@@ -107,7 +107,7 @@ def test_rollout_shapes_and_closed_loop_with_a_chunk_policy(trained):
         Constant.calls = 0
         closed = model.rollout(s0, policy=Constant(), horizon=10, generator=torch.Generator().manual_seed(0))
         assert closed["observations"].shape == (5, 10, 2) and torch.all(closed["actions"] == 0.5)
-        assert Constant.calls == (3 if model.segment == 4 else 10)  # a chunk per segment
+        assert Constant.calls == 3  # a chunk per 4 executed actions, as in the environment
 
 
 def test_rollout_input_errors(trained, tmp_path):
@@ -195,3 +195,31 @@ def test_spearman_and_ranks_known_values():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+
+
+def test_imagination_agent_executes_the_candidate_with_the_best_imagined_return(trained):
+    from diffctl.world_models.planning import ImaginationAgent
+
+    _, dwm, ens = trained
+
+    class Spread:
+        """Candidate i holds action levels[i] for the whole chunk."""
+
+        n_obs_steps, n_action_steps, obs_dim, action_dim, goal_dim = 1, 4, 2, 1, 0
+        levels = torch.linspace(-1, 1, 6)
+
+        def predict_chunk(self, hist):
+            return self.levels[: len(hist), None, None].expand(len(hist), 8, 1).clone()
+
+    s = np.array([0.3, -0.2], np.float32)
+    true = [truth(s, np.full((8, 1), float(a)))[1] @ (0.99 ** np.arange(8)) for a in Spread.levels]
+    for model in (dwm, ens):
+        agent = ImaginationAgent(Spread(), model, candidates=6, seed=0)
+        first = agent.act(s)
+        assert first.shape == (1,) and float(first[0]) == pytest.approx(
+            float(Spread.levels[int(np.argmax(true))])
+        )
+        assert len(agent.queue) == 3  # the rest of the executed part of the chosen chunk
+        np.testing.assert_allclose(agent.last_scores, true, atol=0.25 * np.ptp(true))
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        ImaginationAgent(Spread(), ens, candidates=0)
