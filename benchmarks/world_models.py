@@ -33,7 +33,12 @@ MODELS = ("dwm", "mlp_ensemble")
 
 
 def train(dataset: str, model: str, run_dir: Path, steps: int | None, data_dir: Path) -> Path:
+    """Train through the pipeline into ``run_dir``; a finished run there (``--runs`` of an earlier call) is
+    reused."""
     from diffctl.train.pipeline import compose_config, run
+
+    if (run_dir / "train_seconds.txt").is_file() and (run_dir / "checkpoint").is_dir():
+        return run_dir / "checkpoint"
 
     overrides = [
         f"task={dataset}",
@@ -56,7 +61,13 @@ def held_out_windows(model: Any, length: int, count: int, seed: int = 0) -> dict
     from diffctl.datasets import EpisodeStore
     from diffctl.world_models.data import WorldModelData
 
-    data = WorldModelData(EpisodeStore.open(model.dataset["path"]), horizon=length)
+    store = EpisodeStore.open(model.dataset["path"])
+    goal = "infos/goal" if "infos/goal" in store.keys else None  # goal tasks: the goal is part of the state
+    data = WorldModelData(store, horizon=length, goal_key=goal)
+    if data.state_dim != model.state_dim:
+        raise ValueError(
+            f"{model.dataset['path']} gives {data.state_dim}-d states, the model has {model.state_dim}"
+        )
     data.hold_out(model.config.held_out)
     rng = np.random.default_rng(seed)
     starts = rng.choice(data.validation, size=min(count, len(data.validation)), replace=False)
