@@ -10,6 +10,13 @@ imagined steps per second of a 32-step rollout at batch 1 and 256 on one thread.
 
     PYTHONPATH=. taskset -c 0 python benchmarks/world_models.py --datasets maze2d-umaze hopper-medium
     PYTHONPATH=. python benchmarks/world_models.py --fast          # smoke test (tiny budgets, temp dir)
+
+Offline policy evaluation (``--ope-sac RUN``, locomotion datasets): the SAC checkpoints of the run that
+generated the data (``~/.cache/diffctl/sac/<task>-seed0-steps200000``) are a ladder of policies from random
+to better than the data. Each one's true return is measured in the simulator from 10 seeded starts; its
+imagined return is the sum of predicted rewards of a closed-loop rollout of up to 1000 steps in each world
+model from the same start states, stopped at a predicted terminal. Reported: Spearman rank correlation and
+mean absolute error.
 """
 
 from __future__ import annotations
@@ -137,6 +144,85 @@ def bench_dataset(
     return rows
 
 
+class SACChunks:
+    """A stable-baselines3 SAC policy as a one-action chunk policy (deterministic actions)."""
+
+    n_obs_steps, n_action_steps, goal_dim = 1, 1, 0
+
+    def __init__(self, model: Any, task: str) -> None:
+        self.model, self.task = model, task
+        self.obs_dim = int(model.observation_space.shape[0])
+        self.action_dim = int(model.action_space.shape[0])
+
+    def predict_chunk(self, hist: Any) -> torch.Tensor:
+        obs = np.asarray(hist, dtype=np.float32)[:, -1]
+        actions, _ = self.model.predict(obs, deterministic=True)
+        return torch.as_tensor(np.asarray(actions, np.float32))[:, None]
+
+
+def true_returns(
+    model: Any, task: str, starts: int, horizons: tuple[int, ...], seed: int = 20_000
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Per seeded start: the start observation and the simulated undiscounted return of the first ``h``
+    steps, for each ``h`` of ``horizons``."""
+    from diffctl.envs.registry import make_env
+
+    env = make_env(task)
+    obs0, rewards = [], []
+    for i in range(starts):
+        obs, _ = env.reset(seed=seed + i)
+        obs0.append(obs)
+        episode, done = [], False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            episode.append(float(reward))
+            done = terminated or truncated
+        rewards.append(np.asarray(episode))
+    env.close()
+    return np.asarray(obs0, np.float32), {h: np.array([r[:h].sum() for r in rewards]) for h in horizons}
+
+
+OPE_HORIZONS = (100, 1000)
+
+
+def ope_rows(dataset: str, root: Path, sac_run: Path, every: int, starts: int) -> dict[str, Any]:
+    """True vs imagined returns of the SAC checkpoints of ``sac_run`` (every ``every``-th), over the first
+    100 steps and over whole episodes (up to 1000 steps)."""
+    from diffctl.agents import load
+    from diffctl.datasets.generators.locomotion import checkpoints, load_checkpoint
+    from diffctl.world_models.ope import imagined_returns, spearman
+
+    task = dataset.split("-")[0]
+    models = {name: load(root / f"{dataset}-{name}" / "checkpoint") for name in MODELS}
+    rows = []
+    for ckpt in checkpoints(sac_run)[every - 1 :: every]:
+        policy = load_checkpoint(task, ckpt["path"])
+        obs0, true = true_returns(policy, task, starts, OPE_HORIZONS)
+        row: dict[str, Any] = {"step": int(ckpt["step"])}
+        for h in OPE_HORIZONS:
+            row[f"true_{h}"] = float(true[h].mean())
+            for name, model in models.items():
+                g = torch.Generator().manual_seed(0)
+                est = imagined_returns(model, SACChunks(policy, task), obs0, h, generator=g)
+                row[f"{name}_{h}"] = float(est.mean())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    summary = {}
+    for h in OPE_HORIZONS:
+        true = np.array([r[f"true_{h}"] for r in rows])
+        for name in MODELS:
+            est = np.array([r[f"{name}_{h}"] for r in rows])
+            mae = float(np.mean(np.abs(est - true)))
+            summary[f"{name}_{h}"] = {
+                "model": name,
+                "horizon": h,
+                "spearman": spearman(est, true),
+                "mae": mae,
+            }
+    return {"dataset": dataset, "rows": rows, "summary": summary, "starts": starts}
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
@@ -172,6 +258,26 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {d['dataset']} | {name} | {m['params']:,} | {m['steps_per_s']['1']:,.0f} "
                 f"| {m['steps_per_s']['256']:,.0f} | {m['train_seconds']:.0f} |"
             )
+    for ope in report.get("ope", []):
+        lines += [
+            "",
+            f"## Offline policy evaluation: SAC checkpoints on {ope['dataset']} "
+            f"({ope['starts']} seeded starts each)",
+            "",
+            "| SAC step | steps | true return | DWM imagined | ensemble imagined |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in ope["rows"]:
+            for h in OPE_HORIZONS:
+                true, dwm, ens = r[f"true_{h}"], r[f"dwm_{h}"], r[f"mlp_ensemble_{h}"]
+                lines.append(f"| {r['step']} | {h} | {true:.1f} | {dwm:.1f} | {ens:.1f} |")
+        lines += [
+            "",
+            "| model | steps | Spearman rank correlation | mean absolute error |",
+            "|---|---:|---:|---:|",
+        ]
+        for v in ope["summary"].values():
+            lines.append(f"| {v['model']} | {v['horizon']} | {v['spearman']:.2f} | {v['mae']:.1f} |")
     lines += ["", "## Targets", "", "| target | dataset | result | met |", "|---|---|---|---|"]
     for name, dataset, value, met in report["targets"]:
         lines.append(f"| {name} | {dataset} | {value} | {'yes' if met else 'no'} |")
@@ -180,6 +286,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     out = []
+    for ope in report.get("ope", []):
+        for v in ope["summary"].values():
+            rho, label = v["spearman"], f"OPE Spearman >= 0.8 ({v['model']}, {v['horizon']} steps)"
+            out.append((label, ope["dataset"], f"{rho:.2f}", bool(rho >= 0.8)))
     for d in report["datasets"]:
         dwm, ens = d["models"]["dwm"], d["models"]["mlp_ensemble"]
         ratio = dwm["errors"]["32"]["state_rmse"] / ens["errors"]["32"]["state_rmse"]
@@ -205,6 +315,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=512, help="held-out windows scored per dataset")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where the dataset stores live")
     parser.add_argument("--runs", type=Path, default=None, help="where the trained models go (default: temp)")
+    parser.add_argument("--ope-sac", type=Path, default=None, help="SAC run whose checkpoints OPE ranks")
+    parser.add_argument("--ope-every", type=int, default=2, help="use every N-th SAC checkpoint")
+    parser.add_argument("--ope-starts", type=int, default=10, help="seeded start states per policy")
     parser.add_argument("--fast", action="store_true", help="smoke-test budget (not a result)")
     parser.add_argument("--out", default=None, help="results dir (default benchmarks/results; --fast: temp)")
     args = parser.parse_args()
@@ -225,6 +338,9 @@ def main() -> None:
             for d in args.datasets
         ],
     }
+    if args.ope_sac is not None:
+        locomotion = [d for d in args.datasets if not d.startswith("maze")]
+        report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
     report["targets"] = targets(report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "world_models.json", json.dumps(report, indent=2))

@@ -107,6 +107,14 @@ def _load_weights(model: Any, ckpt: Path) -> None:
             model.log_ent_coef.copy_(log_ent)
 
 
+def load_checkpoint(task: str, checkpoint: str | os.PathLike[str], seed: int = 0) -> Any:
+    """The SAC policy saved in ``checkpoint`` (a ``checkpoints/step_*`` directory of a run), as a
+    stable-baselines3 model (``model.predict(obs, deterministic=True)``)."""
+    model = _new_sac(task, seed, learning_starts=0, buffer_size=1)
+    _load_weights(model, Path(checkpoint))
+    return model
+
+
 def policy_return(model: Any, task: str, episodes: int = EVAL_EPISODES, seed: int = 10_000) -> float:
     """Mean undiscounted return of the deterministic policy over ``episodes`` episodes."""
     from diffctl.envs.registry import make_env
