@@ -10,10 +10,38 @@ as the policy executes them in the environment.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from diffctl.core.config import Config
+from diffctl.world_models.data import WorldModelData, task_data
+
+
+@dataclass
+class WorldModelConfig(Config):
+    """Settings every world model has; subclasses add their own."""
+
+    section: ClassVar[str] = "WorldModel"
+
+    state_dim: int = 1
+    """State width; read off the data."""
+    action_dim: int = 1
+    """Action width; read off the data."""
+    held_out: float = 0.1
+    """Share of episodes kept out of training (validation, and the benchmark's held-out episodes)."""
+    seed: int = 0
+    """Seed of the initial weights."""
+
+    def validate(self) -> None:
+        if not 0 <= self.held_out < 1:
+            raise ValueError(f"{self.section}.held_out must lie in [0, 1), got {self.held_out}")
+        if self.state_dim < 1 or self.action_dim < 1:
+            raise ValueError(
+                f"{self.section} needs state_dim and action_dim >= 1, got {self.state_dim}, {self.action_dim}"
+            )
 
 
 class WorldModel:
@@ -24,6 +52,21 @@ class WorldModel:
     action_dim: int
     segment: int
     task: str | None = None
+
+    network: torch.nn.Module
+
+    @classmethod
+    def make_dataset(cls, store: Any, task: Any) -> WorldModelData:
+        """The pipeline hook: the task's windows (their length is set by the model's ``fit``)."""
+        return task_data(store, task)
+
+    @classmethod
+    def data_dims(cls, dataset: WorldModelData) -> dict[str, int]:
+        return {"state_dim": dataset.state_dim, "action_dim": dataset.action_dim}
+
+    def to(self, device: Any) -> Any:
+        self.network.to(device)
+        return self
 
     def predict_segment(
         self, obs: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from diffctl.core.config import Config, Configurable
+from diffctl.core.config import Configurable
 from diffctl.core.modules import eval_mode, param_device
 from diffctl.core.persistence import agent_config, load_network_state, read_agent_config, write_agent_dir
 from diffctl.core.sampler import SamplerConfig, refuse_fused
@@ -28,22 +28,18 @@ from diffctl.kernels.denoisers import EDMDenoiser
 from diffctl.kernels.losses import edm_loss
 from diffctl.kernels.samplers import sample as run_sampler
 from diffctl.nets import build_backbone
-from diffctl.world_models.base import WorldModel
-from diffctl.world_models.data import WorldModelData, task_data
+from diffctl.world_models.base import WorldModel, WorldModelConfig
+from diffctl.world_models.data import WorldModelData
 
 VERSION = 1
 
 
 @dataclass
-class DWMConfig(Config):
+class DWMConfig(WorldModelConfig):
     """Settings of ``DiffusionWorldModel``."""
 
     section: ClassVar[str] = "DiffusionWorldModel"
 
-    state_dim: int = 1
-    """State width; read off the data."""
-    action_dim: int = 1
-    """Action width; read off the data."""
     segment: int = 8
     """H: steps predicted by one sample (rollouts chain segments of this length)."""
     backbone: str = "mlp"
@@ -58,19 +54,9 @@ class DWMConfig(Config):
     """Mean of ln(sigma) during training."""
     p_std: float = 1.2
     """Standard deviation of ln(sigma) during training."""
-    held_out: float = 0.1
-    """Share of episodes kept out of training (validation; the benchmark's held-out episodes)."""
-    seed: int = 0
-    """Seed of the initial weights."""
 
     def validate(self) -> None:
-        if not 0 <= self.held_out < 1:
-            raise ValueError(f"DiffusionWorldModel.held_out must lie in [0, 1), got {self.held_out}")
-        if self.state_dim < 1 or self.action_dim < 1:
-            raise ValueError(
-                "DiffusionWorldModel needs state_dim and action_dim >= 1, "
-                f"got {self.state_dim}, {self.action_dim}"
-            )
+        super().validate()
         if self.segment < 1:
             raise ValueError(f"DiffusionWorldModel.segment must be >= 1, got {self.segment}")
 
@@ -104,14 +90,6 @@ class DiffusionWorldModel(Configurable, SeededSampler, WorldModel):
         self.seed(None)
 
     # ----- data ----------------------------------------------------------------------------------------
-    @classmethod
-    def make_dataset(cls, store: Any, task: Any) -> WorldModelData:
-        return task_data(store, task)
-
-    @classmethod
-    def data_dims(cls, dataset: WorldModelData) -> dict[str, int]:
-        return {"state_dim": dataset.state_dim, "action_dim": dataset.action_dim}
-
     def fit(self, dataset: WorldModelData, mode: str = "limits") -> None:
         """Cut the data into windows of this model's horizon; fit the state, action and reward normalizers."""
         dataset.set_horizon(self.segment)
@@ -121,10 +99,6 @@ class DiffusionWorldModel(Configurable, SeededSampler, WorldModel):
             "action": Normalizer.fit(dataset.actions, mode, name="actions"),
             "reward": Normalizer.fit(dataset.rewards[:, None], mode, name="rewards"),
         }
-
-    def to(self, device: Any) -> DiffusionWorldModel:
-        self.network.to(device)
-        return self
 
     def denoiser(self) -> EDMDenoiser:
         return EDMDenoiser(self.network, self.config.sigma_data)

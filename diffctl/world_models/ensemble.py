@@ -21,27 +21,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffctl.core.config import Config, Configurable
+from diffctl.core.config import Configurable
 from diffctl.core.modules import param_device
 from diffctl.core.persistence import agent_config, load_network_state, read_agent_config, write_agent_dir
 from diffctl.core.seeding import SeededSampler
 from diffctl.datasets.normalizer import Normalizer
-from diffctl.world_models.base import WorldModel
-from diffctl.world_models.data import WorldModelData, task_data
+from diffctl.world_models.base import WorldModel, WorldModelConfig
+from diffctl.world_models.data import WorldModelData
 
 VERSION = 1
 
 
 @dataclass
-class MLPEnsembleConfig(Config):
+class MLPEnsembleConfig(WorldModelConfig):
     """Settings of ``MLPEnsembleWorldModel``."""
 
     section: ClassVar[str] = "MLPEnsembleWorldModel"
 
-    state_dim: int = 1
-    """State width; read off the data."""
-    action_dim: int = 1
-    """Action width; read off the data."""
     members: int = 7
     """Ensemble size."""
     elites: int = 5
@@ -52,12 +48,9 @@ class MLPEnsembleConfig(Config):
     """Hidden layers of each member."""
     deterministic: bool = False
     """Predict each member's mean instead of sampling its Gaussian."""
-    held_out: float = 0.1
-    """Share of episodes kept out of training to pick the elites."""
-    seed: int = 0
-    """Seed of the initial weights."""
 
     def validate(self) -> None:
+        super().validate()
         if not 1 <= self.elites <= self.members:
             raise ValueError(
                 f"MLPEnsembleWorldModel needs 1 <= elites <= members, got {self.elites}, {self.members}"
@@ -66,8 +59,6 @@ class MLPEnsembleConfig(Config):
             raise ValueError(
                 f"MLPEnsembleWorldModel hidden and depth must be >= 1, got {self.hidden}, {self.depth}"
             )
-        if not 0 <= self.held_out < 1:
-            raise ValueError(f"MLPEnsembleWorldModel.held_out must lie in [0, 1), got {self.held_out}")
 
 
 class EnsembleLinear(nn.Module):
@@ -130,14 +121,6 @@ class MLPEnsembleWorldModel(Configurable, SeededSampler, WorldModel):
         self.seed(None)
 
     # ----- data ----------------------------------------------------------------------------------------
-    @classmethod
-    def make_dataset(cls, store: Any, task: Any) -> WorldModelData:
-        return task_data(store, task)
-
-    @classmethod
-    def data_dims(cls, dataset: WorldModelData) -> dict[str, int]:
-        return {"state_dim": dataset.state_dim, "action_dim": dataset.action_dim}
-
     def fit(self, dataset: WorldModelData, mode: str = "gaussian") -> None:
         """One-step windows, held-out episodes set aside; normalizers of inputs and targets (``gaussian`` by
         default: the likelihood is fitted in normalized units)."""
@@ -150,10 +133,6 @@ class MLPEnsembleWorldModel(Configurable, SeededSampler, WorldModel):
             "delta": Normalizer.fit(delta, mode, name="state changes"),
             "reward": Normalizer.fit(dataset.rewards[:, None], mode, name="rewards"),
         }
-
-    def to(self, device: Any) -> MLPEnsembleWorldModel:
-        self.network.to(device)
-        return self
 
     def _inputs(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat(
