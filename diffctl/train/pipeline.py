@@ -146,13 +146,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def agent_section(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """The section that describes the agent: ``planner`` or ``image_model`` when one is selected, else
-    ``policy``."""
+    """The section that describes the agent: the first of ``AGENT_SECTIONS`` that is set, else ``policy``."""
     return dict(conf[agent_section_name(conf)])
 
 
 def agent_section_name(conf: Mapping[str, Any]) -> str:
-    """``planner``, ``image_model`` (the first one set) or ``policy``."""
+    """``planner``, ``image_model`` or ``world_model`` (the first one set), else ``policy``."""
     for name in AGENT_SECTIONS:
         section = conf.get(name)
         if section is not None and not isinstance(section, Mapping):
