@@ -17,6 +17,10 @@ to better than the data. Each one's true return is measured in the simulator fro
 imagined return is the sum of predicted rewards of a closed-loop rollout of up to 1000 steps in each world
 model from the same start states, stopped at a predicted terminal. Reported: Spearman rank correlation and
 mean absolute error.
+
+Planning through the model (``--plan POLICY_CHECKPOINT``): a diffusion policy of the dataset alone, the
+same policy with as many solver steps as fit in the planner's act time, and ``ImaginationAgent`` (best of 8
+chunks by DWM-imagined return), each scored in the simulator.
 """
 
 from __future__ import annotations
@@ -223,6 +227,36 @@ def ope_rows(dataset: str, root: Path, sac_run: Path, every: int, starts: int) -
     return {"dataset": dataset, "rows": rows, "summary": summary, "starts": starts}
 
 
+def plan_rows(
+    dataset: str, root: Path, policy_path: Path, episodes: int, candidates: int = 8
+) -> dict[str, Any]:
+    """Simulated scores of the policy alone, the policy at a matched act time, and the DWM planner."""
+    from diffctl.agents import load
+    from diffctl.envs.evaluate import evaluate
+    from diffctl.world_models.planning import ImaginationAgent
+
+    task = dataset.split("-")[0]
+    model = load(root / f"{dataset}-dwm" / "checkpoint")
+    rows = []
+
+    def score(name: str, agent: Any) -> dict[str, Any]:
+        result = evaluate(agent, task, episodes=episodes, seed=0, n_workers=0)
+        keys = ("mean_return", "normalized_score", "act_latency_ms_mean", "act_latency_ms_p99")
+        row = {"agent": name, **{k: float(result[k]) for k in keys}}
+        print(json.dumps(row), flush=True)
+        return row
+
+    policy = load(policy_path)
+    rows.append(score(f"policy ({policy.sampler.solver}, {policy.sampler.steps} steps)", policy))
+    planner = ImaginationAgent(load(policy_path), model, candidates=candidates, seed=0)
+    rows.append(score(f"ImaginationAgent: best of {candidates} by DWM return", planner))
+    ratio = rows[1]["act_latency_ms_mean"] / max(rows[0]["act_latency_ms_mean"], 1e-9)
+    steps = max(1, round(policy.sampler.steps * ratio))
+    matched = load(policy_path, steps=steps)
+    rows.append(score(f"policy ({matched.sampler.solver}, {steps} steps: the planner's act time)", matched))
+    return {"dataset": dataset, "policy": str(policy_path), "episodes": episodes, "rows": rows}
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
@@ -278,6 +312,20 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for v in ope["summary"].values():
             lines.append(f"| {v['model']} | {v['horizon']} | {v['spearman']:.2f} | {v['mae']:.1f} |")
+    for plan in report.get("plan", []):
+        lines += [
+            "",
+            f"## Planning through the model on {plan['dataset']} ({plan['episodes']} episodes, "
+            f"policy `{plan['policy']}`)",
+            "",
+            "| agent | return | normalized score | act ms mean | act ms p99 |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in plan["rows"]:
+            lines.append(
+                f"| {r['agent']} | {r['mean_return']:.1f} | {r['normalized_score']:.1f} "
+                f"| {r['act_latency_ms_mean']:.2f} | {r['act_latency_ms_p99']:.2f} |"
+            )
     lines += ["", "## Targets", "", "| target | dataset | result | met |", "|---|---|---|---|"]
     for name, dataset, value, met in report["targets"]:
         lines.append(f"| {name} | {dataset} | {value} | {'yes' if met else 'no'} |")
@@ -318,6 +366,8 @@ def main() -> None:
     parser.add_argument("--ope-sac", type=Path, default=None, help="SAC run whose checkpoints OPE ranks")
     parser.add_argument("--ope-every", type=int, default=2, help="use every N-th SAC checkpoint")
     parser.add_argument("--ope-starts", type=int, default=10, help="seeded start states per policy")
+    parser.add_argument("--plan", type=Path, default=None, help="diffusion policy checkpoint to plan with")
+    parser.add_argument("--plan-episodes", type=int, default=10, help="simulated episodes per planning row")
     parser.add_argument("--fast", action="store_true", help="smoke-test budget (not a result)")
     parser.add_argument("--out", default=None, help="results dir (default benchmarks/results; --fast: temp)")
     args = parser.parse_args()
@@ -341,6 +391,9 @@ def main() -> None:
     if args.ope_sac is not None:
         locomotion = [d for d in args.datasets if not d.startswith("maze")]
         report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
+    if args.plan is not None:
+        locomotion = [d for d in args.datasets if not d.startswith("maze")]
+        report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes) for d in locomotion]
     report["targets"] = targets(report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "world_models.json", json.dumps(report, indent=2))
