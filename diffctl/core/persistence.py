@@ -138,10 +138,23 @@ def build_agent(
     normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
     if sampler is not None:
         hp["sampler"] = sampler
+    dims = [hp.pop(k, None) for k in ("obs_dim", "action_dim")]
+    agent = construct(cls, path, *dims, **hp, normalizers=normalizers)
+    return restore(agent, config, state, path)
+
+
+def construct(cls: Any, path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` for the agent saved in ``path``; a config it cannot take is one ValueError
+    naming ``config.json``."""
     try:
-        agent = cls(hp.pop("obs_dim"), hp.pop("action_dim"), **hp, normalizers=normalizers)
+        return cls(*args, **kwargs)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}/config.json does not describe a valid {cls.__name__}: {err}") from err
+
+
+def restore(agent: Any, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Any) -> Any:
+    """Put the saved weights into ``agent.network`` and record the task and dataset it was trained on
+    (None when not recorded); returns the agent."""
     load_network_state(agent.network, state, path)
     agent.task, agent.dataset = config.get("task"), config.get("dataset")
     return agent

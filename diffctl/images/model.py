@@ -21,7 +21,7 @@ from torch import nn
 
 from diffctl.core.config import Config, Configurable
 from diffctl.core.modules import eval_mode, param_device
-from diffctl.core.persistence import agent_config, load_network_state, read_agent_config, write_agent_dir
+from diffctl.core.persistence import agent_config, construct, read_agent_config, restore, write_agent_dir
 from diffctl.core.sampler import SamplerConfig, refuse_fused
 from diffctl.core.seeding import SeededSampler
 from diffctl.images.classifier import Classification, classifier_sigmas, diffusion_classify
@@ -392,13 +392,8 @@ class ImageDiffusion(Configurable, SeededSampler):
             sampler = SamplerConfig.from_dict({**config["sampler"], **overrides})
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
-        try:
-            model = cls(sampler=sampler, **config["hyperparameters"])
-        except ValueError as err:
-            raise ValueError(f"{Path(path) / 'config.json'}: {err}") from err
-        load_network_state(model.network, state, path)
-        model.network.eval()
-        model.task, model.dataset = config.get("task"), config.get("dataset")
+        model = construct(cls, path, sampler=sampler, **config["hyperparameters"])
+        restore(model, config, state, path).network.eval()
         return model
 
     @classmethod

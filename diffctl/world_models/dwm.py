@@ -19,7 +19,7 @@ from torch import nn
 
 from diffctl.core.config import Configurable
 from diffctl.core.modules import eval_mode, param_device
-from diffctl.core.persistence import agent_config, load_network_state, read_agent_config, write_agent_dir
+from diffctl.core.persistence import agent_config, construct, read_agent_config, restore, write_agent_dir
 from diffctl.core.sampler import SamplerConfig, refuse_fused
 from diffctl.core.seeding import SeededSampler
 from diffctl.datasets.normalizer import Normalizer
@@ -171,12 +171,8 @@ class DiffusionWorldModel(Configurable, SeededSampler, WorldModel):
         try:
             sampler = SamplerConfig.from_dict({**config["sampler"], **overrides})
             normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
-            model = cls(sampler=sampler, normalizers=normalizers, **config["hyperparameters"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"{Path(path) / 'config.json'} does not describe a valid {cls.__name__}: {err}"
-            ) from err
-        load_network_state(model.network, state, path)
-        model.network.eval()
-        model.task, model.dataset = config.get("task"), config.get("dataset")
+        except ValueError as err:
+            raise ValueError(f"{path}/config.json: {err}") from err
+        model = construct(cls, path, sampler=sampler, normalizers=normalizers, **config["hyperparameters"])
+        restore(model, config, state, path).network.eval()
         return model

@@ -23,7 +23,7 @@ from torch import nn
 
 from diffctl.core.config import Configurable
 from diffctl.core.modules import param_device
-from diffctl.core.persistence import agent_config, load_network_state, read_agent_config, write_agent_dir
+from diffctl.core.persistence import agent_config, construct, read_agent_config, restore, write_agent_dir
 from diffctl.core.seeding import SeededSampler
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.world_models.base import WorldModel, WorldModelConfig
@@ -220,13 +220,9 @@ class MLPEnsembleWorldModel(Configurable, SeededSampler, WorldModel):
         )
         try:
             normalizers = {k: Normalizer.from_dict(v) for k, v in config["normalizers"].items()}
-            hp = {**config["hyperparameters"], **overrides}
-            model = cls(normalizers=normalizers, elite_members=config.get("elite_members"), **hp)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"{Path(path) / 'config.json'} does not describe a valid {cls.__name__}: {err}"
-            ) from err
-        load_network_state(model.network, state, path)
-        model.network.eval()
-        model.task, model.dataset = config.get("task"), config.get("dataset")
+        except ValueError as err:
+            raise ValueError(f"{path}/config.json: {err}") from err
+        hp = {**config["hyperparameters"], **overrides}
+        model = construct(cls, path, normalizers=normalizers, elite_members=config.get("elite_members"), **hp)
+        restore(model, config, state, path).network.eval()
         return model
