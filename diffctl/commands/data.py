@@ -21,6 +21,12 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--out", required=True, help="output store path (.zarr directory)")
     gen.add_argument("--episodes", type=int, default=None, help="number of episodes (default: the recipe's)")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--size",
+        choices=("small", "d4rl"),
+        default=None,
+        help="maze2d and locomotion: 'small' (minutes, the default) or 'd4rl' (D4RL's step counts)",
+    )
     gen.add_argument("--force", action="store_true", help="replace an existing --out")
     gen.set_defaults(func=_generate)
 
@@ -67,12 +73,24 @@ def _refuse_existing(out: str, force: bool) -> None:
         raise FileExistsError(f"{out} already exists (use --force to replace it)")
 
 
+def _size_option(task: str, size: str) -> dict[str, str]:
+    """``--size`` as the generator's option: maze ``size``, locomotion ``budget``; other data has none."""
+    from diffctl.datasets.generators import LOCOMOTION_DATASETS, MAZE_DATASETS
+
+    if task in MAZE_DATASETS:
+        return {"size": size}
+    if task in LOCOMOTION_DATASETS:
+        return {"budget": size}
+    raise ValueError(f"--size applies to maze2d and locomotion datasets, not {task!r}")
+
+
 def _generate(args: argparse.Namespace) -> int:
     from diffctl.datasets.generators import generate
 
     _refuse_existing(args.out, args.force)
     start = time.perf_counter()
-    generate(args.task, args.out, episodes=args.episodes, seed=args.seed, force=args.force)
+    options = {} if args.size is None else _size_option(args.task, args.size)
+    generate(args.task, args.out, episodes=args.episodes, seed=args.seed, force=args.force, **options)
     elapsed = time.perf_counter() - start
     print(f"generated {args.task} in {elapsed:.1f} s")
     return _info(argparse.Namespace(path=args.out, json=False, verify=False))

@@ -108,6 +108,9 @@ class PlannerConfig(Config):
     """PD tracking: gain on the position error."""
     kd: float = 1.0
     """PD tracking: gain on the velocity error."""
+    goal_hold: float | None = None
+    """Within this distance of the goal (raw units) steer to the goal at rest with the PD law instead of
+    planning: Diffuser's end-of-plan rule on Maze2D, which keeps a reached goal held (None: always plan)."""
     seed: int = 0
     """Seed of the networks' initial weights."""
 
@@ -132,6 +135,11 @@ class PlannerConfig(Config):
             raise ValueError(f"{name} replan_every must be an integer >= 0, got {self.replan_every!r}")
         if self.replan_threshold is not None and not self.replan_threshold > 0:
             raise ValueError(f"{name} replan_threshold must be None or > 0, got {self.replan_threshold!r}")
+        if self.goal_hold is not None and not (self.goal_hold > 0 and self.goal_dim):
+            raise ValueError(
+                f"{name} goal_hold must be None or > 0 on a goal task (goal_dim > 0), got "
+                f"goal_hold={self.goal_hold!r} with goal_dim={self.goal_dim}"
+            )
         if not 0.0 <= self.discount <= 1.0:
             raise ValueError(f"{name} discount must be in [0, 1], got {self.discount}")
 
@@ -142,7 +150,9 @@ class Planner(Configurable, SeededSampler, ABC):
 
     network: nn.Module
     config_class: ClassVar[type[PlannerConfig]] = PlannerConfig
-    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = ("n_plans", "replan_every", "replan_threshold", "tracking")
+    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (
+        "n_plans", "replan_every", "replan_threshold", "tracking", "goal_hold",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -165,10 +175,11 @@ class Planner(Configurable, SeededSampler, ABC):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.network = self.build_network()
-        if self.tracking_mode() == "pd" and self.state_dim < 2 * self.action_dim:
+        uses_pd = self.tracking_mode() == "pd" or cfg.goal_hold is not None
+        if uses_pd and self.state_dim < 2 * self.action_dim:
             raise ValueError(
-                f"tracking 'pd' needs states laid out [position, velocity] with state_dim >= 2 * action_dim "
-                f"= {2 * self.action_dim}, got state_dim={self.state_dim}"
+                f"tracking 'pd' and goal_hold need states laid out [position, velocity] with state_dim >= "
+                f"2 * action_dim = {2 * self.action_dim}, got state_dim={self.state_dim}"
             )
         self.seed(self.sampler.seed)
         self.reset()
@@ -394,6 +405,21 @@ class Planner(Configurable, SeededSampler, ABC):
         nxt = plan.states[0, 0, min(t + 1, self.plan_length - 1)]
         s = state[0]
         a = self.config.kp * (nxt[:p] - s[:p]) + self.config.kd * (nxt[p : 2 * p] - s[p : 2 * p])
+        return a.cpu().numpy()
+
+    def holds_goal(self, state: torch.Tensor, goal: torch.Tensor | None) -> bool:
+        """Whether ``goal_hold`` applies: raw ``state`` ``(1, Ds)`` lies within it of ``goal`` ``(1, Dg)``."""
+        radius = self.config.goal_hold
+        if radius is None or goal is None:
+            return False
+        dims = list(self.hparams.get("goal_dims") or range(self.goal_dim))
+        return float((state[0, dims] - goal[0]).norm()) <= radius
+
+    def hold_action(self, state: torch.Tensor, goal: torch.Tensor) -> np.ndarray:
+        """The PD law toward the goal position at rest: ``kp (g - p) - kd v`` for states ``[p, v, ...]``."""
+        p = self.action_dim
+        s = state[0]
+        a = self.config.kp * (goal[0, :p] - s[:p]) - self.config.kd * s[p : 2 * p]
         return a.cpu().numpy()
 
     # ----- persistence ---------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ Level 0 samples ``points`` states spaced ``(points - 1) ** (levels - 1)`` steps 
 ``horizon``: the current state is inpainted at its first point and, on goal tasks, the goal position at its
 last. Each further level fills the gap between the first two points of the level above at ``points - 1``
 times finer spacing, with both ends inpainted, until the last level plans ``points`` consecutive
-(state, action) steps, which the agent tracks. Every level is a small flattened-trajectory MLP denoiser on
-``points x (state + action)`` inputs, so a plan costs ``levels x steps`` evaluations of a tiny network
-instead of ``steps`` evaluations of a U-Net over the whole horizon. Only the part of the coarse plan that
-is executed next is refined; the rest is discarded, as in DiffuserLite.
+(state, action) steps, which the agent tracks. Every level is a small denoiser (a flattened-trajectory MLP
+or a DiT) on ``points x (state + action)`` inputs, so a plan costs ``levels x steps`` evaluations of a small
+network instead of ``steps`` evaluations of a U-Net over the whole horizon. Only the part of the coarse plan
+that is executed next is refined; the rest is discarded, as in DiffuserLite.
 
 Training cuts each level's trajectory out of one window of ``horizon`` steps: level ``l`` reads the entries
 ``0, s_l, 2 s_l, ...`` (stride ``s_l``) from the window start. With ``value`` (default on tasks without goal)
@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -60,6 +60,9 @@ class CoarseToFineConfig(TrajectoryPlannerConfig):
     """States per level's plan."""
     levels: int = 2
     """Refinement levels; ``horizon`` must be ``(points - 1) ** levels + 1``."""
+    backbone: Literal["mlp", "dit"] = "mlp"
+    """Each level's denoiser over its ``points`` steps: a flattened-trajectory MLP (cheapest) or a DiT
+    (DiffuserLite's choice; worth its cost when long-range plans must respect obstacles)."""
     value_scale: float = 0.0
 
     def validate(self) -> None:
@@ -83,8 +86,9 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
     ``horizon`` is the training window and the span of the level-0 plan; it must equal
     ``(points - 1) ** levels + 1`` (e.g. 65 for 9 points x 2 levels or 5 points x 3 levels). The executed plan
     is the finest level's ``points`` steps, so the agent replans at least every ``points - 1`` steps.
-    ``backbone_kwargs`` go to each level's ``mlp`` backbone. Tracking is as in ``Diffuser`` (PD on the next
-    waypoint for maze-like goal tasks, the planned actions otherwise); warm starts are not supported.
+    ``backbone_kwargs`` go to each level's backbone (``mlp`` or ``dit``). Tracking is as in ``Diffuser`` (PD
+    on the next waypoint for maze-like goal tasks, the planned actions otherwise); warm starts are not
+    supported.
     """
 
     config_class: ClassVar[type[PlannerConfig]] = CoarseToFineConfig
@@ -105,10 +109,12 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
     def build_network(self) -> CoarseToFineNet:
         hp, dim = self.hparams, self.transition_dim
         dens = [
-            EDMDenoiser(ScaledNoiseNet(build_backbone("mlp", dim, self.points, 0, **hp["backbone_kwargs"])),
-                        hp["sigma_data"])
+            EDMDenoiser(
+                ScaledNoiseNet(build_backbone(hp["backbone"], dim, self.points, 0, **hp["backbone_kwargs"])),
+                hp["sigma_data"],
+            )
             for _ in range(self.levels)
-        ]  # fmt: skip
+        ]
         value = ValueNet(self.points, dim, hp["value_hidden"], hp["value_depth"]) if hp["value"] else None
         return CoarseToFineNet(dens, value)
 

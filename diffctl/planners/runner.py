@@ -3,7 +3,8 @@
 The runner plans on the first step and whenever the plan is used up, ``replan_every`` steps have passed or
 the observed state left the plan by more than ``replan_threshold`` (normalized units), warm-starting from the
 shifted old plan when the sampler asks for it, and turns the plan into actions with the planner's
-``track_action``. It uses only the planner's public methods.
+``track_action``. Within the planner's ``goal_hold`` distance of the goal it plans nothing and holds the
+goal (``hold_action``). It uses only the planner's public methods.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class PlanRunner:
         """One observation -> one action along the current best plan, replanning as configured."""
         p = self.planner
         arr = as_observation(obs, (p.state_dim, p.obs_dim))
-        state, _ = p.split_obs(arr)
+        state, goal = p.split_obs(arr)
+        if p.holds_goal(state, goal):
+            self.plan, self.plan_norm = None, None  # leaving the goal plans afresh
+            return self._clip(p.hold_action(state, goal))
         state_norm = p.normalizer("state").normalize(state)
         if self.needs_plan(state_norm):
             init = None
@@ -56,4 +60,7 @@ class PlanRunner:
             self.replans += 1
         action = p.track_action(self.plan, self.plan_norm, state, self.t)
         self.t += 1
-        return np.clip(np.asarray(action, dtype=np.float32).reshape(p.action_dim), -1.0, 1.0)
+        return self._clip(action)
+
+    def _clip(self, action: Any) -> np.ndarray:
+        return np.clip(np.asarray(action, dtype=np.float32).reshape(self.planner.action_dim), -1.0, 1.0)

@@ -264,6 +264,13 @@ def test_cli_generate_tiny_maze_then_train_windows(tmp_path: Path, capsys: pytes
     assert main(["data", "generate", "maze2d-umaze", "--out", str(out), "--episodes", "2"]) == 1
     store = EpisodeStore.open(out)
     assert store.num_episodes == 2 and store.episode_lengths.tolist() == [300, 300]
+    assert store.attrs["budgets"]["size"] is None  # --episodes wins over the recipe's size
+    from diffctl.commands.data import _size_option
+
+    assert _size_option("maze2d-large", "d4rl") == {"size": "d4rl"}
+    assert _size_option("hopper-medium", "d4rl") == {"budget": "d4rl"}
+    assert main(["data", "generate", "digits", "--out", str(tmp_path / "d.zarr"), "--size", "d4rl"]) == 1
+    assert "--size applies to maze2d and locomotion datasets, not 'digits'" in capsys.readouterr().err
     ds = SequenceDataset(store, horizon=16, n_obs_steps=2, n_action_steps=8, goal="task")
     batch = ds.sample(32)
     assert batch["obs"].shape == (32, 2, 4) and batch["goal"].shape == (32, 2)

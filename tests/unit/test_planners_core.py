@@ -142,6 +142,30 @@ def test_diffuser_plan_actions_and_pd_tracking() -> None:
     np.testing.assert_allclose(first, plain.runner.plan.actions[0, 0, 0].numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("cls", [Diffuser, DecisionDiffuser])
+def test_goal_hold_steers_to_the_goal_at_rest_without_planning(cls, tmp_path) -> None:
+    planner = fitted(cls(STATE + GOAL, ACT, goal_dim=GOAL, horizon=H, goal_hold=0.5, kp=2.0, kd=0.5,
+                         **SMALL_NET, sampler={"steps": 2, "seed": 0}))  # fmt: skip
+    planner.reset()
+    near = np.array([0.8, 0.9, 0.3, -0.4, 1.0, 1.0], dtype=np.float32)  # 0.22 from the goal
+    action = planner.act(near)
+    np.testing.assert_allclose(action, [2.0 * 0.2 - 0.5 * 0.3, 2.0 * 0.1 + 0.5 * 0.4], atol=1e-6)
+    assert planner.replans == 0
+    planner.act(np.array([-1.0, -1.0, 0.0, 0.0, 1.0, 1.0], dtype=np.float32))  # far: plans
+    assert planner.replans == 1
+    planner.act(near)  # back in the hold region: the plan is dropped ...
+    planner.act(np.array([-0.9, -1.0, 0.0, 0.0, 1.0, 1.0], dtype=np.float32))
+    assert planner.replans == 2  # ... so leaving it plans afresh
+    off = cls.load(planner.save(tmp_path / "p"), goal_hold=None)
+    off.reset()
+    off.act(near)
+    assert off.replans == 1
+    with pytest.raises(ValueError, match="goal_hold must be None or > 0 on a goal task"):
+        cls(STATE, ACT, horizon=H, goal_hold=0.5, **SMALL_NET)
+    with pytest.raises(ValueError, match="goal_hold must be None or > 0"):
+        cls(STATE + GOAL, ACT, goal_dim=GOAL, horizon=H, goal_hold=0.0, **SMALL_NET)
+
+
 def test_bad_inputs_raise_clear_errors() -> None:
     planner = fitted(Diffuser(STATE + GOAL, ACT, goal_dim=GOAL, horizon=H, **SMALL_NET, sampler={"steps": 2}))
     with pytest.raises(ValueError, match="observation has shape"):
