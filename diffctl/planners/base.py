@@ -375,6 +375,10 @@ class Planner(Configurable, SeededSampler, ABC):
         """The action at step ``t`` of ``plan`` (its best plan's normalized states: ``plan_norm``) from the
         observed raw ``state`` ``(1, Ds)``."""
 
+    def plan_options(self, previous: Plan | None) -> dict[str, Any]:
+        """Extra ``plan`` keywords for the replan that follows ``previous`` in an episode (none here)."""
+        return {}
+
     @property
     def plan_length(self) -> int:
         """Steps of the plan the agent executes (the horizon, unless a planner executes a shorter one)."""

@@ -60,6 +60,10 @@ class CoarseToFineConfig(TrajectoryPlannerConfig):
     """States per level's plan."""
     levels: int = 2
     """Refinement levels; ``horizon`` must be ``(points - 1) ** levels + 1``."""
+    keep_coarse: bool | None = None
+    """Sample the coarser levels once per approach and refine their next gap at each replan (Diffuser's
+    plan-once, which keeps the goal's arrival time fixed), instead of sampling every level afresh at each
+    replan, which asks again to arrive a whole horizon later (None: on for goal tasks)."""
     backbone: Literal["mlp", "dit"] = "mlp"
     """Each level's denoiser over its ``points`` steps: a flattened-trajectory MLP (cheapest) or a DiT
     (DiffuserLite's choice; worth its cost when long-range plans must respect obstacles)."""
@@ -78,6 +82,27 @@ class CoarseToFineConfig(TrajectoryPlannerConfig):
                 f"levels={self.levels}; got horizon={self.horizon} (set task.horizon to match)"
             )
         super().validate()
+        if self.keep_coarse is None:
+            self.keep_coarse = self.goal_dim > 0
+
+
+@dataclass
+class CoarsePlans:
+    """The coarser levels' normalized plans ``(B * n_plans, points, D)``, levels ``0 .. levels - 2``, with the
+    gap of each being refined below it, and the level-0 values: what ``keep_coarse`` replans continue."""
+
+    plans: list[torch.Tensor]
+    gaps: list[int]
+    values: torch.Tensor | None
+
+    def advance(self, points: int) -> int | None:
+        """Move to the next gap at the finest level that has one (resetting those below); the level whose
+        gap moved, or None when every kept plan is used up."""
+        for level in range(len(self.gaps) - 1, -1, -1):
+            if self.gaps[level] + 1 < points - 1:
+                self.gaps[level] += 1
+                return level
+        return None
 
 
 class CoarseToFineDiffuser(TrajectoryPlanner):
@@ -92,6 +117,7 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
     """
 
     config_class: ClassVar[type[PlannerConfig]] = CoarseToFineConfig
+    INFERENCE_KEYS: ClassVar[tuple[str, ...]] = (*TrajectoryPlanner.INFERENCE_KEYS, "keep_coarse")
 
     @property
     def points(self) -> int:
@@ -183,6 +209,11 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
         return sample(den, x, sigmas, solver=self.sampler.solver, generator=self._generator, mask=mask,
                       known=known, **self.sampler.options)  # fmt: skip
 
+    def plan_options(self, previous: Plan | None) -> dict[str, Any]:
+        if not self.hparams["keep_coarse"] or previous is None:
+            return {}
+        return {"context": previous.context}
+
     @torch.no_grad()
     def plan(
         self,
@@ -191,27 +222,49 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
         *,
         noise: torch.Tensor | None = None,
         init: torch.Tensor | None = None,
+        context: CoarsePlans | None = None,
     ) -> Plan:
         """Refine ``n_plans`` coarse plans per observation down to ``points`` consecutive steps; ``values``
-        rank the coarse plans. ``noise`` ``(levels, B * n_plans, points, D)`` fixes every level's start."""
+        rank the coarse plans. ``noise`` ``(levels, B * n_plans, points, D)`` fixes every level's start.
+        ``context`` (a previous plan's ``context``) continues its kept coarse plans: the next gap is refined
+        from the current state; when they are used up, every level is sampled afresh."""
         if init is not None:
             raise ValueError(f"{type(self).__name__} does not warm-start; set sampler.warm_start to 0")
         state, g = self.split_obs(obs, goal)
         n, bsz = self.hparams["n_plans"], state.shape[0]
         state = state.repeat_interleave(n, 0)
-        end = self._normalized_goal(state, None if g is None else g.repeat_interleave(n, 0))
         start = self.normalizer("state").normalize(state)
         if noise is not None and (noise.ndim != 4 or noise.shape[0] != self.levels):
             raise ValueError(
                 f"noise must have shape (levels={self.levels}, B * n_plans, {self.points}, "
                 f"{self.transition_dim}), got {tuple(noise.shape)}"
             )
-        with eval_mode(self.network):
-            coarse = self._level(0, start, end, None if noise is None else noise[0])
-            ranked, values = self._rank(coarse, bsz)
-            x = ranked.reshape(coarse.shape)
-            for level in range(1, self.levels):
-                x = self._level(
-                    level, start, x[:, 1, : self.state_dim], None if noise is None else noise[level]
+        if context is not None:
+            context = CoarsePlans(list(context.plans), list(context.gaps), context.values)
+            if context.plans and context.plans[0].shape[0] != start.shape[0]:
+                raise ValueError(
+                    f"context holds {context.plans[0].shape[0]} plans; this call plans {start.shape[0]}"
                 )
-        return self._to_plan(x.reshape(bsz, n, self.points, self.transition_dim), values)
+        moved = None if context is None else context.advance(self.points)
+        with eval_mode(self.network):
+            if moved is None:
+                end = self._normalized_goal(state, None if g is None else g.repeat_interleave(n, 0))
+                coarse = self._level(0, start, end, None if noise is None else noise[0])
+                ranked, values = self._rank(coarse, bsz)
+                context = CoarsePlans([ranked.reshape(coarse.shape)], [0], values)
+                moved = 0
+            assert context is not None
+            del context.plans[moved + 1 :], context.gaps[moved + 1 :]
+            x = context.plans[moved]
+            for level in range(moved + 1, self.levels):
+                end = x[:, context.gaps[level - 1] + 1, : self.state_dim]
+                x = self._level(level, start, end, None if noise is None else noise[level])
+                if level < self.levels - 1:
+                    context.plans.append(x)
+                    context.gaps.append(0)
+        if self.levels == 1:
+            context.gaps = []  # a single level plans from scratch every time
+            context.plans = []
+        plan = self._to_plan(x.reshape(bsz, n, self.points, self.transition_dim), context.values)
+        plan.context = context
+        return plan

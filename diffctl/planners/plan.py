@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -14,13 +15,16 @@ class Plan:
     ``states`` ``(B, N, H, Ds)``; ``actions`` ``(B, N, H, Da)`` (Diffuser) or ``(B, N, H - 1, Da)`` from
     inverse dynamics (Decision Diffuser: ``actions[..., t, :]`` moves ``states[..., t, :]`` to ``t + 1``);
     ``values`` ``(B, N)`` predicted returns (None for planners without a value model); ``trajectory``
-    ``(B, N, H, D)`` the sampled normalized trajectories (what a warm start re-noises).
+    ``(B, N, H, D)`` the sampled normalized trajectories (what a warm start re-noises); ``context`` see below.
     """
 
     states: torch.Tensor
     actions: torch.Tensor
     values: torch.Tensor | None = None
     trajectory: torch.Tensor | None = None
+    context: Any = None
+    """Planner-specific state a later plan continues from (the coarse-to-fine planner's kept coarse plans);
+    the runner hands it back through ``Planner.plan_options``."""
 
 
 def shift_trajectory(traj: torch.Tensor, steps: int) -> torch.Tensor:

@@ -54,7 +54,7 @@ class PlanRunner:
             init = None
             if p.sampler.warm_start > 0 and self.plan is not None and self.plan.trajectory is not None:
                 init = shift_trajectory(self.plan.trajectory[:, 0], self.t)
-            self.plan = p.plan(arr, init=init)
+            self.plan = p.plan(arr, init=init, **p.plan_options(self.plan))
             self.plan_norm = p.normalizer("state").normalize(self.plan.states[0, 0])
             self.t = 0
             self.replans += 1

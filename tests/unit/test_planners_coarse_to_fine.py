@@ -138,3 +138,34 @@ def test_goal_conditioned_planners_refuse_a_plan_without_goal(cls) -> None:
     with pytest.raises(ValueError, match=f"goal-conditioned {cls} \\(goal_dim=2\\) needs a goal"):
         planner.plan(np.zeros(STATE, np.float32))
     assert planner.plan(np.zeros(STATE + 2, np.float32)).states.shape[-1] == STATE
+
+
+def test_kept_coarse_plans_are_refined_gap_by_gap_then_sampled_afresh(monkeypatch, tmp_path) -> None:
+    planner = CoarseToFineDiffuser(STATE + 2, ACT, goal_dim=2, horizon=H, points=POINTS, levels=LEVELS,
+                                   sampler={"steps": 2, "seed": 0}, **NET)  # fmt: skip
+    assert planner.hparams["keep_coarse"] is True  # on for goal tasks
+    data = rollouts(4)
+    obs = data["obs"].reshape(-1, STATE).numpy()
+    planner.fit_normalizers(np.concatenate([obs, obs[:, :2]], 1), data["actions"].reshape(-1, ACT))
+    inner, calls = planner._level, []
+
+    def record(level, start, end, noise):
+        out = inner(level, start, end, noise)
+        calls.append((level, end, out))
+        return out
+
+    monkeypatch.setattr(planner, "_level", record)
+    o = np.concatenate([obs[0], [0.3, -0.2]]).astype(np.float32)
+    plans, previous = [], None
+    for _ in range(5):
+        n = len(calls)
+        previous = planner.plan(o, **planner.plan_options(previous))
+        plans.append([c[0] for c in calls[n:]])
+    # 2 gaps per level: level 1 moves to its second gap, then level 0 does, then all are used up
+    assert plans == [[0, 1, 2], [2], [1, 2], [2], [0, 1, 2]]
+    level1_first = calls[1][2]
+    torch.testing.assert_close(calls[3][1], level1_first[:, 2, :STATE])  # 2nd replan ends at its point 2
+    torch.testing.assert_close(calls[4][1], calls[0][2][:, 2, :STATE])  # level 0's second gap
+    monkeypatch.undo()
+    fresh = CoarseToFineDiffuser.load(planner.save(tmp_path / "p"), keep_coarse=False)
+    assert fresh.plan_options(previous) == {}  # every replan samples every level
