@@ -7,7 +7,8 @@ times finer spacing, with both ends inpainted, until the last level plans ``poin
 (state, action) steps, which the agent tracks. Every level is a small denoiser (a flattened-trajectory MLP
 or a DiT) on ``points x (state + action)`` inputs, so a plan costs ``levels x steps`` evaluations of a small
 network instead of ``steps`` evaluations of a U-Net over the whole horizon. Only the part of the coarse plan
-that is executed next is refined; the rest is discarded, as in DiffuserLite.
+that is executed next is refined. With ``keep_coarse`` (goal tasks) the coarse plans are kept and the next
+replan refines their next gap; otherwise each replan samples every level afresh, as DiffuserLite does.
 
 Training cuts each level's trajectory out of one window of ``horizon`` steps: level ``l`` reads the entries
 ``0, s_l, 2 s_l, ...`` (stride ``s_l``) from the window start. With ``value`` (default on tasks without goal)
@@ -262,9 +263,6 @@ class CoarseToFineDiffuser(TrajectoryPlanner):
                 if level < self.levels - 1:
                     context.plans.append(x)
                     context.gaps.append(0)
-        if self.levels == 1:
-            context.gaps = []  # a single level plans from scratch every time
-            context.plans = []
         plan = self._to_plan(x.reshape(bsz, n, self.points, self.transition_dim), context.values)
-        plan.context = context
+        plan.context = context if self.levels > 1 else None  # one level has no coarser plan to keep
         return plan
