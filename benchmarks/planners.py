@@ -476,6 +476,180 @@ def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     return [*md, "", NOTES, *(["", f"Checkpoints: {note}"] if note else [])]
 
 
+# ----- named maze recipes (--recipes) ---------------------------------------------------------------------
+PUBLISHED_DIFFUSER = {"maze2d-umaze": 113.9, "maze2d-medium": 121.5, "maze2d-large": 123.0}
+RECIPES = ("planner_lite_umaze", "planner_lite_medium", "planner_lite_large", "planner_diffuser_umaze")
+# name -> (sampler overrides, planner overrides); the recipe configs carry goal_hold 0.5
+RECIPE_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "slow: ddpm 64": ({"solver": "ddpm", "steps": 64}, {}),
+    "fast: euler 3": ({"solver": "euler", "steps": 3}, {}),
+    "fast: euler 3, no goal hold": ({"solver": "euler", "steps": 3}, {"goal_hold": None}),
+    "dpmpp_2m 3 from sigma 80": ({"solver": "dpmpp_2m", "steps": 3}, {}),
+}
+
+
+def train_recipe(recipe: str, run_dir: Path, overrides: list[str]) -> float | None:
+    """``diffctl train experiment=<recipe>`` into ``run_dir`` unless its checkpoint exists; seconds taken."""
+    from diffctl.train.pipeline import compose_config, run
+
+    if (run_dir / "checkpoint" / "config.json").exists():
+        return None
+    start = time.perf_counter()
+    cfg = compose_config([
+        f"experiment={recipe}", f"run_dir={run_dir}", "eval.episodes=0", "training.progress=false",
+        *overrides,
+    ])  # fmt: skip
+    run(cfg)
+    return round(time.perf_counter() - start, 1)
+
+
+def expert_score(run_dir: Path) -> float | None:
+    """The noiseless scripted expert's normalized score from the card of the run's dataset."""
+    from omegaconf import OmegaConf
+
+    from diffctl.datasets.store import EpisodeStore
+
+    conf = OmegaConf.load(run_dir / "config.yaml")
+    card = dict(EpisodeStore.open(conf.task.dataset.path).attrs)
+    expert = (card.get("behaviour_policy") or {}).get("noiseless_expert") or {}
+    score = expert.get("normalized_score")
+    return None if score is None else round(float(score), 1)
+
+
+def recipe_rows(
+    recipes: list[str], work: Path, episodes: int, seeds: list[int], workers: int | None, overrides: list[str]
+) -> list[dict[str, Any]]:
+    """Train (or reuse) each recipe and score every ``RECIPE_SETTINGS`` entry: 50-episode evaluations on
+    each seed for the fast setting, seed ``seeds[0]`` only for the others; plan rate at batch 1."""
+    import diffctl as dc
+    from diffctl.envs.registry import make_env
+
+    rows = []
+    for recipe in recipes:
+        run_dir = work / recipe
+        seconds = train_recipe(recipe, run_dir, overrides)
+        ckpt = run_dir / "checkpoint"
+        task = json.loads((ckpt / "config.json").read_text()).get("task") or {}
+        task_name = task.get("name") if isinstance(task, dict) else None
+        if task_name is None:
+            from omegaconf import OmegaConf
+
+            task_name = str(OmegaConf.load(run_dir / "config.yaml").task.name)
+        obs = make_env(task_name, seed=0).reset(seed=0)[0]
+        for setting, (sampler, keys) in RECIPE_SETTINGS.items():
+            agent = dc.load(ckpt, **sampler, **keys)
+            rate = plan_rates(agent, obs, 10 if sampler["steps"] < 32 else 3)
+            results = []
+            for seed in seeds if setting.startswith("fast: euler 3") and not keys else seeds[:1]:
+                start = time.perf_counter()
+                res = dc.evaluate(agent, task_name, episodes=episodes, seed=seed, n_workers=workers)
+                results.append((seed, res, time.perf_counter() - start))
+                print(
+                    recipe, setting, seed, round(res["normalized_score"], 1), res["success_rate"], flush=True
+                )
+            scores = [float(r["normalized_score"]) for _, r, _ in results]
+            rows.append({
+                "recipe": recipe, "task": task_name, "horizon": agent.horizon, "setting": setting, **rate,
+                "normalized_score": round(float(np.mean(scores)), 1),
+                "score_std_over_seeds": round(float(np.std(scores)), 1) if len(scores) > 1 else None,
+                "scores_per_seed": {str(s): round(float(r["normalized_score"]), 1) for s, r, _ in results},
+                "success_rate": round(float(np.mean([r["success_rate"] for _, r, _ in results])), 3),
+                "episodes_per_seed": episodes, "expert_score": expert_score(run_dir),
+                "published_diffuser": PUBLISHED_DIFFUSER.get(task_name),
+                "train_seconds": seconds, "eval_seconds": round(sum(t for *_, t in results), 1),
+            })  # fmt: skip
+    return rows
+
+
+def recipe_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per recipe: success >= 0.9 and score >= Diffuser's published (slow and fast), and the fast setting
+    at >= 100 plans/s with >= 95% of the slow score."""
+    out = []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
+        slow, fast = mine.get("slow: ddpm 64"), mine.get("fast: euler 3")
+        if slow is None or fast is None:
+            continue
+        pub = fast["published_diffuser"]
+        solved = fast["success_rate"] >= 0.9 and pub is not None and fast["normalized_score"] >= pub
+        quick = fast["plan_hz"] >= 100 and fast["normalized_score"] >= 0.95 * slow["normalized_score"]
+        out.append({
+            "recipe": recipe, "task": fast["task"], "fast_score": fast["normalized_score"],
+            "slow_score": slow["normalized_score"], "published_diffuser": pub,
+            "fast_success": fast["success_rate"], "fast_plan_hz": fast["plan_hz"],
+            "solves (success >= 0.9, score >= published)": "yes" if solved else "no",
+            "fast (>= 100 Hz, >= 95% of slow)": "yes" if quick else "no",
+        })  # fmt: skip
+    return out
+
+
+RECIPES_INTRO = """
+Each recipe is `diffctl train experiment=<recipe>` (D4RL-size data generated on first use). Scores are
+D4RL-normalized over {episodes} episodes per seed (fast setting: seeds {seeds}, mean, per-seed values listed;
+other settings: the first seed). `plan_hz`: median `plan()` rate at batch 1, one torch thread. `expert_score`:
+the noiseless scripted expert that generated the data. `published_diffuser`: Diffuser's Maze2D scores (Janner
+et al. 2022)."""
+RECIPES_SETTINGS_NOTE = """
+Settings: `slow` is DDPM over 64 steps per level; `fast` 3 Euler steps per level (sigma 80 to 0.002 on the
+Karras grid); `no goal hold` turns the recipe's `goal_hold` off (the planner keeps replanning at the goal);
+`dpmpp_2m 3 from sigma 80` is the earlier fast setting, whose 3-point grid leaves plans far from the data.
+Narrative: [docs/experiments/planners.md](../../docs/experiments/planners.md)."""
+
+
+def render_recipes(result: dict[str, Any]) -> list[str]:
+    meta = result["meta"]
+    rows = [{**r, "scores_per_seed": " / ".join(map(str, r["scores_per_seed"].values()))}
+            for r in result["rows"]]  # fmt: skip
+    keys = ["recipe", "horizon", "setting", "nfe", "plan_hz", "normalized_score", "scores_per_seed",
+            "success_rate", "expert_score", "published_diffuser"]  # fmt: skip
+    targets = recipe_targets(result["rows"])
+    return [
+        "# Planners on the three mazes: the named recipes",
+        "",
+        f"`{meta['command']}` on {meta['machine']}."
+        + "".join(f" Rows of other recipes: `{c}`." for c in meta.get("earlier_commands", [])),
+        "",
+        " ".join(RECIPES_INTRO.format(episodes=meta["episodes"], seeds=meta["seeds"]).split()),
+        "",
+        table(rows, keys),
+        "",
+        "## Targets",
+        "",
+        table(targets, list(targets[0])) if targets else "(no recipe with both a slow and a fast row)",
+        "",
+        " ".join(RECIPES_SETTINGS_NOTE.split()),
+        *(["", f"Note: {meta['note']}"] if meta.get("note") else []),
+    ]
+
+
+def main_recipes(args: argparse.Namespace) -> None:
+    out = Path("/tmp/diffctl-bench" if args.quick else args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "planners_mazes.json", out / "planners_mazes.md"
+    if args.render_only:
+        result = json.loads(json_path.read_text())
+    else:
+        overrides = ["training.steps=20", "training.batch_size=8"] if args.quick else []
+        work = out / "recipe-runs" if args.quick else Path(args.work)
+        rows = recipe_rows(args.recipes, work, args.episodes, args.seeds, args.workers, overrides)
+        meta = {
+            "command": "python benchmarks/planners.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
+            "episodes": args.episodes, "seeds": args.seeds, "note": args.note,
+        }  # fmt: skip
+        if json_path.exists():  # keep the rows of recipes not rerun now, and the commands that made them
+            saved = json.loads(json_path.read_text())
+            rows = [r for r in saved["rows"] if r["recipe"] not in args.recipes] + rows
+            meta["earlier_commands"] = [*saved["meta"].get("earlier_commands", []), saved["meta"]["command"]]
+        order = {name: i for i, name in enumerate(RECIPES)}
+        rows.sort(key=lambda r: order.get(r["recipe"], len(order)))
+        result = {"meta": meta, "rows": rows}
+        write_text(json_path, json.dumps(result, indent=2) + "\n")
+    md = render_recipes(result)
+    write_text(md_path, "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", default=[], help="NAME=DIR of a trained planner")
@@ -492,8 +666,17 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="locomotion stores (--train)")
     parser.add_argument("--planners", nargs="+", default=list(PLANNERS), choices=PLANNERS, help="to --train")
+    parser.add_argument(
+        "--recipes", nargs="*", default=None, help="score the named maze recipes (all: none given)"
+    )
+    parser.add_argument("--work", default="runs/planner-recipes", help="--recipes: where the runs live")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--recipes: evaluation seeds")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.recipes is not None:
+        args.recipes = args.recipes or list(RECIPES)
+        main_recipes(args)
+        return
     out = Path("/tmp/diffctl-bench" if args.quick else args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "planners" if args.task == "maze2d-umaze" else f"planners_{args.task}"
