@@ -169,3 +169,12 @@ def test_kept_coarse_plans_are_refined_gap_by_gap_then_sampled_afresh(monkeypatc
     monkeypatch.undo()
     fresh = CoarseToFineDiffuser.load(planner.save(tmp_path / "p"), keep_coarse=False)
     assert fresh.plan_options(previous) == {}  # every replan samples every level
+
+
+def test_levels_can_be_dits() -> None:
+    dit = {"backbone": "dit", "backbone_kwargs": {"dim": 32, "depth": 1, "heads": 2}}
+    planner = CoarseToFineDiffuser(STATE, ACT, horizon=H, points=POINTS, levels=LEVELS, value=False, **dit)
+    assert all(type(d.net.backbone).__name__ == "DiT1d" for d in planner.network.denoisers)
+    data = rollouts(4)
+    planner.fit_normalizers(data["obs"].reshape(-1, STATE).numpy(), data["actions"].reshape(-1, ACT))
+    assert planner.plan(np.zeros(STATE, np.float32)).states.shape == (1, 1, POINTS, STATE)
