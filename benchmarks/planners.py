@@ -529,12 +529,7 @@ def recipe_rows(
         run_dir = work / recipe
         seconds = train_recipe(recipe, run_dir, overrides)
         ckpt = run_dir / "checkpoint"
-        task = json.loads((ckpt / "config.json").read_text()).get("task") or {}
-        task_name = task.get("name") if isinstance(task, dict) else None
-        if task_name is None:
-            from omegaconf import OmegaConf
-
-            task_name = str(OmegaConf.load(run_dir / "config.yaml").task.name)
+        task_name = str(json.loads((ckpt / "config.json").read_text())["task"])
         obs = make_env(task_name, seed=0).reset(seed=0)[0]
         for setting, (sampler, keys) in RECIPE_SETTINGS.items():
             agent = dc.load(ckpt, **sampler, **keys)

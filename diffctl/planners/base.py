@@ -403,13 +403,18 @@ class Planner(Configurable, SeededSampler, ABC):
         """One observation -> one action along the current best plan (``PlanRunner``)."""
         return self.runner.act(obs)
 
+    def pd_toward(self, position: torch.Tensor, velocity: torch.Tensor, state: torch.Tensor) -> np.ndarray:
+        """The PD law ``kp (p' - p) + kd (v' - v)`` from a raw ``state`` ``(1, Ds)`` of ``[p, v, ...]``."""
+        p = self.action_dim
+        s = state[0]
+        a = self.config.kp * (position - s[:p]) + self.config.kd * (velocity - s[p : 2 * p])
+        return a.cpu().numpy()
+
     def pd_action(self, plan: Plan, state: torch.Tensor, t: int) -> np.ndarray:
-        """Steer to the plan's next waypoint: ``kp (p' - p) + kd (v' - v)`` for states ``[p, v, ...]``."""
+        """Steer to the plan's next waypoint with ``pd_toward``."""
         p = self.action_dim
         nxt = plan.states[0, 0, min(t + 1, self.plan_length - 1)]
-        s = state[0]
-        a = self.config.kp * (nxt[:p] - s[:p]) + self.config.kd * (nxt[p : 2 * p] - s[p : 2 * p])
-        return a.cpu().numpy()
+        return self.pd_toward(nxt[:p], nxt[p : 2 * p], state)
 
     def holds_goal(self, state: torch.Tensor, goal: torch.Tensor | None) -> bool:
         """Whether ``goal_hold`` applies: raw ``state`` ``(1, Ds)`` lies within it of ``goal`` ``(1, Dg)``."""
@@ -420,11 +425,9 @@ class Planner(Configurable, SeededSampler, ABC):
         return float((state[0, dims] - goal[0]).norm()) <= radius
 
     def hold_action(self, state: torch.Tensor, goal: torch.Tensor) -> np.ndarray:
-        """The PD law toward the goal position at rest: ``kp (g - p) - kd v`` for states ``[p, v, ...]``."""
+        """``pd_toward`` the goal position at rest."""
         p = self.action_dim
-        s = state[0]
-        a = self.config.kp * (goal[0, :p] - s[:p]) - self.config.kd * s[p : 2 * p]
-        return a.cpu().numpy()
+        return self.pd_toward(goal[0, :p], torch.zeros_like(goal[0, :p]), state)
 
     # ----- persistence ---------------------------------------------------------------------------------
     def config_json(self) -> dict[str, Any]:
