@@ -3,8 +3,9 @@
 The runner plans on the first step and whenever the plan is used up, ``replan_every`` steps have passed or
 the observed state left the plan by more than ``replan_threshold`` (normalized units), warm-starting from the
 shifted old plan when the sampler asks for it, and turns the plan into actions with the planner's
-``track_action``. Within the planner's ``goal_hold`` distance of the goal it plans nothing and holds the
-goal (``hold_action``). It uses only the planner's public methods.
+``track_action``. Each replan gets the planner's ``plan_options`` for the previous plan (the coarse-to-fine
+planner continues its kept coarse plans). Within the planner's ``goal_hold`` distance of the goal it plans
+nothing and holds the goal (``hold_action``). It uses only the planner's public methods.
 """
 
 from __future__ import annotations
