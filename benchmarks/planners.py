@@ -635,7 +635,8 @@ def main_recipes(args: argparse.Namespace) -> None:
         if json_path.exists():  # keep the rows of recipes not rerun now, and the commands that made them
             saved = json.loads(json_path.read_text())
             rows = [r for r in saved["rows"] if r["recipe"] not in args.recipes] + rows
-            meta["earlier_commands"] = [*saved["meta"].get("earlier_commands", []), saved["meta"]["command"]]
+            earlier = [*saved["meta"].get("earlier_commands", []), saved["meta"]["command"]]
+            meta["earlier_commands"] = [c for c in dict.fromkeys(earlier) if c != meta["command"]]
         order = {name: i for i, name in enumerate(RECIPES)}
         rows.sort(key=lambda r: order.get(r["recipe"], len(order)))
         result = {"meta": meta, "rows": rows}
