@@ -20,6 +20,12 @@ maze2d-umaze go to ``planners_<task>.{json,md}``.
     python benchmarks/planners.py [--checkpoint diffuser=runs/x/checkpoint ...] [--episodes 20] [--quick]
     python benchmarks/planners.py --train runs/planners-bench --episodes 20
     python benchmarks/planners.py --train runs/planners-medium --task maze2d-medium --skip-rates --episodes 10
+
+``--recipes [NAME ...]`` instead trains (or reuses, under ``--work``) the named maze recipes
+(``diffctl train experiment=planner_lite_umaze`` ...) and scores their slow and fast settings over
+``--seeds`` into ``planners_mazes.{json,md}``:
+
+    python benchmarks/planners.py --recipes [planner_lite_medium ...] [--workers 2]
 """
 
 from __future__ import annotations
@@ -519,8 +525,8 @@ def expert_score(run_dir: Path) -> float | None:
 def recipe_rows(
     recipes: list[str], work: Path, episodes: int, seeds: list[int], workers: int | None, overrides: list[str]
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) each recipe and score every ``RECIPE_SETTINGS`` entry: 50-episode evaluations on
-    each seed for the fast setting, seed ``seeds[0]`` only for the others; plan rate at batch 1."""
+    """Train (or reuse) each recipe and score every ``RECIPE_SETTINGS`` entry: ``episodes`` per seed, every
+    seed for the fast setting and ``seeds[0]`` only for the others; plan rate at batch 1."""
     import diffctl as dc
     from diffctl.envs.registry import make_env
 
@@ -650,7 +656,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", default=[], help="NAME=DIR of a trained planner")
     parser.add_argument("--task", default="maze2d-umaze")
-    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=None, help="per seed (default 20; --recipes: 50)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-rates", action="store_true", help="only the checkpoint scores")
@@ -669,6 +675,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--recipes: evaluation seeds")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.episodes is None:
+        args.episodes = 50 if args.recipes is not None else 20
     if args.recipes is not None:
         args.recipes = args.recipes or list(RECIPES)
         main_recipes(args)
