@@ -410,8 +410,9 @@ def main() -> None:
     report["targets"] = targets(report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "images.json", json.dumps(report, indent=2))
-    write_text(out / "images.md", markdown(report))
-    print(markdown(report))
+    md = markdown(report)
+    write_text(out / "images.md", md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -536,6 +536,7 @@ def recipe_rows(
         seconds = train_recipe(recipe, run_dir, overrides)
         ckpt = run_dir / "checkpoint"
         task_name = str(json.loads((ckpt / "config.json").read_text())["task"])
+        expert = expert_score(run_dir)
         obs = make_env(task_name, seed=0).reset(seed=0)[0]
         for setting, (sampler, keys) in RECIPE_SETTINGS.items():
             agent = dc.load(ckpt, **sampler, **keys)
@@ -555,7 +556,7 @@ def recipe_rows(
                 "score_std_over_seeds": round(float(np.std(scores)), 1) if len(scores) > 1 else None,
                 "scores_per_seed": {str(s): round(float(r["normalized_score"]), 1) for s, r, _ in results},
                 "success_rate": round(float(np.mean([r["success_rate"] for _, r, _ in results])), 3),
-                "episodes_per_seed": episodes, "expert_score": expert_score(run_dir),
+                "episodes_per_seed": episodes, "expert_score": expert,
                 "published_diffuser": PUBLISHED_DIFFUSER.get(task_name),
                 "train_seconds": seconds, "eval_seconds": round(sum(t for *_, t in results), 1),
             })  # fmt: skip

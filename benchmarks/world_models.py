@@ -388,17 +388,17 @@ def main() -> None:
             for d in args.datasets
         ],
     }
+    locomotion = [d for d in args.datasets if not d.startswith("maze")]
     if args.ope_sac is not None:
-        locomotion = [d for d in args.datasets if not d.startswith("maze")]
         report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
     if args.plan is not None:
-        locomotion = [d for d in args.datasets if not d.startswith("maze")]
         report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes) for d in locomotion]
     report["targets"] = targets(report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "world_models.json", json.dumps(report, indent=2))
-    write_text(out / "world_models.md", markdown(report))
-    print(markdown(report))
+    md = markdown(report)
+    write_text(out / "world_models.md", md)
+    print(md)
 
 
 if __name__ == "__main__":
