@@ -1,4 +1,5 @@
-"""Checking one raw environment observation before an agent acts on it, with errors that say what is wrong."""
+"""Checking one raw environment observation before an agent acts on it, with errors that say what is wrong:
+a flat state vector, or for agents with cameras a dict of that vector (``observations``) and uint8 frames."""
 
 from __future__ import annotations
 
@@ -30,6 +31,35 @@ def as_observation(obs: Any, widths: Collection[int]) -> np.ndarray:
                 f"act() got observation values beyond float32 (|x| > {FLOAT32_MAX:.3g}) at {bad}"
             )
         raise ValueError(f"act() got a non-finite observation (NaN or inf) at {bad}: {arr.tolist()}")
+    return out
+
+
+def as_image_observation(
+    obs: Any, widths: Collection[int], image_shapes: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """``obs`` (a dict) with its ``observations`` vector checked by ``as_observation`` and each camera's
+    frame checked to be uint8 of its ``(H, W, C)``; a ValueError naming the key otherwise."""
+    if not isinstance(obs, Mapping):
+        raise ValueError(
+            f"act() got {type(obs).__name__}; this agent sees cameras {sorted(image_shapes)} and takes the "
+            "environment's observation dict ('observations' plus one frame per camera)"
+        )
+    if "observations" not in obs:
+        raise ValueError(
+            f"act() got an observation dict without 'observations'; keys {sorted(map(str, obs))}"
+        )
+    out = {"observations": as_observation(obs["observations"], widths)}
+    for key, shape in image_shapes.items():
+        if key not in obs:
+            raise ValueError(f"act() got no frame for camera {key!r}; keys {sorted(map(str, obs))}")
+        frame = np.asarray(obs[key])
+        expected = tuple(int(v) for v in shape)
+        if frame.dtype != np.uint8 or frame.shape != expected:
+            raise ValueError(
+                f"act() got camera {key!r} as {frame.dtype} {frame.shape}; expected uint8 {expected} "
+                "(H, W, C) as the agent was trained on"
+            )
+        out[key] = frame
     return out
 
 

@@ -57,7 +57,8 @@ class SequenceDataset:
     Batch keys: ``obs`` (B, To, Do) (a dict of (B, To, ...) when an observation key is not a flat vector),
     ``obs_mask`` (B, To), ``actions`` (B, H, Da), ``action_mask`` (B, H); ``goal`` (B, Dg) with ``goal`` set;
     ``rewards`` (B, H), ``returns`` (B,), ``terminals`` (B, H) when the store has rewards / terminals;
-    ``next_obs`` (B, To, Do) with ``next_obs=True``. Values are raw (not normalized).
+    ``next_obs`` (B, To, Do) with ``next_obs=True``; ``images`` {key: (B, To, H, W, C) uint8} for the
+    ``image_keys`` (camera frames, apart from the flat ``obs``). Values are raw (not normalized).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class SequenceDataset:
         action_key: str = "actions",
         goal: str | None = None,
         *,
+        image_keys: Sequence[str] = (),
         goal_key: str = "infos/goal",
         goal_dims: Sequence[int] | None = None,
         next_obs: bool = False,
@@ -105,7 +107,8 @@ class SequenceDataset:
         self._rng = np.random.default_rng(seed)
 
         keys = set(store.keys)
-        needed = [*self.obs_keys, action_key] + ([goal_key] if goal == "task" else [])
+        self.image_keys = tuple(image_keys)
+        needed = [*self.obs_keys, *self.image_keys, action_key] + ([goal_key] if goal == "task" else [])
         missing = [k for k in needed if k not in keys]
         if missing:
             raise ValueError(
@@ -115,6 +118,13 @@ class SequenceDataset:
             raise ValueError(f"{store.name} has no episodes")
 
         self._obs = {k: store.array(k) for k in self.obs_keys}
+        self._images = {k: store.array(k) for k in self.image_keys}
+        for key, frames in self._images.items():
+            if frames.ndim != 4 or frames.dtype != np.uint8:
+                raise ValueError(
+                    f"{store.name}: image key {key!r} must hold uint8 frames (T, H, W, C), got "
+                    f"{frames.dtype} {frames.shape}"
+                )
         self.flat_obs = all(v.ndim <= 2 for v in self._obs.values())
         self._obs_flat = (
             np.concatenate([_as_2d(v).astype(np.float32, copy=False) for v in self._obs.values()], axis=1)
@@ -185,6 +195,11 @@ class SequenceDataset:
         return int(self._obs_flat.shape[1])
 
     @property
+    def image_shapes(self) -> dict[str, list[int]]:
+        """Camera key -> (H, W, C) of its frames (empty without ``image_keys``)."""
+        return {k: [int(v) for v in frames.shape[1:]] for k, frames in self._images.items()}
+
+    @property
     def action_dim(self) -> int:
         return int(self._actions.shape[1])
 
@@ -233,6 +248,8 @@ class SequenceDataset:
             batch["obs"] = {
                 k: torch.from_numpy(np.ascontiguousarray(v[obs_rows])) for k, v in self._obs.items()
             }
+        if self._images:
+            batch["images"] = {k: torch.from_numpy(v[obs_rows]) for k, v in self._images.items()}
         current_rel = np.clip(rel[:, to - 1], 0, length[:, 0] - 1)
         current = current_rel + self._ep_start[idx]
         if self._goal is not None:

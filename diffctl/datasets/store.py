@@ -55,6 +55,17 @@ def _chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
     return int(np.clip(_CHUNK_BYTES // row_bytes, 1, _MAX_CHUNK_ROWS))
 
 
+def _is_frames(row_shape: tuple[int, ...]) -> bool:
+    """Per-step values that are images (H, W, C): stored one frame per chunk, in shards of about 1 MB."""
+    return len(row_shape) == 3
+
+
+def _block_rows(handle: zarr.Array) -> int:
+    """Rows per stored block: the shard of a sharded (image) array, else the chunk (checksum granularity)."""
+    shards = getattr(handle, "shards", None)
+    return int((shards or handle.chunks)[0])
+
+
 def _list_arrays(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
     arrays: dict[str, zarr.Array] = {}
     for name, member in sorted(group.members()):
@@ -317,7 +328,8 @@ class EpisodeStore:
             raise ValueError(
                 f"{self.name}: array 'data/{key}' has no recorded checksum (added after publish?)"
             )
-        actual = chunk_checksums(values, handle.chunks[0])
+        rows = _block_rows(handle)
+        actual = chunk_checksums(values, rows)
         if len(actual) != len(recorded[key]):
             raise ValueError(
                 f"{self.name}: array 'data/{key}' has {len(actual)} chunks; "
@@ -326,8 +338,8 @@ class EpisodeStore:
         for i, (got, want) in enumerate(zip(actual, recorded[key], strict=True)):
             if got != want:
                 raise ValueError(
-                    f"{self.name}: array 'data/{key}' chunk {i} (rows {i * handle.chunks[0]}-"
-                    f"{min((i + 1) * handle.chunks[0], len(values)) - 1}) differs from the checksum recorded "
+                    f"{self.name}: array 'data/{key}' chunk {i} (rows {i * rows}-"
+                    f"{min((i + 1) * rows, len(values)) - 1}) differs from the checksum recorded "
                     "at publish time: a missing or corrupted chunk file"
                 )
 
@@ -454,10 +466,13 @@ class EpisodeStore:
         for key, values in arrays.items():
             handle = self._arrays.get(key)
             if handle is None:
+                row = values.shape[1:]
+                rows = _chunk_rows(row, values.dtype)
                 handle = data.create_array(
                     key,
-                    shape=(0, *values.shape[1:]),
-                    chunks=(_chunk_rows(values.shape[1:], values.dtype), *values.shape[1:]),
+                    shape=(0, *row),
+                    chunks=(1, *row) if _is_frames(row) else (rows, *row),
+                    shards=(rows, *row) if _is_frames(row) else None,
                     dtype=values.dtype,
                     compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
                 )
@@ -485,7 +500,7 @@ class EpisodeStore:
             self.discard()
             raise ValueError(f"{self.name}: no episodes were added; nothing written")
         checksums = {
-            key: chunk_checksums(np.asarray(handle[: self.num_steps]), handle.chunks[0])
+            key: chunk_checksums(np.asarray(handle[: self.num_steps]), _block_rows(handle))
             for key, handle in self._arrays.items()
         }
         reserved = {"version": STORE_VERSION, "incomplete": False, "checksums": checksums}

@@ -81,6 +81,12 @@ def export_denoiser(policy: Any, out: str | os.PathLike[str], fmt: str) -> dict[
             raise ValueError(
                 f"{type(policy).__name__} has no {attr!r}: only diffusion policies can be exported"
             )
+    cameras = getattr(getattr(policy, "config", None), "image_shapes", None)
+    if cameras:
+        raise ValueError(
+            f"export takes state-observation policies; this one sees cameras {sorted(cameras)} "
+            "(not supported yet)"
+        )
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     module = DenoiserStep(policy).eval()

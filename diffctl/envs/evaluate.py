@@ -5,7 +5,8 @@ batch 1 with one torch thread, so the measured ``act`` latency is what one contr
 ``i`` is seeded from ``(seed, i)`` alone (environment reset, numpy and torch global generators, and
 ``agent.seed`` when the agent has one), so results do not depend on the number of workers. Maze tasks follow
 D4RL: the goal is fixed at the task's evaluation cell for the whole episode, the episode runs to its limit,
-the reward is 1 per step within 0.5 of the goal, and success means the goal was reached.
+the reward is 1 per step within 0.5 of the goal, and success means the goal was reached. Fetch tasks succeed
+when the last step of the episode does (the object, or the gripper for Reach, within 5 cm of the goal).
 
 The video and the trajectory plot are optional outputs: when their backend is missing (imageio /
 imageio-ffmpeg, matplotlib) or fails (rendering, the writer), ``evaluate`` emits one warning naming what was
@@ -119,6 +120,8 @@ def run_episode(
             capture()
     if spec.kind == "locomotion":
         success = not terminated
+    elif spec.kind == "fetch":  # gymnasium-robotics' protocol: success is the last step's
+        success = bool(info.get("success", False))
     result: dict[str, Any] = {
         "index": index,
         "return": total,

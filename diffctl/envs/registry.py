@@ -35,7 +35,8 @@ __all__ = [
 
 
 def make_env(name: str, seed: int | None = None, render_mode: str | None = None, **kwargs: Any) -> Any:
-    """A gymnasium env for ``name`` with a flat float32 Box observation and a Box action in [-1, 1].
+    """A gymnasium env for ``name`` with a flat float32 Box observation (image tasks: a dict of the
+    state vector and a uint8 camera frame) and a Box action in [-1, 1].
 
     Maze tasks never terminate and never switch goals inside an episode (D4RL evaluation); they are
     truncated at the D4RL episode limit. ``seed`` seeds the first ``reset``.
@@ -46,6 +47,10 @@ def make_env(name: str, seed: int | None = None, render_mode: str | None = None,
 
     if spec.is_maze:
         env = wrappers.make_maze_env(spec, render_mode=render_mode, **kwargs)
+    elif spec.kind == "fetch":
+        from diffctl.envs.fetch import make_fetch_env
+
+        env = make_fetch_env(spec, render_mode=render_mode, **kwargs)
     elif spec.kind == "locomotion":
         env = wrappers.make_locomotion_env(spec, render_mode=render_mode, **kwargs)
     else:

@@ -40,6 +40,8 @@ class TaskSpec:
     eval_goal_cell: tuple[int, int] | None = None
     dataset_steps: int | None = None
     requires: tuple[str, ...] = field(default_factory=tuple)
+    image_size: int = 0
+    """Side of the square camera frame in the observation dict (0: a flat state observation)."""
 
     @property
     def flat_obs_dim(self) -> int:
@@ -51,6 +53,27 @@ class TaskSpec:
 
 
 _MAZE_REQUIRES = ("gymnasium", "gymnasium_robotics", "mujoco")
+FETCH_IMAGE_SIZE = 84
+"""Camera frames of the ``-image`` Fetch tasks (Diffusion Policy's simulated-camera size; crops of 76)."""
+
+
+def _fetch_specs() -> list[TaskSpec]:
+    """FetchReach / FetchPush / FetchPickAndPlace, each with state observations and an ``-image`` variant
+    (camera frame + proprioception 10 + goal 3; ``diffctl.envs.fetch``)."""
+    specs = []
+    for name, gym_id, state_dim in (
+        ("fetch-reach", "FetchReach-v4", 10),
+        ("fetch-push", "FetchPush-v4", 25),
+        ("fetch-pick-place", "FetchPickAndPlace-v4", 25),
+    ):
+        common = {"goal_dim": 3, "success_threshold": 0.05, "requires": _MAZE_REQUIRES}
+        specs.append(TaskSpec(name, "fetch", gym_id, state_dim, 4, 50, **common))
+        specs.append(
+            TaskSpec(f"{name}-image", "fetch", gym_id, 10, 4, 50, image_size=FETCH_IMAGE_SIZE, **common)
+        )
+    return specs
+
+
 _MUJOCO_REQUIRES = ("gymnasium", "mujoco")
 
 TASKS: dict[str, TaskSpec] = {
@@ -85,6 +108,7 @@ TASKS: dict[str, TaskSpec] = {
             "walker2d", "locomotion", "Walker2d-v5", 17, 6, 1000,
             ref_min_score=1.629008, ref_max_score=4592.3, dataset_steps=1_000_000, requires=_MUJOCO_REQUIRES,
         ),
+        *_fetch_specs(),
         TaskSpec(
             "pusht", "pusht", "gym_pusht/PushT-v0", 5, 2, 300, success_threshold=0.95,
             requires=("gymnasium", "gym_pusht"),

@@ -5,6 +5,8 @@ starting at index ``To - 1`` (the step of the current observation). Two paramete
 signature: EDM (default; continuous sigma, any solver on a Karras grid) and the Diffusion Policy recipe (VP
 eps prediction, 100 squaredcos timesteps, DDPM-100). The goal, when the task has one, enters as a
 conditioning input that is dropped during training, so classifier-free guidance can weight it at inference.
+Policies with cameras (``image_shapes``) encode each frame of the history with ``nets.vision`` and take
+histories and observations as dicts: ``observations`` (the state vector) plus one uint8 frame per camera.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from diffctl.core.config import Configurable
-from diffctl.core.observations import as_observation
+from diffctl.core.observations import as_image_observation, as_observation
 from diffctl.datasets.normalizer import Normalizer
 from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import EDMDenoiser, VPDenoiser
@@ -29,6 +31,7 @@ from diffctl.kernels.guidance import ClassifierFreeGuidance
 from diffctl.kernels.losses import edm_loss, vp_loss
 from diffctl.kernels.samplers import sample
 from diffctl.nets import build_backbone, build_encoder
+from diffctl.nets.vision import ImageObsEncoder, image_encoder_defaults
 from diffctl.policies.base import (
     ChunkConfig,
     Policy,
@@ -41,7 +44,7 @@ from diffctl.policies.base import (
     write_agent_dir,
 )
 from diffctl.policies.fused import run_fused_chunk
-from diffctl.policies.runner import ChunkRunner
+from diffctl.policies.runner import FUSED_IMAGES, ChunkRunner
 
 VERSION = 1
 EDM_NOISE_SCALE = 250.0
@@ -58,10 +61,15 @@ class ChunkDenoiserNet(nn.Module):
         self.goal_dim, self.noise_scale = goal_dim, noise_scale
 
     def condition(
-        self, obs: torch.Tensor, goal: torch.Tensor | None, keep: torch.Tensor | None
+        self,
+        obs: torch.Tensor,
+        goal: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        images: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``obs (B, To, Do)``, ``goal (B, Dg)``, ``keep (B,)`` (1 = goal given) -> ``(B, Dc)``."""
-        feats = self.encoder(obs)
+        """``obs (B, To, Do)``, ``goal (B, Dg)``, ``keep (B,)`` (1 = goal given), ``images {camera: (B, To,
+        H, W, C) uint8}`` for image encoders -> ``(B, Dc)``."""
+        feats = self.encoder(obs) if images is None else self.encoder(obs, images)
         if not self.goal_dim:
             return feats
         if goal is None or keep is None:
@@ -74,11 +82,26 @@ class ChunkDenoiserNet(nn.Module):
         return self.backbone(x, c_noise * self.noise_scale, cond)
 
 
+def batch_images(
+    policy: Any, batch: Mapping[str, Any], device: torch.device
+) -> dict[str, torch.Tensor] | None:
+    """The batch's camera frames ``{key: (B, To, H, W, C) uint8}`` on ``device`` (None without cameras)."""
+    if not policy.config.image_shapes:
+        return None
+    images = batch.get("images")
+    if not isinstance(images, Mapping):
+        raise ValueError(
+            f"an image policy needs batch key 'images' (cameras {sorted(policy.config.image_shapes)}); "
+            "set task.image_keys"
+        )
+    return {k: v.to(device) for k, v in images.items()}
+
+
 def split_batch(
     policy: DiffusionPolicy, batch: Mapping[str, torch.Tensor]
 ) -> tuple[torch.Tensor, tuple, Any]:
-    """Normalized actions (B, H, Da), raw conditioning ``(obs, goal, keep)`` (goal dropout drawn) and the
-    ``(B, H, 1)`` padding mask of a raw batch."""
+    """Normalized actions (B, H, Da), raw conditioning ``(obs, goal, keep, images)`` (goal dropout drawn;
+    images None without cameras) and the ``(B, H, 1)`` padding mask of a raw batch."""
     for key in ("obs", "actions"):
         if key not in batch:
             raise ValueError(f"batch is missing key {key!r}; got keys {sorted(batch)}")
@@ -104,12 +127,20 @@ def split_batch(
             raise ValueError("goal-conditioned policy needs batch key 'goal' (or goals inside 'obs')")
         g = policy.normalizer("goal").normalize(goal)
         keep = (torch.rand(bsz, device=device) >= policy.config.goal_dropout).float()
-    return a, (o, g, keep), mask.unsqueeze(-1)
+    return a, (o, g, keep, batch_images(policy, batch, device)), mask.unsqueeze(-1)
 
 
-def history_tensor(policy: Any, obs_history: Any) -> torch.Tensor:
+def history_tensor(policy: Any, obs_history: Any) -> Any:
     """Validated raw history ``(B, To, D)``, float32 on the policy's device (numpy input checked in numpy:
-    a quarter of the cost of the torch checks at batch 1)."""
+    a quarter of the cost of the torch checks at batch 1). Policies with cameras take and return a dict:
+    ``observations`` (that history) and each camera's ``(B, To, H, W, C)`` uint8 frames."""
+    if getattr(policy.config, "image_shapes", None):
+        return image_history(policy, obs_history)
+    return state_history(policy, obs_history)
+
+
+def state_history(policy: Any, obs_history: Any) -> torch.Tensor:
+    """The state part of ``history_tensor``: ``(B, To, D)`` float32, finite, on the policy's device."""
     device = param_device(policy.network)
     if torch.is_tensor(obs_history):
         hist = obs_history.to(device, torch.float32)
@@ -129,6 +160,38 @@ def history_tensor(policy: Any, obs_history: Any) -> torch.Tensor:
     return hist
 
 
+def image_history(policy: Any, obs_history: Any) -> dict[str, torch.Tensor]:
+    """``history_tensor`` of a policy with cameras: the state history and each camera's frames, checked."""
+    shapes = policy.config.image_shapes
+    if not isinstance(obs_history, Mapping) or "observations" not in obs_history:
+        raise ValueError(
+            f"this policy sees cameras {sorted(shapes)}: obs_history must be a dict with 'observations' "
+            f"(B, {policy.n_obs_steps}, D) and uint8 frames (B, {policy.n_obs_steps}, H, W, C) per camera"
+        )
+    device = param_device(policy.network)
+    out = {"observations": state_history(policy, obs_history["observations"])}
+    bsz = out["observations"].shape[0]
+    for key, shape in shapes.items():
+        if key not in obs_history:
+            raise ValueError(f"obs_history is missing camera {key!r}; got keys {sorted(obs_history)}")
+        frames = torch.as_tensor(obs_history[key])
+        expected = (bsz, policy.n_obs_steps, *shape)
+        if frames.dtype != torch.uint8 or tuple(frames.shape) != expected:
+            raise ValueError(
+                f"camera {key!r} history must be uint8 of shape {expected}, got {frames.dtype} "
+                f"{tuple(frames.shape)}"
+            )
+        out[key] = frames.to(device)
+    return out
+
+
+def split_history(policy: Any, hist: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """A validated history as its state tensor and its cameras' frames (None without cameras)."""
+    if isinstance(hist, Mapping):
+        return hist["observations"], {k: v for k, v in hist.items() if k != "observations"}
+    return hist, None
+
+
 def prefix_tensor(
     prefix: Any, batch: int, horizon: int, action_dim: int, device: torch.device
 ) -> torch.Tensor:
@@ -146,6 +209,13 @@ def prefix_tensor(
     return prefix
 
 
+def build_observation_encoder(cfg: Any) -> nn.Module:
+    """The camera encoder when the config has ``image_shapes``, else the state ``encoder``."""
+    if cfg.image_shapes:
+        return ImageObsEncoder(cfg.obs_dim, cfg.n_obs_steps, cfg.image_shapes, **cfg.image_encoder_kwargs)
+    return build_encoder(cfg.encoder, cfg.obs_dim, cfg.n_obs_steps, **cfg.encoder_kwargs)
+
+
 @dataclass
 class DiffusionPolicyConfig(ChunkConfig):
     """Settings of a ``DiffusionPolicy`` (Diffusion Policy / BESO recipe); the single source of defaults."""
@@ -160,6 +230,11 @@ class DiffusionPolicyConfig(ChunkConfig):
     """Observation encoder (``diffctl.nets.build_encoder``)."""
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     """Options of the encoder."""
+    image_shapes: dict[str, list[int]] = field(default_factory=dict)
+    """Cameras: observation key -> (H, W, C) of its uint8 frames (empty: state observations only)."""
+    image_encoder_kwargs: dict[str, Any] = field(default_factory=image_encoder_defaults)
+    """Options of the camera encoder (``nets.vision.ImageObsEncoder``: crop, width, keypoints, features),
+    used instead of ``encoder`` when the policy has ``image_shapes``."""
     parameterization: Literal["edm", "vp"] = "edm"
     """EDM (continuous sigma, any solver) or VP (eps/x0/v prediction on discrete timesteps)."""
     sigma_data: float = 0.5
@@ -183,6 +258,11 @@ class DiffusionPolicyConfig(ChunkConfig):
 
     def validate(self) -> None:
         super().validate()
+        for key, shape in self.image_shapes.items():
+            if len(shape) != 3 or min(int(v) for v in shape) < 1:
+                raise ValueError(f"{self.section} image_shapes[{key!r}] must be (H, W, C), got {shape!r}")
+            if key == "observations":
+                raise ValueError(f"{self.section} image_shapes: 'observations' is the state vector's key")
         if not 0.0 <= self.goal_dropout < 1.0:
             raise ValueError(f"goal_dropout must be in [0, 1), got {self.goal_dropout}")
         if self.sigma_data <= 0 or self.p_std <= 0 or self.num_train_timesteps < 1:
@@ -230,7 +310,7 @@ class DiffusionPolicy(Configurable, Policy):
         cfg = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            enc = build_encoder(cfg.encoder, cfg.obs_dim, cfg.n_obs_steps, **cfg.encoder_kwargs)
+            enc = build_observation_encoder(cfg)
             cond_dim = enc.out_dim + (cfg.goal_dim + 1 if cfg.goal_dim else 0)
             net = build_backbone(cfg.backbone, cfg.action_dim, cfg.horizon, cond_dim, **cfg.backbone_kwargs)
         scale = 1.0 if cfg.parameterization == "vp" else EDM_NOISE_SCALE
@@ -328,8 +408,8 @@ class DiffusionPolicy(Configurable, Policy):
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising loss of a raw batch (``obs``, ``actions``, optional ``action_mask`` and ``goal``):
         ``kernels.losses.edm_loss`` or ``vp_loss`` on normalized actions, padded steps masked out."""
-        a, (o, g, keep), m = split_batch(self, batch)
-        cond = self.network.condition(o, g, keep)
+        a, raw, m = split_batch(self, batch)
+        cond = self.network.condition(*raw)
         cfg = self.config
         if self.parameterization == "edm":
             per_sample = edm_loss(
@@ -347,17 +427,18 @@ class DiffusionPolicy(Configurable, Policy):
         """``denoise(x, sigma)`` on normalized chunks, conditioned on a validated raw history ``(B, To, D)``
         (``history_tensor``), with classifier-free guidance on the goal at ``sampler.guidance_scale``
         (``kernels.guidance.ClassifierFreeGuidance``; 1 NFE per call when the scale is 0 or 1)."""
-        obs, goal = self.split_obs(hist)
+        state, images = split_history(self, hist)
+        obs, goal = self.split_obs(state)
         o = self.normalizer("obs").normalize(obs)
         denoise, w = self._denoiser(), self.sampler.guidance_scale
         net = self.network
         if not self.goal_dim or goal is None or w == 0.0:
-            return functools.partial(denoise, cond=net.condition(o, None, None))
+            return functools.partial(denoise, cond=net.condition(o, None, None, images))
         g = self.normalizer("goal").normalize(goal)
-        cond = net.condition(o, g, torch.ones(o.shape[0], device=o.device))
+        cond = net.condition(o, g, torch.ones(o.shape[0], device=o.device), images)
         if w == 1.0:
             return functools.partial(denoise, cond=cond)
-        return ClassifierFreeGuidance(denoise, cond, net.condition(o, None, None), w)
+        return ClassifierFreeGuidance(denoise, cond, net.condition(o, None, None, images), w)
 
     @torch.no_grad()
     def predict_chunk(
@@ -375,8 +456,9 @@ class DiffusionPolicy(Configurable, Policy):
         ``init`` (B, H, Da) raw actions warm-start sampling at ``sampler.warm_start``.
         """
         hist = history_tensor(self, obs_history)
-        device = hist.device
-        bsz = hist.shape[0]
+        state, images = split_history(self, hist)
+        device = state.device
+        bsz = state.shape[0]
         with eval_mode(self.network):
             sigmas = self.sigmas().to(device)
             shape = (bsz, self.horizon, self.action_dim)
@@ -388,6 +470,8 @@ class DiffusionPolicy(Configurable, Policy):
                 tail = sigmas[sigmas < start]
                 sigmas = torch.cat([sigmas.new_tensor([start]), tail])
             if self.sampler.fused and prefix is None:
+                if images is not None:
+                    raise ValueError(FUSED_IMAGES)
                 return run_fused_chunk(self, hist, sigmas, noise, init if warm else None)[0]
             if warm:
                 x = act_norm.normalize(init.to(device, torch.float32)) + start * noise
@@ -414,9 +498,13 @@ class DiffusionPolicy(Configurable, Policy):
         if seed is not None:
             self.seed(seed)
 
-    def check_obs(self, obs: Any) -> np.ndarray:
-        """One raw observation ``(Do,)`` or ``(Do + Dg,)`` as finite float32, else a ValueError saying why."""
-        return as_observation(obs, (self.obs_dim, self.obs_dim + self.goal_dim))
+    def check_obs(self, obs: Any) -> Any:
+        """One raw observation ``(Do,)`` or ``(Do + Dg,)`` as finite float32, else a ValueError saying why;
+        with cameras, the environment's dict of that vector (``observations``) and each camera's frame."""
+        widths = (self.obs_dim, self.obs_dim + self.goal_dim)
+        if self.config.image_shapes:
+            return as_image_observation(obs, widths, self.config.image_shapes)
+        return as_observation(obs, widths)
 
     def act(self, obs: Any) -> np.ndarray:
         """One observation -> one action (``ChunkRunner``: a new chunk when the planned actions run out)."""

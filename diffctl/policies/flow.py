@@ -80,8 +80,8 @@ class FlowPolicy(DiffusionPolicy):
     def reflow_batch(self, batch: Mapping[str, torch.Tensor], steps: int = 20) -> dict[str, torch.Tensor]:
         """(Call on a frozen copy.) The batch with ``actions`` replaced by this policy's samples (``steps``
         Euler steps, goal kept) and ``noise`` set to the normalized-space noise each sample started from."""
-        a, (o, g, keep), _ = split_batch(self, batch)
-        cond = self.network.condition(o, g, None if keep is None else torch.ones_like(keep))
+        a, (o, g, keep, images), _ = split_batch(self, batch)
+        cond = self.network.condition(o, g, None if keep is None else torch.ones_like(keep), images)
         noise = torch.randn_like(a)
         sig = schedules.flow(steps).float().to(a.device)
         was = self.network.training

@@ -33,9 +33,9 @@ from diffctl.kernels import schedules
 from diffctl.kernels.guidance import prefix_weights
 from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
-from diffctl.policies.diffusion import history_tensor, prefix_tensor
+from diffctl.policies.diffusion import history_tensor, prefix_tensor, split_history
 from diffctl.policies.fused import FusedInputs, run_fused_chunk
-from diffctl.policies.runner import push_observation
+from diffctl.policies.runner import FUSED_IMAGES, push_observation, stack_history
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -171,11 +171,14 @@ class RealTimePolicy(Policy):
         """
         pol = self.policy
         hist = history_tensor(pol, obs_history)
-        bsz, device = hist.shape[0], hist.device
+        state, images = split_history(pol, hist)
+        bsz, device = state.shape[0], state.device
         shape = (bsz, self.horizon, self.action_dim)
         noise = self.start_noise(shape, noise, device)
         warm = init is not None and self.warm_sigma > 0
         if pol.sampler.fused and prefix is None:
+            if images is not None:
+                raise ValueError(FUSED_IMAGES)
             init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
             return self._fused_chunk(hist, noise, init_t)
         norm = pol.normalizer("action")
@@ -253,11 +256,12 @@ class RealTimePolicy(Policy):
                 end = self.decay_end if self.decay_end is not None else max(d, self.horizon - shift)
                 prefix, weights = ref, prefix_weights(self.horizon, d, min(max(end, d), self.horizon))
         if prefix is None and self.policy.sampler.fused:
+            if isinstance(self._obs[-1], dict):
+                raise ValueError(FUSED_IMAGES)
             hist, noise = self._inputs.chunk_inputs(self.policy, self._obs, self._generator)
             chunk = self._fused_chunk(hist, noise, None if init is None else init.to(hist.device))
         else:
-            hist = np.stack(self._obs)[None]
-            chunk = self.predict_chunk(hist, prefix=prefix, init=init, weights=weights)
+            chunk = self.predict_chunk(stack_history(self._obs), prefix=prefix, init=init, weights=weights)
         self._chunk, self._chunk_tick = chunk, self._tick
         return chunk
 

@@ -11,6 +11,7 @@ noise levels instead of a queue.
 from __future__ import annotations
 
 import collections
+import collections.abc
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,39 @@ from diffctl.core.modules import eval_mode, param_device
 from diffctl.kernels.samplers import NonFiniteError
 from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
+FUSED_IMAGES = "the fused act path does not take camera observations yet; load the agent with fused=False"
 
-def push_observation(history: collections.deque[np.ndarray], model: Any, obs: Any) -> np.ndarray:
+
+def _layout(obs: Any) -> Any:
+    """Shape of a checked observation: its shape, or for a dict each key's shape."""
+    if isinstance(obs, dict):
+        return {k: v.shape for k, v in obs.items()}
+    return obs.shape
+
+
+def stack_history(history: collections.abc.Sequence[Any]) -> Any:
+    """A history of checked observations as one batch ``(1, To, ...)``: an array, or a dict of arrays for
+    observations with cameras."""
+    if isinstance(history[0], dict):
+        return {k: np.stack([h[k] for h in history])[None] for k in history[0]}
+    return np.stack(history)[None]
+
+
+def history_on(batch: Any, device: torch.device) -> Any:
+    """``stack_history``'s batch as tensors on ``device`` (a dict stays a dict)."""
+    if isinstance(batch, dict):
+        return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+    return torch.as_tensor(batch, device=device)
+
+
+def push_observation(history: collections.deque[Any], model: Any, obs: Any) -> Any:
     """``model.check_obs(obs)`` appended to ``history`` (filled with it on the first step of an episode); a
     rejected observation, or one whose shape differs from the episode's, never enters it."""
     arr = model.check_obs(obs)
-    if history and history[-1].shape != arr.shape:
-        raise ValueError(f"observation shape changed within an episode: {history[-1].shape} -> {arr.shape}")
+    if history and _layout(history[-1]) != _layout(arr):
+        raise ValueError(
+            f"observation shape changed within an episode: {_layout(history[-1])} -> {_layout(arr)}"
+        )
     if not history:
         history.extend([arr] * model.n_obs_steps)
     else:
@@ -91,12 +118,13 @@ class ChunkRunner:
             if init is None and getattr(getattr(m, "sampler", None), "fused", False):
                 chunk = self.fused_chunk()
             else:
-                chunk = m.predict_chunk(np.stack(self.history)[None], init=init)
+                chunk = m.predict_chunk(stack_history(self.history), init=init)
             finite = bool(torch.isfinite(chunk).all())
         except NonFiniteError:
             finite = False
         if not finite:
-            peak = float(np.abs(self.history[-1]).max())
+            last = self.history[-1]
+            peak = float(np.abs(last["observations"] if isinstance(last, dict) else last).max())
             raise ValueError(
                 f"act() produced non-finite actions from this observation (values up to {peak:.3g}): is it "
                 "in the units of the data the agent was trained on?"
@@ -106,6 +134,8 @@ class ChunkRunner:
     def fused_chunk(self) -> torch.Tensor:
         """A cold chunk of the current history through the fused graph with preallocated inputs."""
         m = self.model
+        if isinstance(self.history[-1], dict):
+            raise ValueError(FUSED_IMAGES)
         hist, noise = self.inputs.chunk_inputs(m, self.history, m.generator)
         return run_fused_chunk(m, hist, m.grid().to(hist.device), noise, None)[0]
 
@@ -128,13 +158,15 @@ class StreamRunner(ChunkRunner):
         """One observation -> one action with ``steps_per_tick`` NFE (about N on the first tick)."""
         self.observe(obs)
         m = self.model
+        if m.sampler.fused and isinstance(self.history[-1], dict):
+            raise ValueError(FUSED_IMAGES)
         if m.sampler.fused and self.buffer is not None:
             device = network_device(m)
             hist = self.inputs.history(self.history, device)
             fresh = self.inputs.noise((1, 1, m.action_dim), m.generator, device)
             action, self.buffer = m.fused_tick(hist, self.buffer, fresh)
         else:
-            hist = torch.as_tensor(np.stack(self.history)[None], device=param_device(m.network))
+            hist = history_on(stack_history(self.history), param_device(m.network))
             with eval_mode(m.network):
                 denoise = m.conditioned_denoiser(hist)
                 if self.buffer is None:

@@ -23,13 +23,15 @@ from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import PerStepEDMDenoiser
 from diffctl.kernels.samplers import sample
 from diffctl.kernels.schedules import karras_at
-from diffctl.nets import PerStepMLP, build_encoder
+from diffctl.nets import PerStepMLP
 from diffctl.policies.base import eval_mode, param_device
 from diffctl.policies.diffusion import (
     EDM_NOISE_SCALE,
     ChunkDenoiserNet,
     DiffusionPolicy,
     DiffusionPolicyConfig,
+    build_observation_encoder,
+    history_tensor,
     split_batch,
 )
 from diffctl.policies.fused import (
@@ -92,7 +94,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         cfg = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            enc = build_encoder(cfg.encoder, cfg.obs_dim, cfg.n_obs_steps, **cfg.encoder_kwargs)
+            enc = build_observation_encoder(cfg)
             torch.manual_seed(cfg.seed + 1)
             cond_dim = enc.out_dim + (cfg.goal_dim + 1 if cfg.goal_dim else 0)
             net = PerStepMLP(cfg.action_dim, self.buffer_len, cond_dim, **cfg.backbone_kwargs)
@@ -154,10 +156,10 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-timestep EDM loss on the buffer part ``actions[:, To-1:]`` of each window."""
-        a, (o, g, keep), mask = split_batch(self, batch)
+        a, raw, mask = split_batch(self, batch)
         bsz, device, start = a.shape[0], a.device, self.n_obs_steps - 1
         a = a[:, start:]
-        cond = self.network.condition(o, g, keep)
+        cond = self.network.condition(*raw)
         sigma = self._train_sigmas(bsz, device)
         sd = self.config.sigma_data
         denoised = self.denoiser()(a + sigma.unsqueeze(-1) * torch.randn_like(a), sigma, cond)
@@ -168,9 +170,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
 
     # ----- inference -----------------------------------------------------------------------------------
     def _conditioned(self, hist: Any) -> Any:
-        return self.conditioned_denoiser(
-            torch.as_tensor(hist, dtype=torch.float32, device=param_device(self.network))
-        )
+        return self.conditioned_denoiser(history_tensor(self, hist))
 
     @torch.no_grad()
     def predict_chunk(

@@ -41,7 +41,7 @@ AGENT_SECTIONS = ("planner", "image_model", "world_model")
 # Agent settings the pipeline reads off the task and the data instead of the policy / planner section.
 DATA_KEYS = (
     "obs_dim", "action_dim", "goal_dim", "horizon", "n_obs_steps", "n_action_steps", "state_dim",
-    "channels", "image_size", "num_classes",
+    "channels", "image_size", "num_classes", "image_shapes",
 )  # fmt: skip
 # Keys of a policy/planner section that are not constructor arguments; ``teacher`` is read by the builders
 # that declare it (e.g. ConsistencyPolicy's) and refused by the others.
@@ -353,6 +353,7 @@ def build_dataset(store: Any, task: Mapping[str, Any]) -> Any:
         obs_keys=tuple(task.get("obs_keys", ("observations",))),
         action_key=str(task.get("action_key", "actions")),
         goal=task.get("goal"),
+        image_keys=tuple(task.get("image_keys") or ()),
         **optional,
     )
 
@@ -444,6 +445,11 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     if "state_dim" in accepted and "obs_dim" in dims:  # planners: the goal is part of the observation
         dims["state_dim"] = dims["obs_dim"]
         dims["obs_dim"] += dims["goal_dim"]
+    if "image_shapes" in dims and "image_shapes" not in accepted:
+        raise ValueError(
+            f"{cls.__name__} does not take camera observations (task.image_keys="
+            f"{list(task.get('image_keys') or ())}); use a diffusion policy, e.g. policy=diffusion_unet"
+        )
     dims = {k: v for k, v in dims.items() if k in accepted}
     if "seed" in accepted:
         kwargs.setdefault("seed", int(conf.get("seed", 0)))
@@ -489,12 +495,15 @@ def data_dims(cls: type, dataset: Any, task: Mapping[str, Any]) -> dict[str, int
     sample = dataset.get_batch(np.array([0]))
     if not isinstance(sample.get("obs"), torch.Tensor):
         raise ValueError("the train pipeline needs flat vector observations (task.obs_keys)")
-    return {
+    dims: dict[str, Any] = {
         "obs_dim": int(sample["obs"].shape[-1]),
         "action_dim": int(sample["actions"].shape[-1]),
         "goal_dim": int(sample["goal"].shape[-1]) if "goal" in sample else 0,
         **task_windows(task),
     }
+    if getattr(dataset, "image_shapes", None):
+        dims["image_shapes"] = dataset.image_shapes
+    return dims
 
 
 def stamp_origin(agent: Any, task: Mapping[str, Any], store: Any) -> None:

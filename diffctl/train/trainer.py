@@ -343,6 +343,13 @@ def _resolve_device(name: str, info: DistInfo) -> torch.device:
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     if not isinstance(batch, Mapping):
         raise ValueError(f"dataset.get_batch must return a dict of tensors, got {type(batch).__name__}")
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
+    return {k: _moved(v, device) for k, v in batch.items()}
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    """A tensor on ``device``; a dict of tensors (camera frames) moved entry by entry; anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value

@@ -1,5 +1,5 @@
-"""Dataset generators: maze2d (scripted waypoint expert), locomotion (SAC, D4RL recipe) and images (digits,
-shapes, simulator frames: ``diffctl.datasets.images``).
+"""Dataset generators: maze2d (scripted waypoint expert), Fetch (scripted arm experts), locomotion (SAC,
+D4RL recipe) and images (digits, shapes, simulator frames: ``diffctl.datasets.images``).
 
 ``generate(task, out, episodes=None, seed=0, force=False, **options)`` writes an ``EpisodeStore`` at ``out``
 with a dataset card in ``store.attrs`` and returns the opened store.
@@ -13,6 +13,7 @@ from typing import Any
 
 from diffctl.datasets.generators.catalog import (
     DATASETS,
+    FETCH_DATASETS,
     LOCOMOTION_DATASETS,
     LOCOMOTION_KINDS,
     LOCOMOTION_TASKS,
@@ -21,6 +22,7 @@ from diffctl.datasets.generators.catalog import (
 
 __all__ = [
     "DATASETS",
+    "FETCH_DATASETS",
     "LOCOMOTION_DATASETS",
     "LOCOMOTION_KINDS",
     "LOCOMOTION_TASKS",
@@ -56,6 +58,10 @@ def generate(
     path = Path(out)
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists (pass force=True / --force to replace it)")
+    if task in FETCH_DATASETS:
+        from diffctl.datasets.generators.fetch import generate_fetch
+
+        return generate_fetch(task, path, episodes=episodes, seed=seed, force=force, **options)
     if task in MAZE_DATASETS:
         from diffctl.datasets.generators.maze import generate_maze
 
