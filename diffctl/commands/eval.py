@@ -1,4 +1,6 @@
-"""``diffctl eval CHECKPOINT [--task T]``: roll a saved agent out in simulation, print a table, write JSON."""
+"""``diffctl eval CHECKPOINT [--task T]``: roll a saved agent out in simulation, print a table, write JSON.
+A frame world model is scored instead against the recorded frames of its held-out episodes (``--video``: real
+and imagined side by side)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("solver", args.solver), ("steps", args.steps)) if v is not None}
     overrides.update(parse_settings(args.settings))
     agent = load(checkpoint, **overrides)
+    if not callable(getattr(agent, "act", None)):
+        return _eval_world_model(agent, args)
     result = evaluate(
         agent,
         task,
@@ -75,6 +79,55 @@ def _run(args: argparse.Namespace) -> int:
         **result,
     }
     print(format_table(report))
+    if args.json_out:
+        write_json(args.json_out, report)
+        print(f"results: {args.json_out}")
+    return 0
+
+
+FRAME_HORIZONS = (1, 4, 16)
+
+
+def _eval_world_model(model: Any, args: argparse.Namespace) -> int:
+    """Imagine 16 frames from ``--episodes`` held-out starts of the model's dataset under the recorded
+    actions; print per-frame RMSE at horizons 1, 4, 16 beside copying the last frame."""
+    from diffctl.world_models.frames import FrameWindows, FrameWorldModel
+
+    if not isinstance(model, FrameWorldModel):
+        raise ValueError(
+            f"diffctl eval scores agents that act and frame world models; {type(model).__name__} is scored "
+            "by benchmarks/world_models.py"
+        )
+    from diffctl.datasets import EpisodeStore
+    from diffctl.world_models.frame_eval import (
+        frame_errors,
+        held_out_starts,
+        imagine_recorded,
+        write_comparison_video,
+    )
+
+    path = (model.dataset or {}).get("path")
+    if not path:
+        raise ValueError(f"{args.checkpoint}: the model records no dataset path to compare against")
+    data = FrameWindows(EpisodeStore.open(path), model.config.image_key, model.frame_size)
+    model.fit(data)
+    horizon = max(FRAME_HORIZONS)
+    run = imagine_recorded(
+        model, data, held_out_starts(data, horizon, args.episodes, args.seed), horizon, args.seed
+    )
+    errors = frame_errors(run, FRAME_HORIZONS)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": path,
+        "starts": len(run["real"]),
+        "errors": errors,
+    }
+    print(f"{'horizon':>7}  {'model RMSE':>10}  {'copy RMSE':>9}  {'reward MAE':>10}")
+    for h, e in errors.items():
+        print(f"{h:>7}  {e['model_rmse']:>10.4f}  {e['copy_rmse']:>9.4f}  {e['reward_mae']:>10.4f}")
+    if args.video:
+        report["video_path"] = str(write_comparison_video(args.video, run))
+        print(f"video (real | imagined): {report['video_path']}")
     if args.json_out:
         write_json(args.json_out, report)
         print(f"results: {args.json_out}")

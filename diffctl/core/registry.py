@@ -29,6 +29,7 @@ AGENT_CLASSES: dict[str, str] = {
     "ImageDiffusion": "diffctl.images.model",
     "DiffusionWorldModel": "diffctl.world_models.dwm",
     "MLPEnsembleWorldModel": "diffctl.world_models.ensemble",
+    "FrameWorldModel": "diffctl.world_models.frames",
 }
 
 

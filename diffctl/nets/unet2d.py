@@ -4,7 +4,9 @@ Residual blocks with GroupNorm, the noise (and class) embedding added as a per-c
 self-attention at the resolutions listed in ``attn_res`` and skip connections between the two halves. The
 output convolution starts at zero, so an untrained network predicts 0 and the EDM wrapper starts from
 ``c_skip x``. ``cond`` is ``(B,)`` integer labels in ``[0, num_classes]``: ``num_classes`` is the null label
-classifier-free guidance uses; None means unconditional.
+classifier-free guidance uses; None means unconditional. ``in_channels`` (when the input carries conditioning
+channels, e.g. the context frames of a world model) and ``extra_dim`` (a conditioning vector added to the
+noise embedding, e.g. actions) serve models that condition on more than a label.
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ class UNet2d(nn.Module):
         heads: int = 4,
         groups: int = 8,
         dropout: float = 0.0,
+        in_channels: int | None = None,
+        extra_dim: int = 0,
     ) -> None:
         super().__init__()
         if image_size % (2 ** (len(mults) - 1)):
@@ -132,7 +136,8 @@ class UNet2d(nn.Module):
         self.channels, self.image_size, self.num_classes = channels, image_size, num_classes
         emb_dim = 4 * base
         self.embed = ImageEmbedding(emb_dim, num_classes)
-        self.stem = nn.Conv2d(channels, base, 3, padding=1)
+        self.extra = nn.Linear(extra_dim, emb_dim) if extra_dim else None
+        self.stem = nn.Conv2d(in_channels or channels, base, 3, padding=1)
         self.down = nn.ModuleList()
         skips, ch, res = [base], base, image_size
         for level, mult in enumerate(mults):
@@ -180,10 +185,18 @@ class UNet2d(nn.Module):
         return h
 
     def forward(
-        self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         check_image_inputs(x, c_noise, cond, self.num_classes)
         emb = self.embed(c_noise, cond)
+        if (extra is None) != (self.extra is None):
+            raise ValueError("pass extra= exactly when the U-Net was built with extra_dim > 0")
+        if self.extra is not None:
+            emb = emb + self.extra(extra)
         h = self.stem(x.contiguous(memory_format=torch.channels_last))
         hs = [h]
         for layer in self.down:

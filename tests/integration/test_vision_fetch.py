@@ -3,6 +3,7 @@ resumes after an interruption with the same data, and `diffctl train` of an imag
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,32 @@ def test_an_image_policy_trains_and_acts_from_the_cli_pipeline(tmp_path):
     assert action.shape == (4,) and np.all(np.abs(action) <= 1.0)
     with pytest.raises(ValueError, match="sees cameras"):
         agent.act(obs["observations"])
+
+
+def test_a_frame_world_model_trains_from_the_pipeline_and_diffctl_eval_scores_it(tmp_path, capsys):
+    from diffctl.cli import main
+    from diffctl.world_models.frames import FrameWorldModel
+
+    data = tmp_path / "reach.zarr"
+    fetch_gen.generate_fetch("fetch-reach-image", data, episodes=3, eval_episodes=1, progress=False)
+    cfg = compose_config([
+        "experiment=frame_world_model", "task=fetch-reach-image", f"task.dataset.path={data}",
+        f"run_dir={tmp_path / 'run'}", "training.steps=2", "training.batch_size=4", "training.progress=false",
+        "world_model.frame_size=16", "world_model.held_out=0.34",
+        "world_model.unet_kwargs={base: 8, mults: [1, 2], blocks: 1, attn_res: []}",
+    ])  # fmt: skip
+    run(cfg)
+    ckpt = Path(cfg.run_dir) / "checkpoint"
+    model = load(ckpt)
+    assert isinstance(model, FrameWorldModel) and model.sampler.steps == 3 and model.action_dim == 4
+    video = tmp_path / "imagined.gif"
+    assert (
+        main(
+            ["eval", str(ckpt), "--episodes", "2", "--video", str(video), "--json", str(tmp_path / "r.json")]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "copy RMSE" in out and video.exists()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["starts"] == 2 and set(report["errors"]) == {"1", "4", "16"}
