@@ -44,7 +44,7 @@ from diffctl.policies.base import (
     write_agent_dir,
 )
 from diffctl.policies.fused import run_fused_chunk
-from diffctl.policies.runner import FUSED_IMAGES, ChunkRunner
+from diffctl.policies.runner import ChunkRunner
 
 VERSION = 1
 EDM_NOISE_SCALE = 250.0
@@ -456,7 +456,7 @@ class DiffusionPolicy(Configurable, Policy):
         ``init`` (B, H, Da) raw actions warm-start sampling at ``sampler.warm_start``.
         """
         hist = history_tensor(self, obs_history)
-        state, images = split_history(self, hist)
+        state, _ = split_history(self, hist)
         device = state.device
         bsz = state.shape[0]
         with eval_mode(self.network):
@@ -470,8 +470,6 @@ class DiffusionPolicy(Configurable, Policy):
                 tail = sigmas[sigmas < start]
                 sigmas = torch.cat([sigmas.new_tensor([start]), tail])
             if self.sampler.fused and prefix is None:
-                if images is not None:
-                    raise ValueError(FUSED_IMAGES)
                 return run_fused_chunk(self, hist, sigmas, noise, init if warm else None)[0]
             if warm:
                 x = act_norm.normalize(init.to(device, torch.float32)) + start * noise

@@ -101,29 +101,41 @@ def constant_sigma(denoise: Callable[..., torch.Tensor]) -> Callable[..., torch.
     return call
 
 
-def fused_chunk_sampler(
-    policy: Any, sigmas: torch.Tensor, hist: torch.Tensor, warm: bool
-) -> tuple[ChunkFn, int]:
-    """A frozen graph ``(hist, noise[, init]) -> raw chunk`` of ``policy``'s sampler on ``sigmas`` (cold:
-    ``x = sigmas[0] noise``; warm: ``x = normalize(init) + sigmas[0] noise``) for inputs shaped like
-    ``hist``, and its NFE per call."""
+def history_parts(hist: Any) -> tuple[tuple[str, ...], tuple[torch.Tensor, ...]]:
+    """A validated history as graph inputs: ``((), (hist,))`` for a tensor, the sorted keys and their
+    tensors for a dict (the state history and each camera's frames)."""
+    if isinstance(hist, dict):
+        names = tuple(sorted(hist))
+        return names, tuple(hist[k] for k in names)
+    return (), (hist,)
+
+
+def fused_chunk_sampler(policy: Any, sigmas: torch.Tensor, hist: Any, warm: bool) -> tuple[ChunkFn, int]:
+    """A frozen graph ``(*history parts, noise[, init]) -> raw chunk`` of ``policy``'s sampler on ``sigmas``
+    (cold: ``x = sigmas[0] noise``; warm: ``x = normalize(init) + sigmas[0] noise``) for inputs shaped like
+    ``hist`` (``history_parts``), and its NFE per call."""
     cfg = policy.sampler
     solver, options = cfg.solver, dict(cfg.options)
-    sig = sigmas.detach().to(hist.device, torch.float32)
+    names, parts = history_parts(hist)
+    device = parts[0].device
+    sig = sigmas.detach().to(device, torch.float32)
     s0 = float(sig[0])
     norm = policy.normalizer("action")
-    shape = (hist.shape[0], policy.horizon, policy.action_dim)
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(hist.device)
+    shape = (parts[0].shape[0], policy.horizon, policy.action_dim)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         nfe = check_deterministic(policy.conditioned_denoiser(hist), noise * s0, sig, solver, options)
 
-    def chunk(h: torch.Tensor, z: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+    def chunk(*args: torch.Tensor) -> torch.Tensor:
+        n = len(parts)
+        h = dict(zip(names, args[:n], strict=True)) if names else args[0]
+        z, init = args[n], (args[n + 1] if len(args) > n + 1 else None)
         x = z * s0 if init is None else norm.normalize(init) + s0 * z
         denoise = constant_sigma(policy.conditioned_denoiser(h))
         x0 = sample(denoise, x, sig, solver=solver, check_finite=False, **options)
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
-    inputs = (hist, noise) + ((norm.unnormalize(noise.clamp(-1.0, 1.0)),) if warm else ())
+    inputs = (*parts, noise) + ((norm.unnormalize(noise.clamp(-1.0, 1.0)),) if warm else ())
     return trace_frozen(chunk, policy.network, inputs, f"{type(policy).__name__} chunk sampler"), nfe
 
 
@@ -205,17 +217,21 @@ def grid_key(policy: Any, sigmas: torch.Tensor) -> tuple[float, ...]:
 
 
 def run_fused_chunk(
-    policy: Any, hist: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor, init: torch.Tensor | None
+    policy: Any, hist: Any, sigmas: torch.Tensor, noise: torch.Tensor, init: torch.Tensor | None
 ) -> tuple[torch.Tensor, int]:
-    """Raw chunks of ``policy`` from a validated history through its fused sampler graph, and the NFE."""
+    """Raw chunks of ``policy`` from a validated history (a tensor, or a dict with camera frames) through
+    its fused sampler graph, and the NFE."""
     cfg = policy.sampler
     options = tuple(sorted(cfg.options.items())) if cfg.options else ()
-    key = (tuple(hist.shape), hist.device, grid_key(policy, sigmas), cfg.solver, options, cfg.guidance_scale)
+    names, parts = history_parts(hist)
+    device = parts[0].device
+    shapes = tuple((name, tuple(p.shape)) for name, p in zip(names or ("",), parts, strict=True))
+    key = (shapes, device, grid_key(policy, sigmas), cfg.solver, options, cfg.guidance_scale)
     key += (init is not None,)
     graph, nfe = cached_graph(
         policy, key, lambda: fused_chunk_sampler(policy, sigmas, hist, init is not None)
     )
-    inputs = (hist, noise) if init is None else (hist, noise, init.to(hist.device, torch.float32))
+    inputs = (*parts, noise) if init is None else (*parts, noise, init.to(device, torch.float32))
     with torch.no_grad():
         return graph(*inputs), nfe
 

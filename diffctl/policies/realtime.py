@@ -35,7 +35,7 @@ from diffctl.kernels.samplers import sample
 from diffctl.policies.base import CONFIG_FILE, Policy, eval_mode
 from diffctl.policies.diffusion import history_tensor, prefix_tensor, split_history
 from diffctl.policies.fused import FusedInputs, run_fused_chunk
-from diffctl.policies.runner import FUSED_IMAGES, push_observation, stack_history
+from diffctl.policies.runner import push_observation, stack_history
 
 SEAMS = ("naive", "blend", "inpaint", "rtc")
 VERSION = 1
@@ -171,16 +171,14 @@ class RealTimePolicy(Policy):
         """
         pol = self.policy
         hist = history_tensor(pol, obs_history)
-        state, images = split_history(pol, hist)
+        state, _ = split_history(pol, hist)
         bsz, device = state.shape[0], state.device
         shape = (bsz, self.horizon, self.action_dim)
         noise = self.start_noise(shape, noise, device)
         warm = init is not None and self.warm_sigma > 0
         if pol.sampler.fused and prefix is None:
-            if images is not None:
-                raise ValueError(FUSED_IMAGES)
             init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
-            return self._fused_chunk(hist, noise, init_t)
+            return self._fused_chunk(hist, noise, init_t, device)
         norm = pol.normalizer("action")
         if warm:
             sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
@@ -219,13 +217,13 @@ class RealTimePolicy(Policy):
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
     def _fused_chunk(
-        self, hist: torch.Tensor, noise: torch.Tensor, init: torch.Tensor | None
+        self, hist: Any, noise: torch.Tensor, init: torch.Tensor | None, device: torch.device
     ) -> torch.Tensor:
         """Raw chunks through the policy's fused graph: warm-started from raw ``init`` when given."""
         pol = self.policy
         cfg = pol.sampler
         sigmas = pol.grid() if init is None else self._warm_grid(cfg.sigma_min, cfg.rho)
-        chunk, nfe = run_fused_chunk(pol, hist, sigmas.to(hist.device), noise, init)
+        chunk, nfe = run_fused_chunk(pol, hist, sigmas.to(device), noise, init)
         self.nfe += nfe * (2 if _doubles(pol) else 1)
         return chunk
 
@@ -255,11 +253,11 @@ class RealTimePolicy(Policy):
             else:
                 end = self.decay_end if self.decay_end is not None else max(d, self.horizon - shift)
                 prefix, weights = ref, prefix_weights(self.horizon, d, min(max(end, d), self.horizon))
-        if prefix is None and self.policy.sampler.fused:
-            if isinstance(self._obs[-1], dict):
-                raise ValueError(FUSED_IMAGES)
+        if prefix is None and self.policy.sampler.fused and not isinstance(self._obs[-1], dict):
             hist, noise = self._inputs.chunk_inputs(self.policy, self._obs, self._generator)
-            chunk = self._fused_chunk(hist, noise, None if init is None else init.to(hist.device))
+            chunk = self._fused_chunk(
+                hist, noise, None if init is None else init.to(hist.device), hist.device
+            )
         else:
             chunk = self.predict_chunk(stack_history(self._obs), prefix=prefix, init=init, weights=weights)
         self._chunk, self._chunk_tick = chunk, self._tick

@@ -21,7 +21,7 @@ from diffctl.core.modules import eval_mode, param_device
 from diffctl.kernels.samplers import NonFiniteError
 from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
-FUSED_IMAGES = "the fused act path does not take camera observations yet; load the agent with fused=False"
+FUSED_IMAGES = "the fused streaming tick does not take camera observations yet; load with fused=False"
 
 
 def _layout(obs: Any) -> Any:
@@ -115,7 +115,8 @@ class ChunkRunner:
         m = self.model
         init = self.warm_init()
         try:
-            if init is None and getattr(getattr(m, "sampler", None), "fused", False):
+            cameras = isinstance(self.history[-1], dict)  # their frames take the general (fused) path
+            if init is None and not cameras and getattr(getattr(m, "sampler", None), "fused", False):
                 chunk = self.fused_chunk()
             else:
                 chunk = m.predict_chunk(stack_history(self.history), init=init)
@@ -134,8 +135,6 @@ class ChunkRunner:
     def fused_chunk(self) -> torch.Tensor:
         """A cold chunk of the current history through the fused graph with preallocated inputs."""
         m = self.model
-        if isinstance(self.history[-1], dict):
-            raise ValueError(FUSED_IMAGES)
         hist, noise = self.inputs.chunk_inputs(m, self.history, m.generator)
         return run_fused_chunk(m, hist, m.grid().to(hist.device), noise, None)[0]
 

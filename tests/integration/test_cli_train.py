@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from diffctl.agents import load
 from diffctl.cli import main
-from diffctl.datasets.generators import LOCOMOTION_DATASETS, MAZE_DATASETS
+from diffctl.datasets.generators import FETCH_DATASETS, LOCOMOTION_DATASETS, MAZE_DATASETS
 from diffctl.datasets.images import IMAGE_DATASETS
 from diffctl.envs.registry import TASKS
 from diffctl.policies import SamplerConfig
@@ -42,7 +42,7 @@ def test_groups_list_the_expected_options() -> None:
     image_tasks = {"images", *IMAGE_DATASETS} - {"frames"}  # frames: data generate only, no task file
     assert set(tasks) == set(TASKS) | set(LOCOMOTION_DATASETS) | image_tasks and len(tasks) == len(set(tasks))
     assert group_options("image_model") == ["dit2d", "unet2d"]
-    assert group_options("world_model") == ["dwm", "mlp_ensemble"]
+    assert group_options("world_model") == ["dwm", "frames", "mlp_ensemble"]
     assert group_options("policy") == [
         "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
         "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
@@ -93,7 +93,7 @@ def test_every_group_option_composes(group: str) -> None:
             sampler = _sampler_file(POLICY_DEFAULT_SAMPLERS.get(option, "dpmpp_2m"))
             assert SamplerConfig.from_dict(conf["sampler"]) == sampler
         else:
-            assert task["dataset"]["name"] in (*MAZE_DATASETS, *LOCOMOTION_DATASETS, "pusht")
+            assert task["dataset"]["name"] in (*MAZE_DATASETS, *LOCOMOTION_DATASETS, *FETCH_DATASETS, "pusht")
             assert option in (task["name"], task["dataset"]["name"])
 
 

@@ -136,3 +136,14 @@ def test_a_frame_world_model_trains_from_the_pipeline_and_diffctl_eval_scores_it
     assert "copy RMSE" in out and video.exists()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["starts"] == 2 and set(report["errors"]) == {"1", "4", "16"}
+
+
+@pytest.mark.parametrize("task", ["reach", "push", "pick_place"])
+def test_the_fetch_recipes_compose(task):
+    image = compose_config([f"experiment=fetch_{task}_image"])
+    state = compose_config([f"experiment=fetch_{task}_state"])
+    assert image.task.name == f"fetch-{task.replace('_', '-')}-image" and list(image.task.image_keys) == [
+        "image"
+    ]
+    assert state.task.name == f"fetch-{task.replace('_', '-')}" and "image_keys" not in state.task
+    assert image.policy.image_encoder_kwargs.width == 16 and image.policy.backbone == state.policy.backbone

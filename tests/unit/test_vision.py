@@ -168,7 +168,7 @@ def test_an_image_policy_learns_what_only_its_camera_shows(trained_image_policy,
     assert torch.equal(pickle.loads(pickle.dumps(policy)).predict_chunk(history, noise=noise), chunk)
 
 
-def test_an_image_policy_refuses_bad_observations_and_the_fused_path():
+def test_an_image_policy_refuses_bad_observations():
     policy, _ = image_policy()
     frame = np.zeros((SIZE, SIZE, 3), np.uint8)
     with pytest.raises(ValueError, match="observation dict"):
@@ -177,9 +177,22 @@ def test_an_image_policy_refuses_bad_observations_and_the_fused_path():
         policy.act({"observations": np.zeros(OBS), "image": frame.astype(np.float64)})
     with pytest.raises(ValueError, match="obs_history must be a dict"):
         policy.predict_chunk(np.zeros((1, TO, OBS), np.float32))
-    policy.sampler = policy.sampler.replace(fused=True)
-    with pytest.raises(ValueError, match="fused act path does not take camera observations"):
-        policy.act({"observations": np.zeros(OBS, np.float32), "image": frame})
+
+
+@pytest.mark.parametrize("kind", ["policy", "rti"])
+def test_the_fused_path_with_cameras_gives_the_eager_actions(trained_image_policy, kind):
+    from diffctl.policies.realtime import RTIPolicy
+
+    obs = [{"observations": np.full(OBS, 0.1 * i, np.float32), "image": square_frames(np.array([s]))[0]}
+           for i, s in enumerate([1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0])]  # fmt: skip
+    runs = []
+    for fused in (False, True):
+        base = pickle.loads(pickle.dumps(trained_image_policy))
+        base.sampler = base.sampler.replace(fused=fused, solver="dpmpp_2m", steps=5)
+        agent = base if kind == "policy" else RTIPolicy(base, warm_sigma=1.0)
+        agent.reset(seed=4)
+        runs.append(np.stack([agent.act(o) for o in obs]))
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-4)
 
 
 def variants() -> dict:
