@@ -21,8 +21,6 @@ from diffctl.core.modules import eval_mode, param_device
 from diffctl.kernels.samplers import NonFiniteError
 from diffctl.policies.fused import FusedInputs, network_device, run_fused_chunk
 
-FUSED_IMAGES = "the fused streaming tick does not take camera observations yet; load with fused=False"
-
 
 def _layout(obs: Any) -> Any:
     """Shape of a checked observation: its shape, or for a dict each key's shape."""
@@ -157,11 +155,12 @@ class StreamRunner(ChunkRunner):
         """One observation -> one action with ``steps_per_tick`` NFE (about N on the first tick)."""
         self.observe(obs)
         m = self.model
-        if m.sampler.fused and isinstance(self.history[-1], dict):
-            raise ValueError(FUSED_IMAGES)
         if m.sampler.fused and self.buffer is not None:
             device = network_device(m)
-            hist = self.inputs.history(self.history, device)
+            if isinstance(self.history[-1], dict):  # cameras: the history's parts as they are
+                hist = history_on(stack_history(self.history), device)
+            else:
+                hist = self.inputs.history(self.history, device)
             fresh = self.inputs.noise((1, 1, m.action_dim), m.generator, device)
             action, self.buffer = m.fused_tick(hist, self.buffer, fresh)
         else:

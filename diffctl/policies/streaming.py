@@ -37,6 +37,7 @@ from diffctl.policies.diffusion import (
 from diffctl.policies.fused import (
     cached_graph,
     constant_sigma,
+    history_parts,
     trace_frozen,
 )
 from diffctl.policies.runner import StreamRunner
@@ -256,17 +257,21 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         return self.normalizer("action").unnormalize(x[:, 0].clamp(-1.0, 1.0)), x
 
     def fused_tick(
-        self, hist: torch.Tensor, buffer: torch.Tensor, fresh: torch.Tensor
+        self, hist: Any, buffer: torch.Tensor, fresh: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``tick`` and ``advance`` through one frozen graph of ``(raw history, buffer, fresh noise)``
-        (``diffctl.policies.fused``): ``(raw first action (B, Da), next buffer)``."""
-        key = ("stream_tick", tuple(hist.shape), tuple(buffer.shape), id(self._tick_steps()), hist.device)
+        (``diffctl.policies.fused``; a history with cameras enters as its parts): ``(raw first action (B,
+        Da), next buffer)``."""
+        names, parts = history_parts(hist)
+        shapes = tuple(tuple(p.shape) for p in parts)
+        key = ("stream_tick", names, shapes, tuple(buffer.shape), id(self._tick_steps()), buffer.device)
 
-        def tick(h: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            action, moved = self.tick(constant_sigma(self._conditioned(h)), x)
-            return action, self.advance(moved, z)
+        def tick(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            n = len(parts)
+            h = dict(zip(names, args[:n], strict=True)) if names else args[0]
+            action, moved = self.tick(constant_sigma(self._conditioned(h)), args[n])
+            return action, self.advance(moved, args[n + 1])
 
-        graph = cached_graph(
-            self, key, lambda: trace_frozen(tick, self.network, (hist, buffer, fresh), "streaming tick")
-        )
-        return graph(hist, buffer, fresh)
+        inputs = (*parts, buffer, fresh)
+        graph = cached_graph(self, key, lambda: trace_frozen(tick, self.network, inputs, "streaming tick"))
+        return graph(*inputs)

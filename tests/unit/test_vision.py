@@ -238,3 +238,16 @@ def test_export_refuses_a_policy_with_cameras(tmp_path):
 
     with pytest.raises(ValueError, match="sees cameras"):
         export_denoiser(image_policy()[0], tmp_path / "d.pt", "torchscript")
+
+
+def test_the_fused_streaming_tick_with_cameras_gives_the_eager_actions():
+    policy, _ = variants()["streaming"]()
+    obs = [{"observations": np.full(OBS, 0.1 * i, np.float32), "image": square_frames(np.array([s]))[0]}
+           for i, s in enumerate([1.0, -1.0, -1.0, 1.0, 1.0, -1.0])]  # fmt: skip
+    runs = []
+    for fused in (False, True):
+        agent = pickle.loads(pickle.dumps(policy))
+        agent.sampler = agent.sampler.replace(fused=fused)
+        agent.reset(seed=2)
+        runs.append(np.stack([agent.act(o) for o in obs]))
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-4)
