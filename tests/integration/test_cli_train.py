@@ -148,7 +148,7 @@ def test_overrides_reach_the_config_and_default_run_dir() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "task=nope"], "unknown task 'nope'; available: digits, halfcheetah, halfcheetah-expert, "),
+        (["train", "task=nope"], "unknown task 'nope'; available: digits, fetch-pick-place, "),
         (["train", "policy=cnn"], "unknown policy 'cnn'; available: bc_mlp, consistency_mlp, diffusion_mlp"),
         (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: consistency, ddim, ddpm"),
         (["train", "training.stepz=3"], "valid keys of training: ['adam_eps'"),

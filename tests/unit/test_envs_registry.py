@@ -86,4 +86,7 @@ def test_every_task_has_a_spec():
         "halfcheetah",
         "walker2d",
         "pusht",
+        *(f"fetch-{t}{v}" for t in ("reach", "push", "pick-place") for v in ("", "-image")),
     }
+    assert [TASKS[f"fetch-{t}-image"].image_size for t in ("reach", "push", "pick-place")] == [84, 84, 84]
+    assert TASKS["fetch-push"].flat_obs_dim == 28 and TASKS["fetch-push-image"].flat_obs_dim == 13
