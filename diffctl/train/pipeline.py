@@ -445,7 +445,8 @@ def build_agent(conf: Mapping[str, Any], dataset: Any, store: Any) -> Any:
     if "state_dim" in accepted and "obs_dim" in dims:  # planners: the goal is part of the observation
         dims["state_dim"] = dims["obs_dim"]
         dims["obs_dim"] += dims["goal_dim"]
-    if "image_shapes" in dims and "image_shapes" not in accepted:
+    sees_cameras = "image_shapes" in accepted or getattr(cls, "reads_frames", False)
+    if task.get("image_keys") and not sees_cameras:
         raise ValueError(
             f"{cls.__name__} does not take camera observations (task.image_keys="
             f"{list(task.get('image_keys') or ())}); use a diffusion policy, e.g. policy=diffusion_unet"

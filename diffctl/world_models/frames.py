@@ -210,6 +210,8 @@ class FrameWorldModel(Configurable, SeededSampler):
     """See the module docstring."""
 
     config_class: ClassVar[type[FrameWorldModelConfig]] = FrameWorldModelConfig
+    reads_frames: ClassVar[bool] = True
+    """The train pipeline lets it train on tasks with ``image_keys`` (its dataset reads the frames)."""
     task: str | None = None
 
     def __init__(self, *, sampler: SamplerConfig | dict | None = None, **settings: Any) -> None:

@@ -147,3 +147,14 @@ def test_the_fetch_recipes_compose(task):
     ]
     assert state.task.name == f"fetch-{task.replace('_', '-')}" and "image_keys" not in state.task
     assert image.policy.image_encoder_kwargs.width == 16 and image.policy.backbone == state.policy.backbone
+
+
+@pytest.mark.parametrize("agent", ["policy=bc_mlp", "policy=edp"])
+def test_agents_without_a_camera_encoder_refuse_an_image_task(tmp_path, agent):
+    data = tmp_path / "reach.zarr"
+    fetch_gen.generate_fetch("fetch-reach-image", data, episodes=2, eval_episodes=1, progress=False)
+    cfg = compose_config(["task=fetch-reach-image", agent, f"task.dataset.path={data}",
+                          f"run_dir={tmp_path / 'r'}", "training.steps=1", "training.progress=false",
+                          "eval.episodes=0"])  # fmt: skip
+    with pytest.raises(ValueError, match="does not take camera observations"):
+        run(cfg)
