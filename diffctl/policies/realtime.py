@@ -178,7 +178,7 @@ class RealTimePolicy(Policy):
         warm = init is not None and self.warm_sigma > 0
         if pol.sampler.fused and prefix is None:
             init_t = torch.as_tensor(init, dtype=torch.float32, device=device) if warm else None
-            return self._fused_chunk(hist, noise, init_t, device)
+            return self._fused_chunk(hist, noise, init_t)
         norm = pol.normalizer("action")
         if warm:
             sigmas = self._warm_grid(pol.sampler.sigma_min, pol.sampler.rho).to(device)
@@ -216,14 +216,12 @@ class RealTimePolicy(Policy):
         self.nfe += info["nfe"] * (2 if _doubles(pol) else 1)
         return norm.unnormalize(x0.clamp(-1.0, 1.0))
 
-    def _fused_chunk(
-        self, hist: Any, noise: torch.Tensor, init: torch.Tensor | None, device: torch.device
-    ) -> torch.Tensor:
+    def _fused_chunk(self, hist: Any, noise: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:
         """Raw chunks through the policy's fused graph: warm-started from raw ``init`` when given."""
         pol = self.policy
         cfg = pol.sampler
         sigmas = pol.grid() if init is None else self._warm_grid(cfg.sigma_min, cfg.rho)
-        chunk, nfe = run_fused_chunk(pol, hist, sigmas.to(device), noise, init)
+        chunk, nfe = run_fused_chunk(pol, hist, sigmas.to(noise.device), noise, init)
         self.nfe += nfe * (2 if _doubles(pol) else 1)
         return chunk
 
@@ -255,9 +253,7 @@ class RealTimePolicy(Policy):
                 prefix, weights = ref, prefix_weights(self.horizon, d, min(max(end, d), self.horizon))
         if prefix is None and self.policy.sampler.fused and not isinstance(self._obs[-1], dict):
             hist, noise = self._inputs.chunk_inputs(self.policy, self._obs, self._generator)
-            chunk = self._fused_chunk(
-                hist, noise, None if init is None else init.to(hist.device), hist.device
-            )
+            chunk = self._fused_chunk(hist, noise, None if init is None else init.to(hist.device))
         else:
             chunk = self.predict_chunk(stack_history(self._obs), prefix=prefix, init=init, weights=weights)
         self._chunk, self._chunk_tick = chunk, self._tick

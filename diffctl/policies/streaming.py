@@ -33,6 +33,7 @@ from diffctl.policies.diffusion import (
     build_observation_encoder,
     history_tensor,
     split_batch,
+    split_history,
 )
 from diffctl.policies.fused import (
     cached_graph,
@@ -170,9 +171,6 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         return loss, {"loss": float(loss.detach())}
 
     # ----- inference -----------------------------------------------------------------------------------
-    def _conditioned(self, hist: Any) -> Any:
-        return self.conditioned_denoiser(history_tensor(self, hist))
-
     @torch.no_grad()
     def predict_chunk(
         self, obs_history: Any, *, noise: torch.Tensor | None = None, **kwargs: Any
@@ -181,15 +179,9 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         the first planned action. ``prefix``/``init`` are not supported."""
         if kwargs.get("prefix") is not None or kwargs.get("init") is not None:
             raise ValueError("StreamingDiffusionPolicy.predict_chunk does not take prefix or init")
-        hist = torch.as_tensor(np.asarray(obs_history) if not torch.is_tensor(obs_history) else obs_history)
-        if hist.ndim != 3 or hist.shape[1] != self.n_obs_steps:
-            raise ValueError(
-                f"obs_history must have shape (B, {self.n_obs_steps}, D), got {tuple(hist.shape)}"
-            )
-        if not torch.isfinite(hist.float()).all():
-            raise ValueError("obs_history contains NaN or inf")
+        hist = history_tensor(self, obs_history)
         device = param_device(self.network)
-        shape = (hist.shape[0], self.buffer_len, self.action_dim)
+        shape = (split_history(self, hist)[0].shape[0], self.buffer_len, self.action_dim)
         if noise is None:
             noise = torch.randn(shape, generator=self._generator)
         noise = noise.to(device, torch.float32)
@@ -200,7 +192,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         with eval_mode(self.network):
             sigmas = self.sigmas().to(device)
             x0 = sample(
-                self._conditioned(hist), noise * sigmas[0], sigmas, solver=self.sampler.solver,
+                self.conditioned_denoiser(hist), noise * sigmas[0], sigmas, solver=self.sampler.solver,
                 generator=self._generator, **self.sampler.options,
             )  # fmt: skip
         buf = self.normalizer("action").unnormalize(x0.clamp(-1.0, 1.0))
@@ -269,7 +261,7 @@ class StreamingDiffusionPolicy(DiffusionPolicy):
         def tick(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             n = len(parts)
             h = dict(zip(names, args[:n], strict=True)) if names else args[0]
-            action, moved = self.tick(constant_sigma(self._conditioned(h)), args[n])
+            action, moved = self.tick(constant_sigma(self.conditioned_denoiser(h)), args[n])
             return action, self.advance(moved, args[n + 1])
 
         inputs = (*parts, buffer, fresh)

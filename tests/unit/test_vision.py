@@ -231,6 +231,9 @@ def test_every_chunk_policy_trains_and_acts_on_camera_observations(name):
     obs = {"observations": np.zeros(OBS, np.float32), "image": square_frames(np.array([1.0]))[0]}
     actions = np.stack([policy.act(obs) for _ in range(6)])
     assert actions.shape == (6, ACT) and np.isfinite(actions).all()
+    history = {k: np.stack([v] * TO)[None] for k, v in obs.items()}
+    chunk = policy.predict_chunk(history)
+    assert chunk.shape == (1, H, ACT) and torch.isfinite(chunk).all()
 
 
 def test_export_refuses_a_policy_with_cameras(tmp_path):
