@@ -29,6 +29,7 @@ from diffctl.core.modules import eval_mode, param_device
 from diffctl.core.persistence import agent_config, construct, read_agent_config, restore, write_agent_dir
 from diffctl.core.sampler import SamplerConfig, refuse_fused
 from diffctl.core.seeding import SeededSampler
+from diffctl.datasets import images
 from diffctl.datasets.store import EpisodeStore
 from diffctl.kernels import schedules
 from diffctl.kernels.denoisers import EDMDenoiser
@@ -87,12 +88,12 @@ class FrameWorldModelConfig(Config):
 
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
     """uint8 ``(..., H, W, 3)`` -> float ``(..., 3, H, W)`` in [-1, 1]."""
-    return frames.movedim(-1, -3).float() / 127.5 - 1.0
+    return images.to_float(frames.movedim(-1, -3))
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float ``(..., 3, H, W)`` in [-1, 1] -> uint8 ``(..., H, W, 3)``."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+    return images.to_uint8(x).movedim(-3, -1)
 
 
 def resize_frames(frames: Any, size: int, batch: int = 1024) -> torch.Tensor:
