@@ -32,20 +32,18 @@ def imagine_recorded(
     model: FrameWorldModel, data: FrameWindows, starts: np.ndarray, horizon: int, seed: int = 0
 ) -> dict[str, Any]:
     """From each start's recorded context, imagine ``horizon`` frames under the recorded actions. Returns the
-    real and imagined frames ``(B, T, S, S, 3)`` uint8, the last context frame, real and predicted rewards
-    and the seconds the imagination took."""
+    real and imagined frames ``(B, T, S, S, 3)`` uint8, the last context frame, and real and predicted
+    rewards."""
     window = data.window(starts, model.context)
     steps = starts[:, None] + np.arange(horizon)
     actions = data.actions[steps]
-    start = time.perf_counter()
     out = model.rollout(
         window["context"], actions, past_actions=window["past_actions"][:, :-1],
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
-    seconds = time.perf_counter() - start
     return {
         "real": data.frames[steps + 1], "imagined": out["observations"], "last": window["context"][:, -1],
-        "rewards": data.rewards[steps], "predicted_rewards": out["rewards"], "seconds": seconds,
+        "rewards": data.rewards[steps], "predicted_rewards": out["rewards"],
     }  # fmt: skip
 
 

@@ -96,11 +96,17 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return images.to_uint8(x).movedim(-3, -1)
 
 
-def resize_frames(frames: Any, size: int, batch: int = 1024) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` frames area-resized to ``(N, size, size, 3)`` uint8 (in blocks of ``batch``)."""
+def as_frames(frames: Any) -> torch.Tensor:
+    """``frames`` as a uint8 ``(N, H, W, 3)`` tensor, else a ValueError saying what they are."""
     frames = torch.as_tensor(np.asarray(frames))
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+    return frames
+
+
+def resize_frames(frames: Any, size: int, batch: int = 1024) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` frames area-resized to ``(N, size, size, 3)`` uint8 (in blocks of ``batch``)."""
+    frames = as_frames(frames)
     if frames.shape[1:3] == (size, size):
         return frames.contiguous()
     out = []
@@ -114,15 +120,17 @@ def resize_frames(frames: Any, size: int, batch: int = 1024) -> torch.Tensor:
 class FrameWindows:
     """One training example per step that has a next frame in its episode: the ``context`` frames up to it
     (the episode's first frame repeated before its start), their actions (zeros before the start), the next
-    frame and the step's reward. The last ``held_out`` share of episodes is kept apart (``validation``)."""
+    frame and the step's reward. The last ``held_out`` share of episodes is kept apart (``validation``).
+    Frames keep their stored size unless ``frame_size`` is given (the model's ``fit`` resizes them once)."""
 
-    def __init__(self, store: EpisodeStore, image_key: str = "image", frame_size: int = 64) -> None:
+    def __init__(self, store: EpisodeStore, image_key: str = "image", frame_size: int | None = None) -> None:
         for key in (image_key, "actions", "rewards"):
             if key not in store.keys:
                 raise ValueError(
                     f"a frame world model needs {key!r} in the dataset; {store.path} has {store.keys}"
                 )
-        self.frames = resize_frames(store.array(image_key), frame_size)
+        frames = store.array(image_key)
+        self.frames = resize_frames(frames, frame_size) if frame_size else as_frames(frames)
         self.actions = torch.as_tensor(np.asarray(store.array("actions"), np.float32)).reshape(
             len(self.frames), -1
         )
