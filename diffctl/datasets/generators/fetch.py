@@ -22,14 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from diffctl.envs.evaluate import episode_seed
+
 DEFAULT_EPISODES = {"fetch-reach": 100, "fetch-push": 300, "fetch-pick-place": 300}
 DEFAULT_NOISE = 0.1
 BLOCK = 20
-
-
-def episode_seed(seed: int, index: int) -> int:
-    """Seed of episode ``index`` (reset and action noise), independent of where a run was interrupted."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def expert_episode(env: Any, expert: Any, seed: int, action_noise: float) -> dict[str, np.ndarray]:
