@@ -78,11 +78,9 @@ class SpatialSoftmax(nn.Module):
         return (attn @ coords).reshape(b, 2 * k)
 
 
-def crop_frames(
-    frames: torch.Tensor, size: int, generator: torch.Generator | None, train: bool
-) -> torch.Tensor:
-    """``(N, C, H, W) -> (N, C, size, size)``: an independent random crop per frame in training, the center
-    crop otherwise."""
+def crop_frames(frames: torch.Tensor, size: int, train: bool) -> torch.Tensor:
+    """``(N, C, H, W) -> (N, C, size, size)``: an independent random crop per frame in training (torch's
+    global generator, which the trainer seeds), the center crop otherwise."""
     n, _, h, w = frames.shape
     if size > min(h, w):
         raise ValueError(f"crop {size} is larger than the {h}x{w} frames")
@@ -91,8 +89,16 @@ def crop_frames(
     if not train:
         top, left = (h - size) // 2, (w - size) // 2
         return frames[:, :, top : top + size, left : left + size]
-    tops = torch.randint(0, h - size + 1, (n,), generator=generator).tolist()
-    lefts = torch.randint(0, w - size + 1, (n,), generator=generator).tolist()
+    tops = torch.randint(
+        0,
+        h - size + 1,
+        (n,),
+    ).tolist()
+    lefts = torch.randint(
+        0,
+        w - size + 1,
+        (n,),
+    ).tolist()
     return torch.stack(
         [f[:, t : t + size, s : s + size] for f, t, s in zip(frames, tops, lefts, strict=True)]
     )
@@ -117,7 +123,7 @@ class CameraEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x = crop_frames(x, self.crop, None, self.training)
+        x = crop_frames(x, self.crop, self.training)
         return self.head(self.pool(self.trunk(x)))
 
 

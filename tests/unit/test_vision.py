@@ -19,17 +19,17 @@ SIZE, OBS, ACT, H, TO = 24, 3, 2, 8, 2
 def test_random_crops_are_windows_of_their_frame_and_eval_takes_the_center():
     frames = torch.arange(6 * 2 * 10 * 12, dtype=torch.float32).reshape(6, 2, 10, 12)
     torch.manual_seed(0)
-    crops = crop_frames(frames, 7, None, train=True)
+    crops = crop_frames(frames, 7, train=True)
     offsets = set()
     for frame, crop in zip(frames, crops, strict=True):
         top, left = divmod(int(crop[0, 0, 0] - frame[0, 0, 0]), 12)
         assert torch.equal(crop, frame[:, top : top + 7, left : left + 7])
         offsets.add((top, left))
     assert len(offsets) > 1  # independent per frame
-    center = crop_frames(frames, 7, None, train=False)
+    center = crop_frames(frames, 7, train=False)
     assert torch.equal(center, frames[:, :, 1:8, 2:9])
     with pytest.raises(ValueError, match="larger than"):
-        crop_frames(frames, 11, None, train=False)
+        crop_frames(frames, 11, train=False)
 
 
 def test_spatial_softmax_puts_a_keypoint_on_a_peaked_map():
