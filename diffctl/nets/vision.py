@@ -89,16 +89,8 @@ def crop_frames(frames: torch.Tensor, size: int, train: bool) -> torch.Tensor:
     if not train:
         top, left = (h - size) // 2, (w - size) // 2
         return frames[:, :, top : top + size, left : left + size]
-    tops = torch.randint(
-        0,
-        h - size + 1,
-        (n,),
-    ).tolist()
-    lefts = torch.randint(
-        0,
-        w - size + 1,
-        (n,),
-    ).tolist()
+    tops = torch.randint(0, h - size + 1, (n,)).tolist()
+    lefts = torch.randint(0, w - size + 1, (n,)).tolist()
     return torch.stack(
         [f[:, t : t + size, s : s + size] for f, t, s in zip(frames, tops, lefts, strict=True)]
     )
