@@ -40,6 +40,31 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="other load overrides, repeatable: e.g. n_candidates=16, selection=argmax (offline RL agents)",
     )
+    parser.add_argument(
+        "--steer",
+        choices=("best_of_n", "fk", "gradient"),
+        default=None,
+        help="steer each chunk by --verifier (diffctl.improve): best_of_n, fk particles or value gradient",
+    )
+    parser.add_argument(
+        "--verifier",
+        default=None,
+        help="verifier checkpoint for --steer: a world model or an offline-RL agent",
+    )
+    parser.add_argument(
+        "--verifier-reward",
+        choices=("model", "progress"),
+        default="model",
+        help="world-model verifier: its predicted rewards, or the task's goal-distance progress",
+    )
+    parser.add_argument(
+        "--steer-set",
+        dest="steer_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="steering settings, repeatable: n=16, lam=10, scale=0.1 (diffctl.improve.SteeringConfig)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="rollout processes (0 = in this process)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the full result as JSON here")
     parser.add_argument("--video", default=None, help="record episode 0 (.mp4 or .gif)")
@@ -62,6 +87,19 @@ def _run(args: argparse.Namespace) -> int:
     agent = load(checkpoint, **overrides)
     if not callable(getattr(agent, "act", None)):
         return _eval_world_model(agent, args)
+    steering: dict[str, Any] = {}
+    if args.steer or args.verifier:
+        from diffctl.improve.build import steered_agent
+
+        if not (args.steer and args.verifier):
+            raise ValueError(
+                "--steer and --verifier go together: a method and the checkpoint that scores chunks"
+            )
+        agent = steered_agent(
+            agent, args.verifier, reward=args.verifier_reward, method=args.steer,
+            **parse_settings(args.steer_settings),
+        )  # fmt: skip
+        steering = {"steering": {**agent.config.to_dict(), "verifier": args.verifier}}
     result = evaluate(
         agent,
         task,
@@ -71,13 +109,18 @@ def _run(args: argparse.Namespace) -> int:
         video_path=args.video,
         plot_path=args.plot,
     )
-    sampler = getattr(agent, "sampler", None)
+    sampler = getattr(getattr(agent, "policy", agent), "sampler", None)
     report = {
         "checkpoint": str(checkpoint),
         "solver": getattr(sampler, "solver", None),
         "steps": getattr(sampler, "steps", None),
+        **steering,
         **result,
     }
+    cost = getattr(agent, "cost", {})
+    if cost.get("decisions"):  # in-process rollouts: the steered decisions' mean cost
+        report["nfe_per_decision"] = cost["nfe"] / cost["decisions"]
+        report["verifier_calls_per_decision"] = cost["verifier_calls"] / cost["decisions"]
     print(format_table(report))
     if args.json_out:
         write_json(args.json_out, report)

@@ -3,7 +3,7 @@
 Pure math on torch tensors in the VE convention ``x = x0 + sigma * noise``; imports nothing else of diffctl.
 """
 
-from . import analytic, denoisers, guidance, inversion, losses, samplers, schedules
+from . import analytic, denoisers, guidance, inversion, losses, samplers, schedules, steering
 from .samplers import SOLVERS, sample
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "sample",
     "samplers",
     "schedules",
+    "steering",
 ]

@@ -18,7 +18,7 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, float, torch.Tensor], Any]
 
-__all__ = ["SOLVERS", "NonFiniteError", "Stepper", "sample", "validate_sigmas"]
+__all__ = ["SOLVERS", "NonFiniteError", "Stepper", "ancestral_step", "sample", "validate_sigmas"]
 
 
 class NonFiniteError(ValueError):
@@ -110,16 +110,27 @@ def _ancestral(s0: float, s1: float, eta: float) -> tuple[float, float]:
     return math.sqrt(s1**2 - up**2), up
 
 
+def ancestral_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    s0: float,
+    s1: float,
+    eta: float,
+    noise: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One DDIM step from sigma ``s0`` to ``s1`` given the x0 prediction: ``x0 + (s_down / s0) (x - x0) +
+    s_up z`` with ``z = noise(x)`` (drawn only when eta > 0 and ``s1 > 0``)."""
+    down, up = _ancestral(s0, s1, eta)
+    out = x0 + (down / s0) * (x - x0)
+    return out + up * noise(out) if up > 0 else out
+
+
 def euler(run: Stepper, x: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
     """DDIM in sigma space: ``x <- x0 + (s_down / s) (x - x0) + s_up z``; eta 0 is the Euler ODE step."""
     sig = run.sigmas
     for i in range(len(sig) - 1):
         x0 = run.denoise(x, i)
-        down, up = _ancestral(sig[i], sig[i + 1], eta)
-        x = x0 + (down / sig[i]) * (x - x0)
-        if up > 0:
-            x = x + up * run.noise(x)
-        x = run.step_done(i, x)
+        x = run.step_done(i, ancestral_step(x, x0, sig[i], sig[i + 1], eta, run.noise))
     return x
 
 

@@ -420,6 +420,23 @@ class OfflineRLAgent(Configurable, Policy):
         params = {k: v.detach() for k, v in critic.named_parameters()}
         return functional_call(critic, params, (state, action))
 
+    def q_value(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The target critic's ``min(Q1, Q2)`` ``(B,)`` of raw observations ``(B, Do [+ Dg])`` and raw actions
+        ``(B, Da)``; gradients reach ``action`` only (a verifier for steering other policies)."""
+        device = next(self.network.parameters()).device
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        action = torch.as_tensor(action, dtype=torch.float32, device=device)
+        if action.ndim != 2 or action.shape[-1] != self.action_dim or len(action) != len(obs):
+            raise ValueError(
+                f"action must have shape ({len(obs)}, {self.action_dim}), got {tuple(action.shape)}"
+            )
+        o, g = self._split(obs)
+        critic = self.network.critic_target
+        params = {k: v.detach() for k, v in critic.named_parameters()}
+        a = self.normalizer("action").normalize(action)
+        q1, q2 = functional_call(critic, params, (self._state(o, g), a))
+        return torch.minimum(q1, q2)
+
     def sample_actions(
         self,
         state: torch.Tensor,
