@@ -47,7 +47,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     best = summary.get("best_score")
     print(f"run directory: {summary['run_dir']}")
-    print(f"steps: {summary['step']}  final loss: {summary['loss']:.5g}")
+    if "loss" in summary:
+        print(f"steps: {summary['step']}  final loss: {summary['loss']:.5g}")
+    else:  # a fine-tuning run counts simulator steps
+        print(f"simulator steps: {summary['env_steps']}")
     final = final_eval(summary["run_dir"])
     if final:
         shown = ", ".join(f"{k} {final[k]:.4g}" for k in FINAL_KEYS if final.get(k) is not None)

@@ -30,6 +30,7 @@ AGENT_CLASSES: dict[str, str] = {
     "DiffusionWorldModel": "diffctl.world_models.dwm",
     "MLPEnsembleWorldModel": "diffctl.world_models.ensemble",
     "FrameWorldModel": "diffctl.world_models.frames",
+    "ResidualPolicy": "diffctl.improve.residual",
 }
 
 

@@ -35,7 +35,7 @@ from diffctl.train.config import TrainConfig
 from diffctl.train.distributed import DistInfo, barrier, collective_device, init_distributed
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("task", "policy", "sampler", "planner", "image_model", "world_model", "experiment")
+GROUPS = ("task", "policy", "sampler", "planner", "image_model", "world_model", "finetune", "experiment")
 # Sections that select the agent instead of ``policy`` when set, in this order.
 AGENT_SECTIONS = ("planner", "image_model", "world_model")
 # Agent settings the pipeline reads off the task and the data instead of the policy / planner section.
@@ -105,6 +105,11 @@ def register_defaults() -> None:
         if "seed" in values:
             values["seed"] = "${seed}"  # the run's seed initializes the networks unless policy.seed is set
         store.store(group="defaults", name=name, node=values)
+    from diffctl.improve.residual import ResidualPPOConfig
+
+    store.store(
+        group="defaults", name="ResidualPPOConfig", node={**node(ResidualPPOConfig), "seed": "${seed}"}
+    )
 
 
 def _compose(config_name: str, overrides: Sequence[str]) -> Any:
@@ -202,7 +207,10 @@ def prepare(cfg: Any) -> PreparedRun:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    """Train the agent a composed config describes; returns the Trainer summary plus ``run_dir``."""
+    """Train the agent a composed config describes; returns the Trainer summary plus ``run_dir``. A config
+    with a ``finetune`` section fine-tunes a saved policy in simulation instead (``run_finetune``)."""
+    if to_dict(cfg).get("finetune"):
+        return run_finetune(to_dict(cfg))
     prep = prepare(cfg)
     info, run_dir = prep.info, prep.run_dir
 
@@ -220,6 +228,27 @@ def run(cfg: Any) -> dict[str, Any]:
             from diffctl.core.registry import load
 
             load(summary["checkpoint"]).after_training(run_dir, prep.dataset)  # the saved (EMA) weights
+    return summary
+
+
+def run_finetune(conf: dict[str, Any]) -> dict[str, Any]:
+    """Residual PPO on the saved policy ``finetune.base`` in the task's simulator (``diffctl.improve``): no
+    dataset; ``training.resume`` and ``training.progress`` apply, the rest of the budget is the section's."""
+    from diffctl.improve.finetune import finetune_residual
+    from diffctl.improve.residual import ResidualPPOConfig
+
+    section = {k: v for k, v in conf["finetune"].items() if k != "name"}
+    config = ResidualPPOConfig.from_dict(section)
+    train_cfg = TrainConfig.from_dict(conf["training"])
+    task = conf["task"]["name"]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(conf.get("run_dir") or f"runs/{task}-{conf['finetune'].get('name', 'finetune')}-{stamp}")
+    if not train_cfg.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml(run_dir / "config.yaml", conf)
+    summary = finetune_residual(config, task, run_dir, resume=train_cfg.resume, progress=train_cfg.progress)
+    summary["run_dir"] = str(run_dir)
+    plot_curves_or_warn(run_dir)
     return summary
 
 
@@ -254,6 +283,7 @@ def resolve_run_dir(conf: Mapping[str, Any], info: DistInfo) -> Path:
 RESUMABLE_KEYS = (
     "training.steps", "training.eval_every", "training.checkpoint_every", "training.keep_checkpoints",
     "training.log_every", "training.progress", "training.tensorboard", "training.device", "eval.",
+    "finetune.env_steps", "finetune.eval_every", "finetune.eval_episodes", "finetune.checkpoint_every",
 )  # fmt: skip
 
 

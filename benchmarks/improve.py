@@ -1,0 +1,358 @@
+"""Improving a trained policy at inference: steering by a verifier, against the plain policy.
+
+The base policy is the FetchPush state recipe (`diffctl train experiment=fetch_push_state`, success below
+0.8), the verifier a one-step MLP-ensemble world model of the same data (`diffctl train task=fetch-push
+world_model=mlp_ensemble experiment=world_model`) scoring each candidate chunk by the imagined goal-distance
+progress of the block (`--verifier-reward progress`). Both are trained into ``--work`` unless there.
+
+Each setting is rolled out in the simulator, 50 episodes per seed, in this process with one thread, so the act
+latencies are comparable: the plain policy under its few-step sampler, DDPM-10 and DDPM-100; best-of-N and
+FK particle steering at N = 1, 4, 16, 64. Every row reports the network evaluations (NFE) and verifier calls
+per decision and the act latency (mean and p99, the replanning tick), and is reproduced by the `diffctl eval`
+command shown.
+
+    PYTHONPATH=. python benchmarks/improve.py
+    PYTHONPATH=. python benchmarks/improve.py --quick        # smoke test (tiny budgets, temp dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffctl.atomic import write_text
+
+POLICY_RECIPE = "fetch_push_state"
+VERIFIER_RUN = "fetch-push-ens"
+PLAIN = {
+    "dpmpp_2m 10": {"solver": "dpmpp_2m", "steps": 10},
+    "ddpm 10": {"solver": "ddpm", "steps": 10},
+    "ddpm 100": {"solver": "ddpm", "steps": 100},
+}
+STEERED = "ddpm 10"
+"""The sampler under every steered row: FK particles take ancestral (DDPM) steps on the policy's grid, so
+best-of-N draws its candidates the same way and the plain ``ddpm 10`` row is the like-for-like base."""
+
+
+def train(run_dir: Path, args: list[str]) -> Path:
+    """``diffctl train <args>`` into ``run_dir`` unless its checkpoint exists; the checkpoint."""
+    from diffctl.train.pipeline import compose_config, run
+
+    ckpt = run_dir / "checkpoint"
+    if not (ckpt / "config.json").exists():
+        run(compose_config([*args, f"run_dir={run_dir}", "eval.episodes=0", "training.progress=false"]))
+    return ckpt
+
+
+def settings(ns: list[int], methods: list[str]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(label, sampler overrides, steering settings or {}) of every row."""
+    rows = [(f"plain, {name}", sampler, {}) for name, sampler in PLAIN.items()]
+    for method in methods:
+        rows += [(f"{method}, N={n}", PLAIN[STEERED], {"method": method, "n": n}) for n in ns]
+    return rows
+
+
+def command(policy: Path, verifier: Path, sampler: dict[str, Any], steer: dict[str, Any], lam: float) -> str:
+    cmd = f"diffctl eval {policy} --solver {sampler['solver']} --steps {sampler['steps']}"
+    if steer:
+        cmd += f" --steer {steer['method']} --verifier {verifier} --verifier-reward progress"
+        cmd += f" --steer-set n={steer['n']}"
+        if steer["method"] == "fk":
+            cmd += f" --steer-set lam={lam}"
+    return cmd
+
+
+def evaluate_row(
+    policy_ckpt: Path,
+    verifier_ckpt: Path,
+    label: str,
+    sampler: dict[str, Any],
+    steer: dict[str, Any],
+    lam: float,
+    episodes: int,
+    seeds: list[int],
+) -> dict[str, Any]:
+    import diffctl as dc
+    from diffctl.improve.build import steered_agent
+
+    agent = dc.load(policy_ckpt, **sampler)
+    if steer:
+        extra = {"lam": lam} if steer["method"] == "fk" else {}
+        agent = steered_agent(agent, verifier_ckpt, reward="progress", **steer, **extra)
+    per_seed, lat_mean, lat_p99 = {}, [], []
+    for seed in seeds:
+        res = dc.evaluate(agent, agent.task, episodes=episodes, seed=seed, n_workers=0)
+        per_seed[str(seed)] = res["success_rate"]
+        lat_mean.append(res["act_latency_ms_mean"])
+        lat_p99.append(res["act_latency_ms_p99"])
+        print(label, seed, res["success_rate"], flush=True)
+    rates = list(per_seed.values())
+    cost = getattr(agent, "cost", None)
+    nfe = (
+        cost["nfe"] / cost["decisions"]
+        if cost
+        else float(sampler["steps"] * (2 if sampler["solver"] == "heun" else 1))
+    )
+    return {
+        "setting": label, "method": steer.get("method", "plain"), "n": steer.get("n", 1),
+        "solver": sampler["solver"], "steps": sampler["steps"],
+        "success_rate": round(float(np.mean(rates)), 3),
+        "success_std_over_seeds": round(float(np.std(rates)), 3) if len(rates) > 1 else None,
+        "success_per_seed": per_seed, "episodes_per_seed": episodes,
+        "nfe_per_decision": round(nfe, 1),
+        "verifier_calls_per_decision": round(cost["verifier_calls"] / cost["decisions"], 1) if cost else 0,
+        "act_ms_mean": round(float(np.mean(lat_mean)), 2), "act_ms_p99": round(float(np.mean(lat_p99)), 2),
+        "simulator_steps": 0,
+        "command": command(policy_ckpt, verifier_ckpt, sampler, steer, lam),
+    }  # fmt: skip
+
+
+class SB3Agent:
+    """A stable-baselines3 model behind the ``act`` interface (deterministic actions)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: Any) -> np.ndarray:
+        return self.model.predict(np.asarray(obs, np.float32), deterministic=True)[0]
+
+
+def ppo_from_scratch(task: str, env_steps: int, every: int, episodes: int, seed: int) -> list[dict[str, Any]]:
+    """stable-baselines3 PPO (its defaults, 16 environments) on the same budget; success every ``every``
+    steps with the same evaluation as the fine-tuned policy."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import diffctl as dc
+    from diffctl.envs.registry import make_env
+
+    env = make_vec_env(lambda: make_env(task), n_envs=16, seed=seed)
+    model = PPO("MlpPolicy", env, n_steps=128, batch_size=256, seed=seed, device="cpu", verbose=0)
+    curve, done = [], 0
+    while True:
+        res = dc.evaluate(SB3Agent(model), task, episodes=episodes, seed=0, n_workers=0)
+        curve.append({"step": done, "success_rate": res["success_rate"]})
+        print("ppo from scratch", done, res["success_rate"], flush=True)
+        if done >= env_steps:
+            return curve
+        model.learn(every, reset_num_timesteps=False)
+        done = int(model.num_timesteps)
+
+
+def residual_section(work: Path, policy: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """Residual PPO on the base policy through the pipeline (its logged evaluations give the curve), beside
+    PPO from scratch on the same simulator budget."""
+    from diffctl.train.metrics import read_metrics
+
+    run_dir = work / "resip_fetch_push"
+    overrides = ["experiment=resip_fetch_push", f"finetune.base={policy}",
+                 f"finetune.env_steps={args.env_steps}", *extra]  # fmt: skip
+    train(run_dir, overrides)
+    curve = [{"step": r["step"], "success_rate": r["eval_success_rate"]}
+             for r in read_metrics(run_dir) if "eval_success_rate" in r]  # fmt: skip
+    every = curve[1]["step"] - curve[0]["step"] if len(curve) > 1 else args.env_steps
+    scratch = (
+        [] if args.no_scratch else ppo_from_scratch("fetch-push", args.env_steps, every, args.episodes, 0)
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "command": "diffctl train " + " ".join(overrides), "run_dir": str(run_dir), "curve": curve,
+        "scratch_curve": scratch, "minutes": summary.get("minutes"), "env_steps": summary.get("env_steps"),
+    }  # fmt: skip
+
+
+def plot_curves(section: dict[str, Any], path: Path) -> None:
+    """Success against simulator steps (skipped with a warning when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        print(f"warning: {path} skipped ({err})")
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, label in (
+        ("curve", "residual PPO on the diffusion policy"),
+        ("scratch_curve", "PPO from scratch"),
+    ):
+        if section.get(key):
+            ax.plot([p["step"] for p in section[key]], [p["success_rate"] for p in section[key]], "o-",
+                    label=label, ms=3)  # fmt: skip
+    ax.set_xlabel("simulator steps")
+    ax.set_ylabel("success rate (50 episodes)")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_residual(section: dict[str, Any]) -> list[str]:
+    curve, scratch = section["curve"], section.get("scratch_curve") or []
+    at = {p["step"]: p["success_rate"] for p in scratch}
+    lines = [
+        "## Residual PPO (ResiP) on the frozen policy",
+        "",
+        f"`{section['command']}` ({section['minutes']} min on one core, {section['env_steps']} simulator "
+        "steps). Success of the deterministic policy (residual mean) over 50 episodes, seed 0, against "
+        "stable-baselines3 PPO from scratch (its defaults, 16 environments) on the same budget.",
+        "",
+        "![success against simulator steps](improve_residual.png)",
+        "",
+        "| simulator steps | residual PPO | PPO from scratch |",
+        "|---|---|---|",
+    ]
+    for p in curve:
+        near = min(at, key=lambda s: abs(s - p["step"])) if at else None
+        other = f"{at[near]:.2f} (at {near})" if near is not None else ""
+        lines.append(f"| {p['step']} | {p['success_rate']:.2f} | {other} |")
+    return lines
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    lines = ["# Improving a trained policy (FetchPush)", ""]
+    if result["rows"]:
+        lines += steering_lines(result)
+    if result.get("residual"):
+        lines += ["", *render_residual(result["residual"])]
+    lines += ["", *result["targets"]]
+    return lines
+
+
+def steering_lines(result: dict[str, Any]) -> list[str]:
+    meta = result["meta"]
+    lines = [
+        "## Steering by a verifier",
+        "",
+        f"`{meta['command']}` on {meta['machine']}. {meta['task']}: base policy `{meta['policy_command']}`, "
+        f"verifier `{meta['verifier_command']}` scoring the imagined block-to-goal progress of each chunk. "
+        f"Success over {meta['episodes']} episodes per seed (seeds {', '.join(map(str, meta['seeds']))}); "
+        "NFE and verifier calls per decision (one decision per executed chunk of 8 actions); act latency "
+        "averaged over seeds, p99 being the replanning tick. Steered rows sample with DDPM steps on the "
+        "policy's 10-step grid, so `plain, ddpm 10` is their base. No simulator steps are used.",
+        "",
+        "| setting | success | per seed | NFE / decision | verifier calls / decision | act ms mean | "
+        "act ms p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        seeds = " / ".join(f"{v:.2f}" for v in r["success_per_seed"].values())
+        lines.append(
+            f"| {r['setting']} | {r['success_rate']:.2f} | {seeds} | {r['nfe_per_decision']:g} | "
+            f"{r['verifier_calls_per_decision']:g} | {r['act_ms_mean']:.2f} | {r['act_ms_p99']:.1f} |"
+        )
+    lines += ["", "Commands (one per row):", ""]
+    lines += [f"- {r['setting']}: `{r['command']}`" for r in result["rows"]]
+    return lines
+
+
+def targets(rows: list[dict[str, Any]], residual: dict[str, Any] | None = None) -> list[str]:
+    out = ["Targets:", ""]
+    if residual and residual["curve"]:
+        curve, scratch = residual["curve"], residual.get("scratch_curve") or []
+        start, best = curve[0]["success_rate"], max(p["success_rate"] for p in curve)
+        lift = (best - start) * 100
+        vs = f"; PPO from scratch reaches {max(p['success_rate'] for p in scratch):.2f}" if scratch else ""
+        out.append(
+            f"- residual fine-tuning lifts success by >= 20 points within 1M simulator steps: {start:.2f} -> "
+            f"{best:.2f} ({lift:+.0f} points){vs}: " + ("met" if lift >= 20 else "missed")
+        )
+    if not rows:
+        return out
+    base = next(r for r in rows if r["setting"] == f"plain, {STEERED}")
+    best = max((r for r in rows if r["method"] != "plain"), key=lambda r: r["success_rate"], default=None)
+    if best is not None and base["success_rate"] < 0.8:
+        lift = (best["success_rate"] - base["success_rate"]) * 100
+        out.append(
+            f"- steering lifts success by >= 10 points where the base policy is below 0.8: best "
+            f"{best['setting']} {best['success_rate']:.2f} vs {base['setting']} {base['success_rate']:.2f} "
+            f"({lift:+.0f} points): " + ("met" if lift >= 10 else "missed")
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/improve", help="where the policy and verifier runs live")
+    parser.add_argument("--policy", default=None, help="base policy checkpoint (default: train the recipe)")
+    parser.add_argument("--ns", nargs="+", type=int, default=[1, 4, 16, 64])
+    parser.add_argument("--methods", nargs="+", default=["best_of_n", "fk"], choices=["best_of_n", "fk"])
+    parser.add_argument("--lam", type=float, default=50.0, help="fk temperature (1 / metres of progress)")
+    parser.add_argument("--episodes", type=int, default=50, help="per seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="smoke run into a temp dir (not a result)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--render-only", action="store_true", help="rewrite improve.md from improve.json")
+    parser.add_argument("--no-steer", action="store_true", help="skip the steering rows (keep saved ones)")
+    parser.add_argument("--residual", action="store_true", help="residual PPO beside PPO from scratch")
+    parser.add_argument("--env-steps", type=int, default=1_000_000, help="residual PPO simulator budget")
+    parser.add_argument("--no-scratch", action="store_true", help="skip PPO from scratch")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out, work = Path(args.out), Path(args.work)
+    policy_args = [f"experiment={POLICY_RECIPE}"]
+    verifier_args = ["task=fetch-push", "world_model=mlp_ensemble", "experiment=world_model"]
+    if args.quick:
+        tmp = Path(tempfile.mkdtemp())
+        out, work = tmp / "results", tmp / "runs"
+        args.episodes, args.seeds, args.ns, args.policy = 2, [0], [1, 2], None
+        tiny = [f"task.dataset.path={tmp}/data/fetch-push.zarr", "task.dataset.generate.episodes=3",
+                "training.steps=3", "training.batch_size=4"]  # fmt: skip
+        policy_args += tiny
+        verifier_args += tiny
+    else:
+        tiny = []
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "improve.json", out / "improve.md"
+    if args.render_only:
+        result = json.loads(json_path.read_text())
+        result["targets"] = targets(result["rows"], result.get("residual"))
+        write_text(md_path, "\n".join(render(result)) + "\n")
+        return
+    saved = json.loads(json_path.read_text()) if json_path.exists() and not args.quick else {}
+    policy = Path(args.policy) if args.policy else train(work / POLICY_RECIPE, policy_args)
+    rows = saved.get("rows", [])
+    if not args.no_steer:
+        verifier = train(work / VERIFIER_RUN, verifier_args)
+        rows = [
+            evaluate_row(policy, verifier, label, sampler, steer, args.lam, args.episodes, args.seeds)
+            for label, sampler, steer in settings(args.ns, args.methods)
+        ]
+    residual = saved.get("residual")
+    if args.residual:
+        extra = ["finetune.eval_every=1", "finetune.eval_episodes=2", *tiny] if args.quick else []
+        if args.quick:
+            args.env_steps = 1600
+        residual = residual_section(work, policy, args, extra)
+        plot_curves(residual, out / "improve_residual.png")
+    meta = {
+        "command": "python benchmarks/improve.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
+        "task": "fetch-push", "episodes": args.episodes, "seeds": args.seeds,
+        "policy_command": f"diffctl train experiment={POLICY_RECIPE}",
+        "verifier_command": "diffctl train " + " ".join(verifier_args[:3]),
+    }  # fmt: skip
+    if saved and args.no_steer:
+        meta = saved["meta"]
+    result = {"meta": meta, "rows": rows, "residual": residual, "targets": targets(rows, residual)}
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
+    md = render(result)
+    write_text(md_path, "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

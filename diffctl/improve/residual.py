@@ -1,0 +1,262 @@
+"""Residual RL on a frozen chunk policy (ResiP, Ankile et al. 2024): ``a = a_base + scale * delta``.
+
+The base diffusion policy keeps running its receding-horizon chunks, frozen. A small Gaussian policy sees the
+normalized observation and the base action of each step and proposes a correction ``delta`` in normalized
+action units; PPO (``diffctl.improve.ppo``) trains it, and a critic on the same input, from the simulator's
+rewards. Its last layer starts at zero, so fine-tuning starts exactly at the base policy.
+
+``ResidualPolicy`` is the agent (``act``, ``save``, ``load``; the base policy is saved inside its directory,
+so a checkpoint is self-contained); ``BatchedChunks`` runs the base policy over E environments at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffctl.atomic import atomic_dir
+from diffctl.core.config import Config
+from diffctl.core.persistence import CONFIG_FILE, WEIGHTS_FILE, read_config_json
+from diffctl.core.registry import load
+from diffctl.nets.mlp import mlp
+
+__all__ = ["BatchedChunks", "ResidualNet", "ResidualPPOConfig", "ResidualPolicy"]
+
+VERSION = 1
+BASE_DIR = "base"
+
+
+@dataclass
+class ResidualPPOConfig(Config):
+    """Residual PPO fine-tuning of a frozen chunk policy (``diffctl train finetune=residual_ppo``)."""
+
+    section: ClassVar[str] = "finetune"
+
+    base: str = ""
+    """Checkpoint of the frozen base policy (a chunk policy of the run's task)."""
+    env_steps: int = 200_000
+    """Simulator steps in all (every iteration runs one whole episode in each environment)."""
+    num_envs: int = 16
+    """Environments stepped together (``gymnasium.vector``)."""
+    async_envs: bool = False
+    """Step the environments in worker processes (``AsyncVectorEnv``) instead of in this one."""
+    residual_scale: float = 0.1
+    """The correction's scale in normalized action units (ResiP keeps it small)."""
+    hidden: int = 256
+    """Width of the residual actor and the critic."""
+    depth: int = 2
+    """Hidden layers of the residual actor and the critic."""
+    init_log_std: float = -1.0
+    """Initial log standard deviation of ``delta`` (before ``residual_scale``)."""
+    lr: float = 3e-4
+    """Adam learning rate of actor and critic."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE's lambda."""
+    clip: float = 0.2
+    """PPO ratio clip."""
+    epochs: int = 5
+    """Passes over each iteration's rollout."""
+    minibatches: int = 4
+    """Minibatches per pass."""
+    value_coef: float = 0.5
+    """Weight of the critic's squared error."""
+    entropy_coef: float = 0.0
+    """Weight of the Gaussian's entropy bonus."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global norm)."""
+    checkpoint_every: int = 10
+    """Iterations between checkpoints (the last one is always written)."""
+    eval_every: int = 0
+    """Iterations between closed-loop evaluations of the deterministic policy (0: only at the end)."""
+    eval_episodes: int = 50
+    """Episodes per evaluation (0: none)."""
+    seed: int = 0
+    """Seeds the residual's initialization, its noise, the minibatches and the episodes."""
+
+    def validate(self) -> None:
+        for key in ("env_steps", "num_envs", "hidden", "depth", "epochs", "minibatches", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("residual_scale", "lr", "clip", "max_grad_norm"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"finetune.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("gamma", "gae_lambda"):
+            if not 0 < getattr(self, key) <= 1:
+                raise ValueError(f"finetune.{key} must lie in (0, 1], got {getattr(self, key)}")
+        if self.eval_every < 0 or self.eval_episodes < 0:
+            raise ValueError("finetune.eval_every and finetune.eval_episodes must be >= 0")
+
+
+def base_features(base: Any, obs: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:
+    """The residual's input: the base policy's normalized state (and goal) and normalized base action."""
+    parts = [base.normalizer("obs").normalize(obs[:, : base.obs_dim])]
+    if base.goal_dim:
+        parts.append(base.normalizer("goal").normalize(obs[:, base.obs_dim :]))
+    parts.append(base.normalizer("action").normalize(base_action))
+    return torch.cat(parts, dim=-1).float()
+
+
+class ResidualNet(nn.Module):
+    """Gaussian residual actor on (state, base action) features (mean MLP with a zero last layer,
+    state-free log std) and a state-value critic on the state part."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int, depth: int, init_log_std: float) -> None:
+        super().__init__()
+        self.state_dim = state_dim
+        self.actor = mlp(state_dim + action_dim, action_dim, hidden, depth, activation="relu")
+        nn.init.zeros_(self.actor[-1].weight)
+        nn.init.zeros_(self.actor[-1].bias)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        self.critic = mlp(state_dim, 1, hidden, depth, activation="relu")
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """V(s) (B,) of features (B, >= state_dim); only the state part is read."""
+        return self.critic(x[..., : self.state_dim]).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean (B, Da), log std (Da,) and value (B,) of features (B, state + action)."""
+        return self.actor(x), self.log_std, self.value(x)
+
+
+class BatchedChunks:
+    """The base policy's receding-horizon chunks over E environments that start their episodes together:
+    every ``n_action_steps`` steps one batched ``predict_chunk`` from each environment's history."""
+
+    def __init__(self, base: Any, num_envs: int) -> None:
+        self.base, self.num_envs = base, int(num_envs)
+        self.reset()
+
+    def reset(self) -> None:
+        self.history: list[np.ndarray] = []
+        self.queue: np.ndarray | None = None
+        self.step = 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Raw base actions (E, Da) for the raw observations (E, D) of the current step."""
+        b = self.base
+        obs = np.asarray(obs, dtype=np.float32)
+        if not self.history:
+            self.history = [obs] * b.n_obs_steps
+        else:
+            self.history = [*self.history[1:], obs]
+        k = self.step % b.n_action_steps
+        if k == 0:
+            hist = torch.from_numpy(np.stack(self.history, axis=1))
+            chunk = b.predict_chunk(hist).cpu().numpy()
+            start = b.n_obs_steps - 1
+            self.queue = chunk[:, start : start + b.n_action_steps]
+        self.step += 1
+        assert self.queue is not None
+        return self.queue[:, k]
+
+
+class ResidualPolicy:
+    """The fine-tuned agent: the frozen ``base`` chunk policy plus the residual's mean correction at act time
+    (``stochastic=True`` samples the Gaussian instead, as in training)."""
+
+    config_class: ClassVar[type[ResidualPPOConfig]] = ResidualPPOConfig
+
+    def __init__(self, base: Any, config: ResidualPPOConfig) -> None:
+        for name in ("predict_chunk", "normalizer", "n_obs_steps", "n_action_steps"):
+            if not hasattr(base, name):
+                raise ValueError(
+                    f"{type(base).__name__} has no {name}: residual RL needs a chunk policy base"
+                )
+        self.base, self.config = base, config
+        self.task = getattr(base, "task", None)
+        self.obs_dim, self.goal_dim, self.action_dim = base.obs_dim, base.goal_dim, base.action_dim
+        state_dim = base.obs_dim + base.goal_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.network = ResidualNet(
+                state_dim, base.action_dim, config.hidden, config.depth, config.init_log_std
+            )
+        self.stochastic = False
+        self.generator: torch.Generator | None = None
+        self.chunks = BatchedChunks(base, 1)
+
+    # ----- acting ------------------------------------------------------------------------------------
+    def compose(self, base_action: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Raw actions of raw base actions plus the normalized correction ``residual_scale * delta``."""
+        norm = self.base.normalizer("action")
+        corrected = norm.normalize(base_action) + self.config.residual_scale * delta
+        return norm.unnormalize(corrected.clamp(-1.0, 1.0)).clamp(-1.0, 1.0)
+
+    def seed(self, seed: int | None) -> None:
+        self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        self.base.seed(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.chunks.reset()
+        if seed is not None:
+            self.seed(seed)
+
+    @torch.no_grad()
+    def act(self, obs: Any) -> np.ndarray:
+        x = np.asarray(self.base.check_obs(obs), dtype=np.float32)[None]
+        a_base = torch.from_numpy(self.chunks.act(x)).float()
+        mean, log_std, _ = self.network(base_features(self.base, torch.from_numpy(x), a_base))
+        delta = mean
+        if self.stochastic:
+            delta = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
+        return self.compose(a_base, delta)[0].numpy()
+
+    # ----- persistence -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """``config.json`` + ``model.safetensors`` of the residual, and the base policy in ``base/``."""
+        from safetensors.torch import save_file
+
+        final = Path(path)
+        with atomic_dir(final) as tmp:
+            self.base.save(tmp / BASE_DIR)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            config = {"class": type(self).__name__, "version": VERSION, "task": self.task,
+                      "hyperparameters": self.config.to_dict()}  # fmt: skip
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        return final
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **overrides: Any) -> ResidualPolicy:
+        """Rebuild a saved residual policy; ``overrides`` are sampler settings of its base policy."""
+        from safetensors.torch import load_file
+
+        root = Path(path)
+        config = read_config_json(root)
+        if config.get("class") != cls.__name__ or config.get("version") != VERSION:
+            raise ValueError(f"{root / CONFIG_FILE} is not a {cls.__name__} v{VERSION} checkpoint")
+        agent = cls(
+            load(root / BASE_DIR, **overrides), ResidualPPOConfig.from_dict(config["hyperparameters"])
+        )
+        weights = root / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"agent directory {root} has no {WEIGHTS_FILE}")
+        try:
+            agent.network.load_state_dict(load_file(str(weights)))
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"{weights} does not match a {cls.__name__}: {err}") from err
+        agent.task = config.get("task") or agent.task
+        return agent
+
+
+def load_base(config: ResidualPPOConfig, task: str | None) -> Any:
+    """The frozen base policy of ``config.base``, checked against the run's task."""
+    if not config.base:
+        raise ValueError("finetune.base must name the checkpoint of the base policy to fine-tune")
+    base = load(config.base)
+    if not callable(getattr(base, "predict_chunk", None)) or not hasattr(base, "normalizer"):
+        raise ValueError(f"{config.base} holds a {type(base).__name__}; residual RL needs a chunk policy")
+    if task and getattr(base, "task", None) and base.task != task:
+        raise ValueError(
+            f"the base policy {config.base} was trained on task {base.task!r}, the run is on {task!r}"
+        )
+    return base
