@@ -160,8 +160,8 @@ def residual_section(work: Path, policy: Path, args: argparse.Namespace, extra: 
     overrides = ["experiment=resip_fetch_push", f"finetune.base={policy}",
                  f"finetune.env_steps={args.env_steps}", *extra]  # fmt: skip
     train(run_dir, overrides)
-    curve = [{"step": r["step"], "success_rate": r["eval_success_rate"]}
-             for r in read_metrics(run_dir) if "eval_success_rate" in r]  # fmt: skip
+    curve = [{"step": r["step"], "success_rate": r["eval/success_rate"]}
+             for r in read_metrics(run_dir) if "eval/success_rate" in r]  # fmt: skip
     every = curve[1]["step"] - curve[0]["step"] if len(curve) > 1 else args.env_steps
     scratch = (
         [] if args.no_scratch else ppo_from_scratch("fetch-push", args.env_steps, every, args.episodes, 0)

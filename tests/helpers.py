@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffctl.policies import DiffusionPolicy
 from diffctl.train import TrainConfig
 
 STATE, ACT, H = 4, 2, 8
@@ -107,3 +109,39 @@ def fit(planner, data: dict[str, torch.Tensor], steps: int, lr: float = 2e-3) ->
         loss.backward()
         opt.step()
     assert all(np.isfinite(v) for v in info.values()), info
+
+
+LINE_STEPS = 10
+
+
+class Line(gym.Env):
+    """Toy task for fine-tuning tests: a point on a line moves by 0.3 * action toward a goal at -1 or 1;
+    reward -|x - goal|; 10 steps."""
+
+    observation_space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.goal, self.t = 0.0, float(self.np_random.choice([-1.0, 1.0])), 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return np.array([self.x, self.goal], np.float32)
+
+    def step(self, action):
+        self.x = float(np.clip(self.x + 0.3 * float(action[0]), -2, 2))
+        self.t += 1
+        dist = abs(self.x - self.goal)
+        return self._obs(), -dist, False, self.t >= LINE_STEPS, {"success": dist < 0.2}
+
+
+def base_policy(tmp_path: Path) -> Any:
+    """An untrained diffusion policy for ``Line`` (state x and goal), saved in ``tmp_path / base``."""
+    policy = DiffusionPolicy(1, 1, goal_dim=1, horizon=4, n_obs_steps=1, n_action_steps=2, backbone="mlp",
+                             backbone_kwargs={"hidden": 16, "depth": 1, "embed_dim": 8},
+                             sampler={"solver": "euler", "steps": 2})  # fmt: skip
+    limits = np.array([[-2.0], [2.0]])
+    policy.fit_normalizers(limits, np.array([[-1.0], [1.0]]), limits)
+    policy.save(tmp_path / "base")
+    return policy

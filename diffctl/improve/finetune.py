@@ -36,7 +36,7 @@ from diffctl.improve.residual import (
 from diffctl.train import checkpoint as ckpt
 from diffctl.train.metrics import MetricsLogger
 
-__all__ = ["finetune_residual", "iteration_seed"]
+__all__ = ["FineTuner", "ResidualPPO", "fine_tune", "finetune_residual", "iteration_seed"]
 
 EnvFn = Callable[[], Any]
 
@@ -103,7 +103,7 @@ def collect(agent: ResidualPolicy, envs: Any, steps: int, seed: int, iteration: 
         "next_features": torch.stack(next_feats),
     }  # fmt: skip
     batch["episode_success"], batch["episode_return"] = success, returns
-    batch["generator"] = gen
+    batch["generator"], batch["env_steps"] = gen, int(batch["alive"].sum())
     return batch
 
 
@@ -146,29 +146,79 @@ def update(
     return out
 
 
-def save_checkpoint(
-    run_dir: Path, agent: ResidualPolicy, optimizer: torch.optim.Optimizer, step: int, iteration: int
-) -> Path:
-    """``checkpoints/step_XXXXXXX/``: the agent and the trainer state, written atomically."""
+class FineTuner:
+    """One fine-tuning method for ``fine_tune``: the ``agent`` it improves (saved and evaluated as is),
+    ``collect`` (one iteration's rollouts), ``update`` (its optimization step, returning scalars to log) and
+    the trainer state beyond the agent's weights (optimizers, critics) for checkpoints."""
+
+    agent: Any
+    num_envs: int
+    checkpoint_every: int
+    eval_every: int
+    env_steps: int
+    seed: int
+
+    def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        raise NotImplementedError
+
+    def load_state(self, agent_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class ResidualPPO(FineTuner):
+    """Residual PPO (ResiP) on ``ResidualPolicy``: one Adam over the residual actor and critic."""
+
+    def __init__(self, config: ResidualPPOConfig, base: Any) -> None:
+        self.config = config
+        self.agent = ResidualPolicy(base, config)
+        self.optimizer = torch.optim.Adam(self.agent.network.parameters(), lr=config.lr)
+        self.num_envs, self.checkpoint_every = config.num_envs, config.checkpoint_every
+        self.eval_every, self.env_steps, self.seed = config.eval_every, config.env_steps, config.seed
+
+    def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
+        return collect(self.agent, envs, steps, self.seed, iteration)
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        logs = update(self.agent, self.optimizer, batch)
+        logs["train/success_rate"] = float(batch["episode_success"].mean())
+        logs["train/mean_return"] = float(batch["episode_return"].mean())
+        return logs
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        return tensors, {"optimizer": meta}
+
+    def load_state(self, agent_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        saved = ResidualPolicy.load(agent_dir)
+        self.agent.network.load_state_dict(saved.network.state_dict())
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+
+
+def save_checkpoint(run_dir: Path, tuner: FineTuner, step: int, iteration: int) -> Path:
+    """``checkpoints/step_XXXXXXX/``: the agent (``agent/``) and the trainer state, written atomically."""
     path = run_dir / "checkpoints" / ckpt.step_dir_name(step)
     with atomic_dir(path) as tmp:
-        agent.save(tmp / "agent")
-        tensors, meta = ckpt.flatten_optimizer(optimizer.state_dict())
-        ckpt.save_state(tmp, tensors, {"optimizer": meta, "step": step, "iteration": iteration})
+        tuner.agent.save(tmp / "agent")
+        tensors, meta = tuner.state()
+        ckpt.save_state(tmp, tensors, {**meta, "step": step, "iteration": iteration})
     return path
 
 
-def restore(run_dir: Path, agent: ResidualPolicy, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """Load the newest step checkpoint of ``run_dir`` into ``agent`` and ``optimizer``; (step, iteration)
-    to continue from, (0, 0) when there is none."""
+def restore(run_dir: Path, tuner: FineTuner) -> tuple[int, int]:
+    """Load the newest step checkpoint of ``run_dir`` into ``tuner``; (step, iteration) to continue from,
+    (0, 0) when there is none."""
     found = ckpt.list_step_checkpoints(run_dir / "checkpoints")
     if not found:
         return 0, 0
     _, path = found[-1]
-    saved = ResidualPolicy.load(path / "agent")
-    agent.network.load_state_dict(saved.network.state_dict())
     tensors, meta = ckpt.load_state(path)
-    optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+    tuner.load_state(path / "agent", tensors, meta)
     return int(meta["step"]), int(meta["iteration"])
 
 
@@ -177,57 +227,70 @@ def finetune_residual(
     task: str,
     run_dir: str | Path,
     *,
+    env_fn: EnvFn | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``config.base`` on ``task`` with residual PPO into ``run_dir`` (``fine_tune``'s options)."""
+    base = load_base(config, None if env_fn else task)
+    return fine_tune(ResidualPPO(config, base), task, run_dir, env_fn=env_fn,
+                     eval_episodes=config.eval_episodes, async_envs=config.async_envs, **options)  # fmt: skip
+
+
+def fine_tune(
+    tuner: FineTuner,
+    task: str,
+    run_dir: str | Path,
+    *,
     resume: bool = False,
     progress: bool = True,
     env_fn: EnvFn | None = None,
     episode_steps: int | None = None,
-    eval_fn: Callable[[ResidualPolicy], dict[str, Any]] | None = None,
+    eval_fn: Callable[[Any], dict[str, Any]] | None = None,
+    eval_episodes: int = 0,
+    async_envs: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune ``config.base`` on ``task`` with residual PPO into ``run_dir``; the summary.
+    """Run ``tuner`` on ``task`` into ``run_dir``; the summary.
 
     ``env_fn`` builds one environment (default: the task's); ``episode_steps`` is its episode length
-    (default: the task's). ``eval_fn(agent)`` scores the deterministic policy every ``eval_every``
-    iterations and at the end (default: ``diffctl.evaluate`` with ``eval_episodes``).
+    (default: the task's). ``eval_fn(agent)`` scores the agent before training, every ``eval_every``
+    iterations and at the end (default: ``diffctl.evaluate`` with ``eval_episodes``; none when 0).
     """
     from diffctl.envs.tasks import get_task
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = int(episode_steps or get_task(task).max_episode_steps)
-    agent = ResidualPolicy(load_base(config, None if env_fn else task), config)
-    agent.task = task
-    optimizer = torch.optim.Adam(agent.network.parameters(), lr=config.lr)
-    per_iter = config.num_envs * steps
-    iterations = math.ceil(config.env_steps / per_iter)
+    tuner.agent.task = task
+    iterations = math.ceil(tuner.env_steps / (tuner.num_envs * steps))
     logger = MetricsLogger(run_dir, tensorboard=False)
-    step, start = restore(run_dir, agent, optimizer) if resume else (0, 0)
+    step, start = restore(run_dir, tuner) if resume else (0, 0)
     logger.truncate_after(step)
-    if eval_fn is None and config.eval_episodes:
-        eval_fn = _default_eval(task, config)
-    envs = make_envs(task, config.num_envs, config.async_envs, env_fn)
+    if eval_fn is None and eval_episodes:
+        eval_fn = _default_eval(task, eval_episodes)
+    envs = make_envs(task, tuner.num_envs, async_envs, env_fn)
     last_eval: dict[str, Any] = {}
-    if start == 0 and eval_fn is not None:  # the curve's first point: the residual starts at the base policy
-        last_eval = eval_fn(agent)
-        logger.log(0, {f"eval_{k}": v for k, v in last_eval.items()})
+    if start == 0 and eval_fn is not None:  # the curve's first point: the agent before fine-tuning
+        last_eval = eval_fn(tuner.agent)
+        logger.log(0, {f"eval/{k}": v for k, v in last_eval.items()})
     started = time.perf_counter()
-    bar = tqdm(range(start, iterations), desc="residual ppo", disable=not progress, initial=start,
+    bar = tqdm(range(start, iterations), desc=type(tuner).__name__, disable=not progress, initial=start,
                total=iterations)  # fmt: skip
     try:
         for it in bar:
-            batch = collect(agent, envs, steps, config.seed, it)
-            step += int(batch["alive"].sum())
-            logs = update(agent, optimizer, batch)
-            logs["train_success"] = float(batch["episode_success"].mean())
-            logs["train_return"] = float(batch["episode_return"].mean())
+            batch = tuner.collect(envs, steps, it)
+            step += int(batch["env_steps"])
+            logs = tuner.update(batch)
             last = it + 1 == iterations
-            if eval_fn is not None and (last or (config.eval_every and (it + 1) % config.eval_every == 0)):
-                last_eval = eval_fn(agent)
-                logs.update({f"eval_{k}": v for k, v in last_eval.items()})
+            if eval_fn is not None and (last or (tuner.eval_every and (it + 1) % tuner.eval_every == 0)):
+                last_eval = eval_fn(tuner.agent)
+                logs.update({f"eval/{k}": v for k, v in last_eval.items()})
             logger.log(step, logs)
-            bar.set_postfix(success=f"{logs['train_success']:.2f}", ret=f"{logs['train_return']:.1f}")
-            if last or (it + 1) % config.checkpoint_every == 0:
-                save_checkpoint(run_dir, agent, optimizer, step, it + 1)
-                agent.save(run_dir / "checkpoint")
+            bar.set_postfix(
+                success=f"{logs['train/success_rate']:.2f}", ret=f"{logs['train/mean_return']:.1f}"
+            )
+            if last or (it + 1) % tuner.checkpoint_every == 0:
+                save_checkpoint(run_dir, tuner, step, it + 1)
+                tuner.agent.save(run_dir / "checkpoint")
                 ckpt.prune_step_checkpoints(run_dir / "checkpoints", 2)
     finally:
         envs.close()
@@ -241,11 +304,11 @@ def finetune_residual(
     return summary
 
 
-def _default_eval(task: str, config: ResidualPPOConfig) -> Callable[[ResidualPolicy], dict[str, Any]]:
-    def run(agent: ResidualPolicy) -> dict[str, Any]:
+def _default_eval(task: str, episodes: int) -> Callable[[Any], dict[str, Any]]:
+    def run(agent: Any) -> dict[str, Any]:
         from diffctl.envs.evaluate import evaluate
 
-        res = evaluate(agent, task, episodes=config.eval_episodes, seed=0, n_workers=0)
+        res = evaluate(agent, task, episodes=episodes, seed=0, n_workers=0)
         return {"success_rate": res["success_rate"], "mean_return": res["mean_return"]}
 
     return run

@@ -18,7 +18,15 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, float, torch.Tensor], Any]
 
-__all__ = ["SOLVERS", "NonFiniteError", "Stepper", "ancestral_step", "sample", "validate_sigmas"]
+__all__ = [
+    "SOLVERS",
+    "NonFiniteError",
+    "Stepper",
+    "ancestral_sigmas",
+    "ancestral_step",
+    "sample",
+    "validate_sigmas",
+]
 
 
 class NonFiniteError(ValueError):
@@ -102,7 +110,7 @@ class Stepper:
         return self.constrain(x, self.sigmas[i + 1])
 
 
-def _ancestral(s0: float, s1: float, eta: float) -> tuple[float, float]:
+def ancestral_sigmas(s0: float, s1: float, eta: float) -> tuple[float, float]:
     """Split a step s0 -> s1 into a deterministic part to s_down and fresh noise of std s_up (DDIM eta)."""
     if s1 == 0 or eta == 0:
         return s1, 0.0
@@ -120,7 +128,7 @@ def ancestral_step(
 ) -> torch.Tensor:
     """One DDIM step from sigma ``s0`` to ``s1`` given the x0 prediction: ``x0 + (s_down / s0) (x - x0) +
     s_up z`` with ``z = noise(x)`` (drawn only when eta > 0 and ``s1 > 0``)."""
-    down, up = _ancestral(s0, s1, eta)
+    down, up = ancestral_sigmas(s0, s1, eta)
     out = x0 + (down / s0) * (x - x0)
     return out + up * noise(out) if up > 0 else out
 

@@ -94,21 +94,25 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-CURVE_KEYS = ("eval/normalized_score", "eval/success_rate", "eval/mean_return")
+CURVE_KEYS = (
+    "eval/normalized_score", "eval/success_rate", "eval/mean_return",
+    "train/success_rate", "train/mean_return",
+)  # fmt: skip
+"""Panels beside the loss: closed-loop evaluations, and the rollouts of fine-tuning runs in simulation."""
 
 
 def plot_learning_curves(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
-    """``learning_curves.png`` in ``run_dir``: training loss and every closed-loop evaluation metric against
-    the step. Returns the path, or None when the run logged nothing to plot."""
+    """``learning_curves.png`` in ``run_dir``: training loss and every metric of ``CURVE_KEYS`` the run
+    logged, against the step. Returns the path, or None when the run logged nothing to plot."""
     records = read_metrics(run_dir)
     loss = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
     evals = {
         key: [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         for key in CURVE_KEYS
     }
-    if not loss:
+    panels = ([("training loss", loss)] if loss else []) + [(k, v) for k, v in evals.items() if v]
+    if not panels:
         return None
-    panels = [("training loss", loss)] + [(k.split("/", 1)[1], v) for k, v in evals.items() if v]
     import matplotlib
 
     matplotlib.use("Agg", force=False)

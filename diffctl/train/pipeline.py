@@ -105,11 +105,12 @@ def register_defaults() -> None:
         if "seed" in values:
             values["seed"] = "${seed}"  # the run's seed initializes the networks unless policy.seed is set
         store.store(group="defaults", name=name, node=values)
+    from diffctl.improve.dppo import DPPOConfig
     from diffctl.improve.residual import ResidualPPOConfig
 
-    store.store(
-        group="defaults", name="ResidualPPOConfig", node={**node(ResidualPPOConfig), "seed": "${seed}"}
-    )
+    for config_class in (ResidualPPOConfig, DPPOConfig):  # fine-tuning methods (group ``finetune``)
+        values = {**node(config_class), "seed": "${seed}"}
+        store.store(group="defaults", name=config_class.__name__, node=values)
 
 
 def _compose(config_name: str, overrides: Sequence[str]) -> Any:
@@ -232,13 +233,26 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def run_finetune(conf: dict[str, Any]) -> dict[str, Any]:
-    """Residual PPO on the saved policy ``finetune.base`` in the task's simulator (``diffctl.improve``): no
-    dataset; ``training.resume`` and ``training.progress`` apply, the rest of the budget is the section's."""
+    """Fine-tune the saved policy ``finetune.base`` in the task's simulator (``diffctl.improve``): residual
+    PPO (``finetune=residual_ppo``) or DPPO (``finetune=dppo``, whose behaviour-cloning anchor reads the
+    task's dataset). ``training.resume`` and ``training.progress`` apply; the budget is the section's."""
+    from diffctl.improve.dppo import DPPOConfig, finetune_dppo
     from diffctl.improve.finetune import finetune_residual
     from diffctl.improve.residual import ResidualPPOConfig
 
     section = {k: v for k, v in conf["finetune"].items() if k != "name"}
-    config = ResidualPPOConfig.from_dict(section)
+    name = conf["finetune"].get("name")
+    options: dict[str, Any] = {}
+    if name == "residual_ppo":
+        config: Any = ResidualPPOConfig.from_dict(section)
+        method: Callable[..., dict[str, Any]] = finetune_residual
+    elif name == "dppo":
+        config, method = DPPOConfig.from_dict(section), finetune_dppo
+        if config.bc_coef > 0:
+            options["bc_data"] = build_dataset(open_dataset(conf["task"]), conf["task"])
+    else:
+        choices = ", ".join(group_options("finetune"))
+        raise ValueError(f"unknown finetune method {name!r}; available: {choices}")
     train_cfg = TrainConfig.from_dict(conf["training"])
     task = conf["task"]["name"]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -246,7 +260,7 @@ def run_finetune(conf: dict[str, Any]) -> dict[str, Any]:
     if not train_cfg.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_yaml(run_dir / "config.yaml", conf)
-    summary = finetune_residual(config, task, run_dir, resume=train_cfg.resume, progress=train_cfg.progress)
+    summary = method(config, task, run_dir, resume=train_cfg.resume, progress=train_cfg.progress, **options)
     summary["run_dir"] = str(run_dir)
     plot_curves_or_warn(run_dir)
     return summary

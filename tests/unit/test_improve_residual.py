@@ -3,18 +3,16 @@ exact resume, and a fine-tuning run that improves a poor base on a toy task."""
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import LINE_STEPS as STEPS
+from helpers import Line, base_policy
 
 import diffctl as dc
 from diffctl.improve.finetune import finetune_residual
 from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
 from diffctl.improve.residual import ResidualPolicy, ResidualPPOConfig
-from diffctl.policies import DiffusionPolicy
-
-STEPS = 10
 
 
 def test_gae_on_a_two_state_chain_with_known_values():
@@ -58,37 +56,6 @@ def test_gaussian_log_prob_matches_torch():
     x, mean, log_std = torch.randn(5, 3), torch.randn(5, 3), torch.randn(3)
     expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).sum(-1)
     torch.testing.assert_close(gaussian_log_prob(x, mean, log_std.expand_as(mean)), expected)
-
-
-class Line(gym.Env):
-    """A point on a line moves by 0.3 * action toward a goal; reward -|x - goal|; 10 steps."""
-
-    observation_space = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.x, self.goal, self.t = 0.0, float(self.np_random.choice([-1.0, 1.0])), 0
-        return self._obs(), {}
-
-    def _obs(self):
-        return np.array([self.x, self.goal], np.float32)
-
-    def step(self, action):
-        self.x = float(np.clip(self.x + 0.3 * float(action[0]), -2, 2))
-        self.t += 1
-        dist = abs(self.x - self.goal)
-        return self._obs(), -dist, False, self.t >= STEPS, {"success": dist < 0.2}
-
-
-def base_policy(tmp_path):
-    policy = DiffusionPolicy(1, 1, goal_dim=1, horizon=4, n_obs_steps=1, n_action_steps=2, backbone="mlp",
-                             backbone_kwargs={"hidden": 16, "depth": 1, "embed_dim": 8},
-                             sampler={"solver": "euler", "steps": 2})  # fmt: skip
-    limits = np.array([[-2.0], [2.0]])
-    policy.fit_normalizers(limits, np.array([[-1.0], [1.0]]), limits)
-    policy.save(tmp_path / "base")
-    return policy
 
 
 def config(tmp_path, **kw):
@@ -135,8 +102,8 @@ def test_residual_ppo_improves_a_poor_base(tmp_path):
     cfg = config(tmp_path, env_steps=40 * 8 * STEPS, residual_scale=1.0, init_log_std=-0.5)
     run(cfg, tmp_path / "run")
     records = [r for r in dc_metrics(tmp_path / "run")]
-    first = np.mean([r["train_return"] for r in records[:5]])
-    last = np.mean([r["train_return"] for r in records[-5:]])
+    first = np.mean([r["train/mean_return"] for r in records[:5]])
+    last = np.mean([r["train/mean_return"] for r in records[-5:]])
     assert last > first + 1.0, (first, last)
     assert math.isfinite(records[-1]["policy_loss"])
 
