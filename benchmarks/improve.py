@@ -151,26 +151,67 @@ def ppo_from_scratch(task: str, env_steps: int, every: int, episodes: int, seed:
         done = int(model.num_timesteps)
 
 
-def residual_section(work: Path, policy: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    """Residual PPO on the base policy through the pipeline (its logged evaluations give the curve), beside
-    PPO from scratch on the same simulator budget."""
+def base_of(policy: Path, run_dir: Path) -> Any:
+    """The policy a fine-tuning run started from, as it acted then: the base policy with its own sampler
+    (residual PPO starts at it exactly) or with the DDPM chain that DPPO fine-tunes."""
+    from omegaconf import OmegaConf
+
+    import diffctl as dc
+
+    section = OmegaConf.load(run_dir / "config.yaml").finetune
+    if section.name == "dppo":
+        return dc.load(policy, solver="ddpm", steps=int(section.denoising_steps))
+    return dc.load(policy)
+
+
+def seeded_success(agent: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Success over ``args.seeds`` x ``args.episodes`` of an agent (or a checkpoint path)."""
+    import diffctl as dc
+
+    if not hasattr(agent, "act"):
+        agent = dc.load(agent)
+    per_seed = {
+        str(seed): dc.evaluate(agent, "fetch-push", episodes=args.episodes, seed=seed, n_workers=0)[
+            "success_rate"
+        ]
+        for seed in args.seeds
+    }
+    return {"success_rate": round(float(np.mean(list(per_seed.values()))), 3), "per_seed": per_seed}
+
+
+FINETUNE = {"residual PPO": "resip_fetch_push", "DPPO": "dppo_fetch_push"}
+"""Fine-tuning recipes of the base policy (each is ``diffctl train experiment=<recipe>``)."""
+
+
+def finetune_section(work: Path, policy: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """Each fine-tuning recipe on the base policy through the pipeline (its logged evaluations give the
+    curve), beside PPO from scratch on the largest simulator budget."""
     from diffctl.train.metrics import read_metrics
 
-    run_dir = work / "resip_fetch_push"
-    overrides = ["experiment=resip_fetch_push", f"finetune.base={policy}",
-                 f"finetune.env_steps={args.env_steps}", *extra]  # fmt: skip
-    train(run_dir, overrides)
-    curve = [{"step": r["step"], "success_rate": r["eval/success_rate"]}
-             for r in read_metrics(run_dir) if "eval/success_rate" in r]  # fmt: skip
-    every = curve[1]["step"] - curve[0]["step"] if len(curve) > 1 else args.env_steps
-    scratch = (
-        [] if args.no_scratch else ppo_from_scratch("fetch-push", args.env_steps, every, args.episodes, 0)
-    )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return {
-        "command": "diffctl train " + " ".join(overrides), "run_dir": str(run_dir), "curve": curve,
-        "scratch_curve": scratch, "minutes": summary.get("minutes"), "env_steps": summary.get("env_steps"),
-    }  # fmt: skip
+    methods, budget = {}, 0
+    for label in args.finetune:
+        recipe = FINETUNE[label]
+        run_dir = work / recipe
+        overrides = [f"experiment={recipe}", f"finetune.base={policy}", *extra]
+        train(run_dir, overrides)
+        curve = [{"step": r["step"], "success_rate": r["eval/success_rate"]}
+                 for r in read_metrics(run_dir) if "eval/success_rate" in r]  # fmt: skip
+        summary = json.loads((run_dir / "summary.json").read_text())
+        budget = max(budget, int(summary["env_steps"]))
+        before, after = (
+            seeded_success(base_of(policy, run_dir), args),
+            seeded_success(run_dir / "checkpoint", args),
+        )
+        methods[label] = {
+            "command": "diffctl train " + " ".join(overrides), "run_dir": str(run_dir), "curve": curve,
+            "minutes": summary.get("minutes"), "env_steps": summary["env_steps"],
+            "before": before, "after": after,
+        }  # fmt: skip
+    scratch = []
+    if not args.no_scratch and methods:
+        every = max(budget // 25, 1)
+        scratch = ppo_from_scratch("fetch-push", budget, every, 2 if args.quick else 50, 0)
+    return {"methods": methods, "scratch_curve": scratch}
 
 
 def plot_curves(section: dict[str, Any], path: Path) -> None:
@@ -183,42 +224,61 @@ def plot_curves(section: dict[str, Any], path: Path) -> None:
     except ImportError as err:
         print(f"warning: {path} skipped ({err})")
         return
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for key, label in (
-        ("curve", "residual PPO on the diffusion policy"),
-        ("scratch_curve", "PPO from scratch"),
-    ):
-        if section.get(key):
-            ax.plot([p["step"] for p in section[key]], [p["success_rate"] for p in section[key]], "o-",
-                    label=label, ms=3)  # fmt: skip
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    curves = {f"{k} on the diffusion policy": v["curve"] for k, v in section["methods"].items()}
+    curves["PPO from scratch"] = section.get("scratch_curve") or []
+    for label, curve in curves.items():
+        if curve:
+            ax.plot([p["step"] for p in curve], [p["success_rate"] for p in curve], "o-", label=label, ms=3)
     ax.set_xlabel("simulator steps")
     ax.set_ylabel("success rate (50 episodes)")
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def render_residual(section: dict[str, Any]) -> list[str]:
-    curve, scratch = section["curve"], section.get("scratch_curve") or []
-    at = {p["step"]: p["success_rate"] for p in scratch}
+def render_finetune(section: dict[str, Any]) -> list[str]:
     lines = [
-        "## Residual PPO (ResiP) on the frozen policy",
+        "## Fine-tuning in simulation",
         "",
-        f"`{section['command']}` ({section['minutes']} min on one core, {section['env_steps']} simulator "
-        "steps). Success of the deterministic policy (residual mean) over 50 episodes, seed 0, against "
-        "stable-baselines3 PPO from scratch (its defaults, 16 environments) on the same budget.",
+        "Success of the fine-tuned policy over 50 episodes (seed 0; the residual's mean action, DPPO's "
+        "policy with its DDPM chain) against simulator steps, beside stable-baselines3 PPO from scratch "
+        "(its defaults, 16 environments). The first point of each curve is the policy before fine-tuning.",
         "",
-        "![success against simulator steps](improve_residual.png)",
+        "![success against simulator steps](improve_finetune.png)",
         "",
-        "| simulator steps | residual PPO | PPO from scratch |",
-        "|---|---|---|",
+        "| method | command | minutes (1 core) | simulator steps | curve: first / best / last | "
+        "before (seeds) | after (seeds) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for p in curve:
-        near = min(at, key=lambda s: abs(s - p["step"])) if at else None
-        other = f"{at[near]:.2f} (at {near})" if near is not None else ""
-        lines.append(f"| {p['step']} | {p['success_rate']:.2f} | {other} |")
+    rows = dict(section["methods"])
+    if section.get("scratch_curve"):
+        rows["PPO from scratch"] = {"command": "stable-baselines3 PPO in benchmarks/improve.py",
+                                    "curve": section["scratch_curve"], "minutes": None,
+                                    "env_steps": section["scratch_curve"][-1]["step"]}  # fmt: skip
+    for label, m in rows.items():
+        curve = m["curve"]
+        rates = [p["success_rate"] for p in curve]
+        seeded = [
+            f"{m[k]['success_rate']:.2f} ({' / '.join(f'{v:.2f}' for v in m[k]['per_seed'].values())})"
+            if m.get(k) else "" for k in ("before", "after")
+        ]  # fmt: skip
+        lines.append(
+            f"| {label} | `{m['command']}` | {m['minutes'] if m['minutes'] is not None else ''} | "
+            f"{m['env_steps']} | {rates[0]:.2f} / {max(rates):.2f} / {rates[-1]:.2f} | "
+            f"{seeded[0]} | {seeded[1]} |"
+        )
+    lines += ["", "| simulator steps | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    grid = sorted({p["step"] for m in section["methods"].values() for p in m["curve"]})
+    for step in grid:
+        cells = []
+        for m in rows.values():
+            near = min(m["curve"], key=lambda p: abs(p["step"] - step))
+            close = abs(near["step"] - step) <= max(step // 10, 2048)
+            cells.append(f"{near['success_rate']:.2f}" if close else "")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -226,8 +286,8 @@ def render(result: dict[str, Any]) -> list[str]:
     lines = ["# Improving a trained policy (FetchPush)", ""]
     if result["rows"]:
         lines += steering_lines(result)
-    if result.get("residual"):
-        lines += ["", *render_residual(result["residual"])]
+    if result.get("finetune"):
+        lines += ["", *render_finetune(result["finetune"])]
     lines += ["", *result["targets"]]
     return lines
 
@@ -259,16 +319,19 @@ def steering_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def targets(rows: list[dict[str, Any]], residual: dict[str, Any] | None = None) -> list[str]:
+def targets(rows: list[dict[str, Any]], finetune: dict[str, Any] | None = None) -> list[str]:
     out = ["Targets:", ""]
-    if residual and residual["curve"]:
-        curve, scratch = residual["curve"], residual.get("scratch_curve") or []
-        start, best = curve[0]["success_rate"], max(p["success_rate"] for p in curve)
-        lift = (best - start) * 100
-        vs = f"; PPO from scratch reaches {max(p['success_rate'] for p in scratch):.2f}" if scratch else ""
+    scratch = (finetune or {}).get("scratch_curve") or []
+    for label, m in ((finetune or {}).get("methods") or {}).items():
+        start, end = m["before"]["success_rate"], m["after"]["success_rate"]
+        lift = (end - start) * 100
+        best_scratch = max((p["success_rate"] for p in scratch), default=None)
+        vs = "" if best_scratch is None else f"; PPO from scratch reaches at best {best_scratch:.2f}"
+        met = lift >= 20 and (best_scratch is None or end > best_scratch)
         out.append(
-            f"- residual fine-tuning lifts success by >= 20 points within 1M simulator steps: {start:.2f} -> "
-            f"{best:.2f} ({lift:+.0f} points){vs}: " + ("met" if lift >= 20 else "missed")
+            f"- {label} lifts success by >= 20 points within {m['env_steps']} simulator steps and beats PPO "
+            f"from scratch: {start:.2f} -> {end:.2f} over the seeds ({lift:+.0f} points){vs}: "
+            + ("met" if met else "missed")
         )
     if not rows:
         return out
@@ -297,9 +360,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--render-only", action="store_true", help="rewrite improve.md from improve.json")
     parser.add_argument("--no-steer", action="store_true", help="skip the steering rows (keep saved ones)")
-    parser.add_argument("--residual", action="store_true", help="residual PPO beside PPO from scratch")
-    parser.add_argument("--env-steps", type=int, default=1_000_000, help="residual PPO simulator budget")
-    parser.add_argument("--no-scratch", action="store_true", help="skip PPO from scratch")
+    parser.add_argument("--finetune", nargs="*", default=[], choices=list(FINETUNE),
+                        help="fine-tuning recipes to run (or reuse) beside PPO from scratch")  # fmt: skip
+    parser.add_argument(
+        "--no-scratch", action="store_true", help="skip PPO from scratch (keep a saved curve)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out, work = Path(args.out), Path(args.work)
@@ -319,7 +384,7 @@ def main() -> None:
     json_path, md_path = out / "improve.json", out / "improve.md"
     if args.render_only:
         result = json.loads(json_path.read_text())
-        result["targets"] = targets(result["rows"], result.get("residual"))
+        result["targets"] = targets(result["rows"], result.get("finetune"))
         write_text(md_path, "\n".join(render(result)) + "\n")
         return
     saved = json.loads(json_path.read_text()) if json_path.exists() and not args.quick else {}
@@ -331,13 +396,14 @@ def main() -> None:
             evaluate_row(policy, verifier, label, sampler, steer, args.lam, args.episodes, args.seeds)
             for label, sampler, steer in settings(args.ns, args.methods)
         ]
-    residual = saved.get("residual")
-    if args.residual:
-        extra = ["finetune.eval_every=1", "finetune.eval_episodes=2", *tiny] if args.quick else []
-        if args.quick:
-            args.env_steps = 1600
-        residual = residual_section(work, policy, args, extra)
-        plot_curves(residual, out / "improve_residual.png")
+    finetune = saved.get("finetune")
+    if args.finetune:
+        extra = ["finetune.env_steps=1600", "finetune.eval_every=1", "finetune.eval_episodes=2", *tiny]
+        kept = (finetune or {}).get("scratch_curve") or []
+        finetune = finetune_section(work, policy, args, extra if args.quick else [])
+        if args.no_scratch and kept:  # keep the saved PPO-from-scratch curve
+            finetune["scratch_curve"] = kept
+        plot_curves(finetune, out / "improve_finetune.png")
     meta = {
         "command": "python benchmarks/improve.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
@@ -347,7 +413,7 @@ def main() -> None:
     }  # fmt: skip
     if saved and args.no_steer:
         meta = saved["meta"]
-    result = {"meta": meta, "rows": rows, "residual": residual, "targets": targets(rows, residual)}
+    result = {"meta": meta, "rows": rows, "finetune": finetune, "targets": targets(rows, finetune)}
     write_text(json_path, json.dumps(result, indent=2) + "\n")
     md = render(result)
     write_text(md_path, "\n".join(md) + "\n")
