@@ -21,6 +21,8 @@ _SUBMODULES = {
     "planners",
     "deploy",
     "train",
+    "improve",
+    "world_models",
 }
 _ATTRIBUTES = {
     "load": "diffctl.agents",

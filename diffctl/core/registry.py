@@ -22,6 +22,7 @@ AGENT_CLASSES: dict[str, str] = {
     "StreamingDiffusionPolicy": "diffctl.policies.streaming",
     "ConsistencyPolicy": "diffctl.policies.consistency",
     "FlowPolicy": "diffctl.policies.flow",
+    "AnchoredDiffusionPolicy": "diffctl.policies.anchored",
     "BCPolicy": "diffctl.policies.bc",
     "Diffuser": "diffctl.planners.diffuser",
     "DecisionDiffuser": "diffctl.planners.decision_diffuser",

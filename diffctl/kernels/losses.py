@@ -6,6 +6,7 @@ mean squared error into a weighted mean over the masked entries; fully masked sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,14 @@ import torch
 
 from .denoisers import PREDICTIONS
 
-__all__ = ["consistency_distillation_loss", "edm_loss", "flow_matching_loss", "masked_mse", "vp_loss"]
+__all__ = [
+    "anchored_loss",
+    "consistency_distillation_loss",
+    "edm_loss",
+    "flow_matching_loss",
+    "masked_mse",
+    "vp_loss",
+]
 
 
 def masked_mse(
@@ -63,6 +71,34 @@ def edm_loss(
         z = torch.randn(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
         sigma = (P_mean + P_std * z).exp()
     noisy = x0 + _per_sample(sigma, x0) * _randn(x0, generator)
+    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    return weight * masked_mse(denoiser(noisy, sigma, cond), x0, weight_mask)
+
+
+def anchored_loss(
+    denoiser: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    anchor: torch.Tensor,
+    cond: Any = None,
+    sigma_min: float = 0.002,
+    sigma_max: float = 0.5,
+    sigma_data: float | None = None,
+    generator: torch.Generator | None = None,
+    weight_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Truncated diffusion from anchors (DiffusionDrive): ``lambda(s) |D(x_s, s) - x0|^2`` on the bridge
+    ``x_s = x0 + (s / sigma_max) (anchor - x0) + s n`` with ``ln s`` uniform on [ln sigma_min, ln sigma_max].
+
+    At ``sigma_max`` the input is the noised anchor that sampling starts from, and an Euler step of an exact
+    denoiser stays on the bridge, so training sees the states a few-step sampler visits. ``lambda`` is EDM's.
+    """
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"anchored_loss needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    sd = float(sigma_data if sigma_data is not None else getattr(denoiser, "sigma_data", 0.5))
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    sigma = torch.exp(math.log(sigma_min) + u * (math.log(sigma_max) - math.log(sigma_min)))
+    s = _per_sample(sigma, x0)
+    noisy = x0 + (s / sigma_max) * (anchor - x0) + s * _randn(x0, generator)
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
     return weight * masked_mse(denoiser(noisy, sigma, cond), x0, weight_mask)
 

@@ -31,7 +31,7 @@ from diffctl.train.pipeline import (
 )
 
 POLICY_DEFAULT_SAMPLERS = {"consistency_mlp": "consistency", "diffusion_ql": "ddpm_vp5", "edp": "ddpm_vp5",
-                           "idql": "ddpm_vp5"}  # fmt: skip
+                           "idql": "ddpm_vp5", "anchored_mlp": "anchored"}  # fmt: skip
 TINY_MAZE = ["task=maze2d-umaze", "task.dataset.generate.episodes=2", "eval.episodes=0",
              "training.batch_size=16", "training.warmup_steps=1", "training.progress=false",
              "training.log_every=1"]  # fmt: skip
@@ -44,10 +44,11 @@ def test_groups_list_the_expected_options() -> None:
     assert group_options("image_model") == ["dit2d", "unet2d"]
     assert group_options("world_model") == ["dwm", "frames", "mlp_ensemble"]
     assert group_options("policy") == [
-        "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
+        "anchored_mlp", "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
         "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
     ]  # fmt: skip
     assert group_options("sampler") == [
+        "anchored",
         "consistency",
         "ddim",
         "ddpm",
