@@ -182,6 +182,33 @@ def simulator_row(policy_ckpt: Path, n: int, episodes: int, seeds: list[int]) ->
     }  # fmt: skip
 
 
+def anchored_row(work: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """The anchored recipe (trained through the pipeline unless in ``work``) with its 2-step sampler."""
+    import diffctl as dc
+
+    run_dir = work / "fetch_push_anchored"
+    ckpt = train(run_dir, ["experiment=fetch_push_anchored", *extra])
+    agent = dc.load(ckpt)
+    per_seed, lat_mean, lat_p99 = {}, [], []
+    for seed in args.seeds:
+        res = dc.evaluate(agent, "fetch-push", episodes=args.episodes, seed=seed, n_workers=0)
+        per_seed[str(seed)] = res["success_rate"]
+        lat_mean.append(res["act_latency_ms_mean"])
+        lat_p99.append(res["act_latency_ms_p99"])
+        print("anchored", seed, res["success_rate"], flush=True)
+    rates = list(per_seed.values())
+    return {
+        "setting": f"anchored, euler {agent.sampler.steps}", "method": "anchored", "n": 1,
+        "solver": agent.sampler.solver, "steps": agent.sampler.steps,
+        "success_rate": round(float(np.mean(rates)), 3),
+        "success_std_over_seeds": round(float(np.std(rates)), 3),
+        "success_per_seed": per_seed, "episodes_per_seed": args.episodes,
+        "nfe_per_decision": float(agent.sampler.steps), "verifier_calls_per_decision": 0,
+        "act_ms_mean": round(float(np.mean(lat_mean)), 2), "act_ms_p99": round(float(np.mean(lat_p99)), 2),
+        "simulator_steps": 0, "command": "diffctl train experiment=fetch_push_anchored",
+    }  # fmt: skip
+
+
 class SB3Agent:
     """A stable-baselines3 model behind the ``act`` interface (deterministic actions)."""
 
@@ -411,6 +438,14 @@ def targets(rows: list[dict[str, Any]], finetune: dict[str, Any] | None = None) 
             f"{best['setting']} {best['success_rate']:.2f} vs {base['setting']} {base['success_rate']:.2f} "
             f"({lift:+.0f} points): " + ("met" if lift >= 10 else "missed")
         )
+    anchored = next((r for r in rows if r["method"] == "anchored"), None)
+    ddpm = next((r for r in rows if r["setting"] == "plain, ddpm 100"), None)
+    if anchored and ddpm:
+        ratio = anchored["success_rate"] / max(ddpm["success_rate"], 1e-9)
+        out.append(
+            f"- anchored 2-step diffusion within 5% of DDPM-100: {anchored['success_rate']:.2f} vs "
+            f"{ddpm['success_rate']:.2f} ({ratio:.0%}): " + ("met" if ratio >= 0.95 else "missed")
+        )
     return out
 
 
@@ -427,6 +462,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--render-only", action="store_true", help="rewrite improve.md from improve.json")
     parser.add_argument("--no-steer", action="store_true", help="skip the steering rows (keep saved ones)")
+    parser.add_argument(
+        "--anchored", action="store_true", help="the anchored 2-step recipe beside the plain rows"
+    )
     parser.add_argument("--sim-verifier", nargs="*", type=int, default=[],
                         help="best-of-N rows verified in a copy of the simulator (diagnostic)")  # fmt: skip
     parser.add_argument("--finetune", nargs="*", default=[], choices=list(FINETUNE),
@@ -465,6 +503,9 @@ def main() -> None:
             evaluate_row(policy, verifier, label, sampler, steer, args.lam, args.episodes, args.seeds)
             for label, sampler, steer in settings(args.ns, args.methods)
         ]
+    if args.anchored:
+        rows = [r for r in rows if r["method"] != "anchored"]
+        rows.append(anchored_row(work, args, tiny))
     if args.sim_verifier:
         rows = [r for r in rows if r["method"] != "best_of_n_simulator"]
         rows += [simulator_row(policy, n, args.episodes, args.seeds) for n in args.sim_verifier]
