@@ -34,12 +34,12 @@ from diffctl.nets.mlp import mlp
 from diffctl.policies.diffusion import history_tensor
 from diffctl.train import checkpoint as ckpt
 
-__all__ = ["DPPO", "DPPOConfig", "DenoisingChain"]
+__all__ = ["DPPO", "ChainConfig", "DPPOConfig", "DenoisingChain", "collect_chains"]
 
 
 @dataclass
-class DPPOConfig(Config):
-    """PPO through the denoising chain of a diffusion policy (``diffctl train finetune=dppo``)."""
+class ChainConfig(Config):
+    """What fine-tuning through a policy's denoising chain needs, whatever the objective (DPPO, D3PO)."""
 
     section: ClassVar[str] = "finetune"
 
@@ -54,19 +54,11 @@ class DPPOConfig(Config):
     denoising_steps: int = 10
     """K: ancestral steps of the chain on the policy's grid (also the saved policy's sampler)."""
     ft_steps: int = 10
-    """The last steps of the chain that PPO trains (the earlier ones run with the current weights)."""
+    """The last steps of the chain that are trained (the earlier ones run with the current weights)."""
     min_std: float = 0.1
     """Floor of each step's noise in normalized action units (exploration)."""
     actor_lr: float = 1e-5
     """Adam learning rate of the denoiser."""
-    critic_lr: float = 1e-3
-    """Adam learning rate of the critic."""
-    gamma: float = 0.99
-    """Discount per decision (one executed chunk)."""
-    gae_lambda: float = 0.95
-    """GAE's lambda over decisions."""
-    clip: float = 0.01
-    """PPO ratio clip per denoising transition (DPPO keeps it small: each chunk has many transitions)."""
     epochs: int = 5
     """Passes over each iteration's transitions."""
     minibatches: int = 8
@@ -75,12 +67,8 @@ class DPPOConfig(Config):
     """Weight of the denoising loss on the policy's training data (0: no behaviour-cloning anchor)."""
     bc_batch: int = 256
     """Windows per anchor batch."""
-    hidden: int = 256
-    """Width of the critic."""
-    depth: int = 2
-    """Hidden layers of the critic."""
     max_grad_norm: float = 1.0
-    """Gradient clipping (global norm) of actor and critic."""
+    """Gradient clipping (global norm)."""
     checkpoint_every: int = 10
     """Iterations between checkpoints (the last one is always written)."""
     eval_every: int = 0
@@ -88,25 +76,50 @@ class DPPOConfig(Config):
     eval_episodes: int = 50
     """Episodes per evaluation (0: none)."""
     seed: int = 0
-    """Seeds the critic's initialization, the chain's noise, the minibatches and the episodes."""
+    """Seeds the chain's noise, the minibatches, the episodes (and any critic's initialization)."""
 
     def validate(self) -> None:
         for key in ("env_steps", "num_envs", "denoising_steps", "ft_steps", "epochs", "minibatches",
-                    "bc_batch", "hidden", "depth", "checkpoint_every"):  # fmt: skip
+                    "bc_batch", "checkpoint_every"):  # fmt: skip
             if getattr(self, key) < 1:
                 raise ValueError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
         if self.ft_steps > self.denoising_steps:
             raise ValueError(
                 f"finetune.ft_steps ({self.ft_steps}) must be <= denoising_steps ({self.denoising_steps})"
             )
-        for key in ("min_std", "actor_lr", "critic_lr", "clip", "max_grad_norm"):
+        for key in ("min_std", "actor_lr", "max_grad_norm"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"finetune.{key} must be > 0, got {getattr(self, key)}")
+        if self.bc_coef < 0 or self.eval_every < 0 or self.eval_episodes < 0:
+            raise ValueError("finetune.bc_coef, eval_every and eval_episodes must be >= 0")
+
+
+@dataclass
+class DPPOConfig(ChainConfig):
+    """PPO through the denoising chain of a diffusion policy (``diffctl train finetune=dppo``)."""
+
+    critic_lr: float = 1e-3
+    """Adam learning rate of the critic."""
+    gamma: float = 0.99
+    """Discount per decision (one executed chunk)."""
+    gae_lambda: float = 0.95
+    """GAE's lambda over decisions."""
+    clip: float = 0.01
+    """PPO ratio clip per denoising transition (DPPO keeps it small: each chunk has many transitions)."""
+    hidden: int = 256
+    """Width of the critic."""
+    depth: int = 2
+    """Hidden layers of the critic."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.hidden < 1 or self.depth < 1:
+            raise ValueError("finetune.hidden and finetune.depth must be >= 1")
+        if not (self.critic_lr > 0 and self.clip > 0):
+            raise ValueError("finetune.critic_lr and finetune.clip must be > 0")
         for key in ("gamma", "gae_lambda"):
             if not 0 < getattr(self, key) <= 1:
                 raise ValueError(f"finetune.{key} must lie in (0, 1], got {getattr(self, key)}")
-        if self.bc_coef < 0 or self.eval_every < 0 or self.eval_episodes < 0:
-            raise ValueError("finetune.bc_coef, eval_every and eval_episodes must be >= 0")
 
 
 class DenoisingChain:
@@ -150,6 +163,68 @@ class DenoisingChain:
             x = mean + self.std[k] * torch.randn(mean.shape, generator=generator)
             states.append(x)
         return x.clamp(-1.0, 1.0), torch.stack(states)
+
+
+def collect_chains(
+    p: Any,
+    chain: DenoisingChain,
+    envs: Any,
+    steps: int,
+    seed: int,
+    iteration: int,
+    e: int,
+    paired: bool = False,
+) -> dict[str, Any]:
+    """One synchronized episode per environment with policy ``p`` sampling through ``chain``, one chain per
+    decision; time-major tensors over decisions. ``paired``: environments 2i and 2i + 1 start from the same
+    episode seed (pairs to compare)."""
+    gen = torch.Generator().manual_seed(iteration_seed(seed, iteration))
+    seeds = [episode_seed(seed, iteration * e + (k // 2 if paired else k)) for k in range(e)]
+    obs, _ = envs.reset(seed=seeds)
+    history = [np.asarray(obs, np.float32)] * p.n_obs_steps
+    running = np.ones(e, bool)
+    success, returns = np.zeros(e, bool), np.zeros(e)
+    rec: dict[str, list[Any]] = {
+        k: [] for k in ("hist", "states", "reward", "terminal", "alive", "next_hist")
+    }
+    start, taken, counted = p.n_obs_steps - 1, 0, 0
+    with eval_mode(p.network):
+        while taken < steps and running.any():
+            hist = history_tensor(p, np.stack(history, axis=1))
+            chunk, states = chain.sample(hist, gen)
+            actions = p.normalizer("action").unnormalize(chunk).numpy()
+            reward, terminal = np.zeros(e), np.zeros(e, bool)
+            alive = running.copy()
+            for j in range(min(p.n_action_steps, steps - taken)):
+                counted += int(running.sum())
+                obs, r, term, trunc, infos = envs.step(actions[:, start + j])
+                reward += np.where(running, r, 0.0)
+                success = np.where(running, _last_success(infos, e), success)
+                terminal |= running & np.asarray(term)
+                running &= ~(np.asarray(term) | np.asarray(trunc))
+                history = [*history[1:], np.asarray(obs, np.float32)]
+                taken += 1
+                if not running.any():
+                    break
+            returns += reward
+            after = history_tensor(p, np.stack(history, axis=1))
+            rec["hist"].append(hist)
+            rec["states"].append(states)
+            rec["reward"].append(torch.as_tensor(reward).float())
+            rec["terminal"].append(torch.as_tensor(terminal))
+            rec["alive"].append(torch.as_tensor(alive))
+            rec["next_hist"].append(after)
+    batch = {k: torch.stack(v) for k, v in rec.items()}
+    batch["states"] = batch["states"].transpose(1, 2)  # (D, E, K + 1, H, Da)
+    batch.update(generator=gen, episode_success=success, episode_return=returns, env_steps=counted)
+    return batch
+
+
+def bc_loss(policy: Any, data: Any, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The behaviour-cloning anchor: the policy's own training loss on a random batch of its data."""
+    idx = torch.randint(len(data), (batch_size,), generator=generator)
+    loss, _ = policy.loss(data.get_batch(idx))
+    return loss
 
 
 class HistoryCritic(nn.Module):
@@ -200,47 +275,7 @@ class DPPO(FineTuner):
 
     # ----- rollouts ---------------------------------------------------------------------------------
     def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
-        """One synchronized episode per environment, one chain per decision."""
-        p, e = self.agent, self.config.num_envs
-        gen = torch.Generator().manual_seed(iteration_seed(self.seed, iteration))
-        obs, _ = envs.reset(seed=[episode_seed(self.seed, iteration * e + k) for k in range(e)])
-        history = [np.asarray(obs, np.float32)] * p.n_obs_steps
-        running = np.ones(e, bool)
-        success, returns = np.zeros(e, bool), np.zeros(e)
-        rec: dict[str, list[Any]] = {
-            k: [] for k in ("hist", "states", "reward", "terminal", "alive", "next_hist")
-        }
-        start, taken, counted = p.n_obs_steps - 1, 0, 0
-        with eval_mode(p.network):
-            while taken < steps and running.any():
-                hist = history_tensor(p, np.stack(history, axis=1))
-                chunk, states = self.chain.sample(hist, gen)
-                actions = p.normalizer("action").unnormalize(chunk).numpy()
-                reward, terminal = np.zeros(e), np.zeros(e, bool)
-                alive = running.copy()
-                for j in range(min(p.n_action_steps, steps - taken)):
-                    counted += int(running.sum())
-                    obs, r, term, trunc, infos = envs.step(actions[:, start + j])
-                    reward += np.where(running, r, 0.0)
-                    success = np.where(running, _last_success(infos, e), success)
-                    terminal |= running & np.asarray(term)
-                    running &= ~(np.asarray(term) | np.asarray(trunc))
-                    history = [*history[1:], np.asarray(obs, np.float32)]
-                    taken += 1
-                    if not running.any():
-                        break
-                returns += reward
-                after = history_tensor(p, np.stack(history, axis=1))
-                rec["hist"].append(hist)
-                rec["states"].append(states)
-                rec["reward"].append(torch.as_tensor(reward).float())
-                rec["terminal"].append(torch.as_tensor(terminal))
-                rec["alive"].append(torch.as_tensor(alive))
-                rec["next_hist"].append(after)
-        batch = {k: torch.stack(v) for k, v in rec.items()}
-        batch["states"] = batch["states"].transpose(1, 2)  # (D, E, K + 1, H, Da)
-        batch.update(generator=gen, episode_success=success, episode_return=returns, env_steps=counted)
-        return batch
+        return collect_chains(self.agent, self.chain, envs, steps, self.seed, iteration, self.num_envs)
 
     # ----- optimization -------------------------------------------------------------------------------
     def update(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -275,7 +310,9 @@ class DPPO(FineTuner):
                     logp = chain.log_prob(hist[rows[idx]], x[idx], x_next[idx], k[idx])
                     pg, clip_frac, kl = clipped_surrogate(logp, old[idx], adv[rows[idx]], cfg.clip)
                     loss = pg
-                    bc = self._bc_loss(batch["generator"]) if cfg.bc_coef > 0 else None
+                    bc = None
+                    if cfg.bc_coef > 0:
+                        bc = bc_loss(p, self.bc_data, cfg.bc_batch, batch["generator"])
                     if bc is not None:
                         loss = loss + cfg.bc_coef * bc
                     self.actor_opt.zero_grad(set_to_none=True)
@@ -295,11 +332,6 @@ class DPPO(FineTuner):
         out["train/success_rate"] = float(batch["episode_success"].mean())
         out["train/mean_return"] = float(batch["episode_return"].mean())
         return out
-
-    def _bc_loss(self, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(len(self.bc_data), (self.config.bc_batch,), generator=generator)
-        loss, _ = self.agent.loss(self.bc_data.get_batch(idx))
-        return loss
 
     # ----- checkpoints --------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -322,7 +354,7 @@ class DPPO(FineTuner):
         self.critic_opt.load_state_dict(ckpt.unflatten_optimizer(part("critic."), meta["critic_optimizer"]))
 
 
-def load_policy(config: DPPOConfig, task: str | None) -> Any:
+def load_policy(config: ChainConfig, task: str | None) -> Any:
     """The diffusion policy of ``config.base``, checked against the run's task."""
     if not config.base:
         raise ValueError("finetune.base must name the checkpoint of the diffusion policy to fine-tune")

@@ -105,10 +105,15 @@ def register_defaults() -> None:
         if "seed" in values:
             values["seed"] = "${seed}"  # the run's seed initializes the networks unless policy.seed is set
         store.store(group="defaults", name=name, node=values)
+    from diffctl.improve.d3po import D3POConfig
     from diffctl.improve.dppo import DPPOConfig
     from diffctl.improve.residual import ResidualPPOConfig
 
-    for config_class in (ResidualPPOConfig, DPPOConfig):  # fine-tuning methods (group ``finetune``)
+    for config_class in (
+        ResidualPPOConfig,
+        DPPOConfig,
+        D3POConfig,
+    ):  # fine-tuning methods (group ``finetune``)
         values = {**node(config_class), "seed": "${seed}"}
         store.store(group="defaults", name=config_class.__name__, node=values)
 
@@ -234,8 +239,10 @@ def run(cfg: Any) -> dict[str, Any]:
 
 def run_finetune(conf: dict[str, Any]) -> dict[str, Any]:
     """Fine-tune the saved policy ``finetune.base`` in the task's simulator (``diffctl.improve``): residual
-    PPO (``finetune=residual_ppo``) or DPPO (``finetune=dppo``, whose behaviour-cloning anchor reads the
-    task's dataset). ``training.resume`` and ``training.progress`` apply; the budget is the section's."""
+    PPO (``finetune=residual_ppo``), DPPO (``finetune=dppo``) or D3PO (``finetune=d3po``); the chain methods'
+    behaviour-cloning anchor reads the task's dataset. ``training.resume`` and ``training.progress`` apply;
+    the budget is the section's."""
+    from diffctl.improve.d3po import D3POConfig, finetune_d3po
     from diffctl.improve.dppo import DPPOConfig, finetune_dppo
     from diffctl.improve.finetune import finetune_residual
     from diffctl.improve.residual import ResidualPPOConfig
@@ -246,8 +253,9 @@ def run_finetune(conf: dict[str, Any]) -> dict[str, Any]:
     if name == "residual_ppo":
         config: Any = ResidualPPOConfig.from_dict(section)
         method: Callable[..., dict[str, Any]] = finetune_residual
-    elif name == "dppo":
-        config, method = DPPOConfig.from_dict(section), finetune_dppo
+    elif name in ("dppo", "d3po"):
+        config_class, method = (DPPOConfig, finetune_dppo) if name == "dppo" else (D3POConfig, finetune_d3po)
+        config = config_class.from_dict(section)
         if config.bc_coef > 0:
             options["bc_data"] = build_dataset(open_dataset(conf["task"]), conf["task"])
     else:

@@ -8,6 +8,7 @@ import pytest
 
 from diffctl.agents import load
 from diffctl.cli import main
+from diffctl.improve.d3po import D3POConfig
 from diffctl.improve.dppo import DPPOConfig
 from diffctl.improve.residual import ResidualPolicy, ResidualPPOConfig
 from diffctl.train.metrics import read_metrics
@@ -15,8 +16,8 @@ from diffctl.train.pipeline import compose_config, group_options, to_dict
 
 
 def test_finetune_options_compose_to_their_configs() -> None:
-    assert group_options("finetune") == ["dppo", "residual_ppo"]
-    for name, cls in (("residual_ppo", ResidualPPOConfig), ("dppo", DPPOConfig)):
+    assert group_options("finetune") == ["d3po", "dppo", "residual_ppo"]
+    for name, cls in (("residual_ppo", ResidualPPOConfig), ("dppo", DPPOConfig), ("d3po", D3POConfig)):
         section = to_dict(compose_config([f"finetune={name}", "seed=3"]))["finetune"]
         config = cls.from_dict({k: v for k, v in section.items() if k != "name"})
         assert section["name"] == name and config.seed == 3

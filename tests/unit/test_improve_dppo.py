@@ -1,5 +1,5 @@
-"""DPPO: the chain's transition likelihoods are exact, a run resumes exactly, and PPO through the chain
-improves a poor policy on a toy task."""
+"""DPPO and D3PO: the chain's transition likelihoods are exact, runs resume exactly, and PPO or preferences
+through the chain improve a poor policy on a toy task."""
 
 import math
 
@@ -10,6 +10,7 @@ from helpers import LINE_STEPS as STEPS
 from helpers import Line, base_policy
 
 import diffctl as dc
+from diffctl.improve.d3po import D3PO, D3POConfig, finetune_d3po, preferred_pairs
 from diffctl.improve.dppo import DenoisingChain, DPPOConfig, finetune_dppo
 from diffctl.policies import DiffusionPolicy
 from diffctl.train.metrics import read_metrics
@@ -67,3 +68,51 @@ def test_dppo_improves_a_poor_policy(tmp_path):
     first = np.mean([r["train/mean_return"] for r in records[:5]])
     last = np.mean([r["train/mean_return"] for r in records[-5:]])
     assert last > first + 1.0, (first, last)
+
+
+def test_preferred_pairs_by_return_and_by_success():
+    returns, success = np.array([1.0, 2.0, 5.0, 5.0, -1.0, -3.0]), np.array([True, False, 0, 0, 0, 1], bool)
+    assert preferred_pairs(returns, success, "return") == [(1, 0), (4, 5)]  # the tie (2, 3) is dropped
+    assert preferred_pairs(returns, success, "success") == [(0, 1), (5, 4)]
+
+
+def d3po_config(tmp_path, **kw):
+    settings = {"base": str(tmp_path / "base"), "num_envs": 8, "env_steps": 8 * STEPS * 2,
+                "denoising_steps": 3, "ft_steps": 2, "eval_episodes": 0, "checkpoint_every": 1,
+                "minibatches": 2, "epochs": 2}  # fmt: skip
+    return D3POConfig.from_dict({**settings, **kw})
+
+
+def d3po_run(tmp_path, run_dir, resume=False, **kw):
+    options = {"resume": resume, "progress": False, "env_fn": Line, "episode_steps": STEPS}
+    return finetune_d3po(d3po_config(tmp_path, **kw), "line", run_dir, **options)
+
+
+def test_d3po_resumes_exactly(tmp_path):
+    base_policy(tmp_path)
+    d3po_run(tmp_path, tmp_path / "straight")
+    d3po_run(tmp_path, tmp_path / "split", env_steps=8 * STEPS)
+    d3po_run(tmp_path, tmp_path / "split", resume=True)
+    a, b = dc.load(tmp_path / "straight" / "checkpoint"), dc.load(tmp_path / "split" / "checkpoint")
+    for key, value in a.network.state_dict().items():
+        torch.testing.assert_close(value, b.network.state_dict()[key], rtol=0, atol=0)
+
+
+def test_a_d3po_update_prefers_the_preferred_transitions(tmp_path):
+    """Before the update the policy is its reference (every logit 0, DPO loss log 2); after it, the preferred
+    episodes' transitions gained likelihood against the rejected ones' on the pairs it was trained on."""
+    import gymnasium as gym
+
+    base_policy(tmp_path)
+    tuner = D3PO(d3po_config(tmp_path, actor_lr=1e-3, epochs=5), dc.load(tmp_path / "base"))
+    envs = gym.vector.SyncVectorEnv([Line] * 8)
+    batch = tuner.collect(envs, STEPS, 0)
+    sides = tuner.pair_transitions(batch)
+    everything = torch.arange(len(sides["k"]))
+    with torch.no_grad():
+        assert float(tuner.logits(sides, everything).abs().max()) < 1e-5
+    tuner.update(batch)
+    with torch.no_grad():
+        after = tuner.logits(sides, everything)
+    dpo_loss = float(-torch.nn.functional.logsigmoid(after).mean())
+    assert dpo_loss < math.log(2) - 0.01 and float((after > 0).float().mean()) > 0.5
