@@ -291,10 +291,11 @@ def finetune_section(work: Path, policy: Path, args: argparse.Namespace, extra: 
                  for r in read_metrics(run_dir) if "eval/success_rate" in r]  # fmt: skip
         summary = json.loads((run_dir / "summary.json").read_text())
         budget = max(budget, int(summary["env_steps"]))
-        before, after = (
-            seeded_success(base_of(policy, run_dir), args),
-            seeded_success(run_dir / "checkpoint", args),
-        )
+        before = seeded_success(base_of(policy, run_dir), args)
+        after = seeded_success(run_dir / "checkpoint", args)
+        if curve and curve[0]["step"] > 0:
+            # a run that logged no evaluation before training: its base under the same evaluation (seed 0)
+            curve.insert(0, {"step": 0, "success_rate": before["per_seed"][str(args.seeds[0])]})
         methods[label] = {
             "command": "diffctl train " + " ".join(overrides), "run_dir": str(run_dir), "curve": curve,
             "minutes": summary.get("minutes"), "env_steps": summary["env_steps"],
