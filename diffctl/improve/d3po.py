@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from diffctl.core.modules import eval_mode
 from diffctl.core.registry import load
-from diffctl.improve.dppo import ChainConfig, DenoisingChain, bc_loss, collect_chains, load_policy
+from diffctl.improve.dppo import (
+    ChainConfig,
+    DenoisingChain,
+    bc_loss,
+    collect_chains,
+    load_policy,
+    require_chain_policy,
+)
 from diffctl.improve.finetune import FineTuner
 from diffctl.train import checkpoint as ckpt
 
@@ -63,6 +70,7 @@ class D3PO(FineTuner):
     """D3PO on a ``DiffusionPolicy`` (module docstring)."""
 
     def __init__(self, config: D3POConfig, policy: Any, bc_data: Any = None) -> None:
+        require_chain_policy(policy)
         if config.bc_coef > 0 and bc_data is None:
             raise ValueError("finetune.bc_coef > 0 needs the policy's training data (the run's task dataset)")
         self.config, self.bc_data, self.agent = config, bc_data, policy

@@ -34,7 +34,7 @@ from diffctl.nets.mlp import mlp
 from diffctl.policies.diffusion import history_tensor
 from diffctl.train import checkpoint as ckpt
 
-__all__ = ["DPPO", "ChainConfig", "DPPOConfig", "DenoisingChain", "collect_chains"]
+__all__ = ["DPPO", "ChainConfig", "DPPOConfig", "DenoisingChain", "collect_chains", "require_chain_policy"]
 
 
 @dataclass
@@ -220,6 +220,19 @@ def collect_chains(
     return batch
 
 
+def require_chain_policy(policy: Any) -> None:
+    """A ValueError unless ``policy`` is a state-observation diffusion policy whose sampling starts from
+    noise (what ``DenoisingChain`` rebuilds)."""
+    chain = getattr(policy, "samples_from_noise", False) and callable(
+        getattr(policy, "conditioned_denoiser", None)
+    )
+    if not chain or getattr(getattr(policy, "config", None), "image_shapes", None):
+        raise ValueError(
+            "fine-tuning through the denoising chain needs a state-observation diffusion policy that "
+            f"samples from noise, not a {type(policy).__name__}"
+        )
+
+
 def bc_loss(policy: Any, data: Any, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """The behaviour-cloning anchor: the policy's own training loss on a random batch of its data."""
     idx = torch.randint(len(data), (batch_size,), generator=generator)
@@ -253,12 +266,7 @@ class DPPO(FineTuner):
     behaviour-cloning anchor (anything with ``len`` and ``get_batch(indices)``)."""
 
     def __init__(self, config: DPPOConfig, policy: Any, bc_data: Any = None) -> None:
-        if not callable(getattr(policy, "conditioned_denoiser", None)) or getattr(
-            policy.config, "image_shapes", None
-        ):
-            raise ValueError(
-                f"DPPO fine-tunes state-observation diffusion policies, not a {type(policy).__name__}"
-            )
+        require_chain_policy(policy)
         if config.bc_coef > 0 and bc_data is None:
             raise ValueError("finetune.bc_coef > 0 needs the policy's training data (the run's task dataset)")
         self.config, self.bc_data = config, bc_data

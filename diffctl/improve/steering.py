@@ -125,6 +125,11 @@ class SteeredPolicy:
             raise ValueError(
                 f"the verifier must be callable (obs, actions) -> scores, got {type(verifier).__name__}"
             )
+        if self.config.method != "best_of_n" and not getattr(policy, "samples_from_noise", False):
+            raise ValueError(
+                f"steering method {self.config.method!r} rebuilds the policy's chain from noise; "
+                f"{type(policy).__name__} does not sample that way (use best_of_n)"
+            )
         if self.config.method == "gradient" and not getattr(verifier, "differentiable", False):
             raise ValueError(
                 "steering method 'gradient' needs a differentiable verifier; "

@@ -85,6 +85,7 @@ class AnchoredDiffusionPolicy(DiffusionPolicy):
 
     config_class: ClassVar[type[DiffusionPolicyConfig]] = AnchoredPolicyConfig
     default_sampler: ClassVar[dict[str, Any]] = {"solver": "euler", "steps": 2}
+    samples_from_noise: ClassVar[bool] = False
 
     def build_network(self) -> nn.Module:
         cfg = self.config

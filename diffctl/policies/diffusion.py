@@ -280,6 +280,8 @@ class DiffusionPolicy(Configurable, Policy):
 
     config_class: ClassVar[type[DiffusionPolicyConfig]] = DiffusionPolicyConfig
     default_sampler: ClassVar[dict[str, Any]] = {}
+    samples_from_noise: ClassVar[bool] = True
+    """Sampling starts from ``sigmas()[0] * noise`` (what steering and chain fine-tuning rebuild)."""
 
     def __init__(
         self,

@@ -85,3 +85,17 @@ def test_bridge_loss_starts_at_the_noised_anchor():
     assert float(seen["x"].std()) == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         anchored_loss(denoiser, x0, anchor, sigma_min=1.0, sigma_max=0.5)
+
+
+def test_steering_and_chain_fine_tuning_refuse_an_anchored_policy():
+    from diffctl.improve import FunctionVerifier, SteeredPolicy
+    from diffctl.improve.dppo import require_chain_policy
+
+    policy = make_policy()
+    policy.fit(TwoModes())
+    verifier = FunctionVerifier(lambda obs, actions: actions.sum(dim=(1, 2)))
+    SteeredPolicy(policy, verifier, method="best_of_n", n=2)  # ranks its own samples: fine
+    with pytest.raises(ValueError, match="use best_of_n"):
+        SteeredPolicy(policy, verifier, method="fk", n=2)
+    with pytest.raises(ValueError, match="samples from noise"):
+        require_chain_policy(policy)
