@@ -17,15 +17,18 @@ from diffctl.nets.dit2d import DiT2d
 from diffctl.nets.encoders import FlattenEncoder, MLPEncoder, build_encoder
 from diffctl.nets.layers import SinusoidalEmbedding
 from diffctl.nets.mlp import MLPDenoiserNet, PerStepMLP, mlp
+from diffctl.nets.moe import MoEDenoiserNet
 from diffctl.nets.unet1d import ConditionalUnet1d
 from diffctl.nets.unet2d import UNet2d
 
-BACKBONES: dict[str, type[nn.Module]] = {"unet": ConditionalUnet1d, "dit": DiT1d, "mlp": MLPDenoiserNet}
+BACKBONES: dict[str, type[nn.Module]] = {
+    "unet": ConditionalUnet1d, "dit": DiT1d, "mlp": MLPDenoiserNet, "moe": MoEDenoiserNet,
+}  # fmt: skip
 IMAGE_BACKBONES: dict[str, type[nn.Module]] = {"unet2d": UNet2d, "dit2d": DiT2d}
 
 
 def build_backbone(name: str, action_dim: int, horizon: int, cond_dim: int, **kwargs: Any) -> nn.Module:
-    """Backbone by name (``unet``, ``dit``, ``mlp``) with its own keyword options."""
+    """Backbone by name (``unet``, ``dit``, ``mlp``, ``moe``) with its own keyword options."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
     return BACKBONES[name](action_dim, horizon, cond_dim, **kwargs)
@@ -52,6 +55,7 @@ __all__ = [
     "FlattenEncoder",
     "MLPDenoiserNet",
     "MLPEncoder",
+    "MoEDenoiserNet",
     "PerStepMLP",
     "SinusoidalEmbedding",
     "UNet2d",

@@ -222,8 +222,9 @@ class DiffusionPolicyConfig(ChunkConfig):
 
     section: ClassVar[str] = "DiffusionPolicy"
 
-    backbone: Literal["unet", "dit", "mlp"] = "unet"
-    """Denoiser network: ConditionalUnet1d, DiT1d or an MLP over the flattened chunk."""
+    backbone: Literal["unet", "dit", "mlp", "moe"] = "unet"
+    """Denoiser network: ConditionalUnet1d, DiT1d, an MLP over the flattened chunk, or that MLP with
+    noise-routed mixture-of-experts blocks (MoDE)."""
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     """Options of the backbone (e.g. hidden, depth, embed_dim for mlp)."""
     encoder: str = "flatten"

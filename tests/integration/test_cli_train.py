@@ -44,8 +44,8 @@ def test_groups_list_the_expected_options() -> None:
     assert group_options("image_model") == ["dit2d", "unet2d"]
     assert group_options("world_model") == ["dwm", "frames", "mlp_ensemble"]
     assert group_options("policy") == [
-        "anchored_mlp", "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_ql", "diffusion_transformer",
-        "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
+        "anchored_mlp", "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_moe", "diffusion_ql",
+        "diffusion_transformer", "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
     ]  # fmt: skip
     assert group_options("sampler") == [
         "anchored",
