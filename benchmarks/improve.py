@@ -182,12 +182,16 @@ def simulator_row(policy_ckpt: Path, n: int, episodes: int, seeds: list[int]) ->
     }  # fmt: skip
 
 
-def anchored_row(work: Path, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    """The anchored recipe (trained through the pipeline unless in ``work``) with its 2-step sampler."""
+RECIPES = {"anchored": "fetch_push_anchored", "moe": "fetch_push_moe"}
+"""Policy recipes compared with the plain rows (trained with fetch_push_state's budget)."""
+
+
+def recipe_row(work: Path, name: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """A policy recipe (trained through the pipeline unless in ``work``) with its own sampler, 3 seeds."""
     import diffctl as dc
 
-    run_dir = work / "fetch_push_anchored"
-    ckpt = train(run_dir, ["experiment=fetch_push_anchored", *extra])
+    recipe = RECIPES[name]
+    ckpt = train(work / recipe, [f"experiment={recipe}", *extra])
     agent = dc.load(ckpt)
     per_seed, lat_mean, lat_p99 = {}, [], []
     for seed in args.seeds:
@@ -195,17 +199,18 @@ def anchored_row(work: Path, args: argparse.Namespace, extra: list[str]) -> dict
         per_seed[str(seed)] = res["success_rate"]
         lat_mean.append(res["act_latency_ms_mean"])
         lat_p99.append(res["act_latency_ms_p99"])
-        print("anchored", seed, res["success_rate"], flush=True)
+        print(name, seed, res["success_rate"], flush=True)
     rates = list(per_seed.values())
+    sampler = agent.sampler
     return {
-        "setting": f"anchored, euler {agent.sampler.steps}", "method": "anchored", "n": 1,
-        "solver": agent.sampler.solver, "steps": agent.sampler.steps,
+        "setting": f"{name} (`{recipe}`), {sampler.solver} {sampler.steps}", "method": name, "n": 1,
+        "solver": sampler.solver, "steps": sampler.steps,
         "success_rate": round(float(np.mean(rates)), 3),
         "success_std_over_seeds": round(float(np.std(rates)), 3),
         "success_per_seed": per_seed, "episodes_per_seed": args.episodes,
-        "nfe_per_decision": float(agent.sampler.steps), "verifier_calls_per_decision": 0,
+        "nfe_per_decision": float(sampler.steps), "verifier_calls_per_decision": 0,
         "act_ms_mean": round(float(np.mean(lat_mean)), 2), "act_ms_p99": round(float(np.mean(lat_p99)), 2),
-        "simulator_steps": 0, "command": "diffctl train experiment=fetch_push_anchored",
+        "simulator_steps": 0, "command": f"diffctl train experiment={recipe}",
     }  # fmt: skip
 
 
@@ -447,6 +452,14 @@ def targets(rows: list[dict[str, Any]], finetune: dict[str, Any] | None = None) 
             f"- anchored 2-step diffusion within 5% of DDPM-100: {anchored['success_rate']:.2f} vs "
             f"{ddpm['success_rate']:.2f} ({ratio:.0%}): " + ("met" if ratio >= 0.95 else "missed")
         )
+    moe = next((r for r in rows if r["method"] == "moe"), None)
+    few = next((r for r in rows if r["setting"] == "plain, dpmpp_2m 10"), None)
+    if moe and few:
+        out.append(
+            f"- mixture of experts (4 experts, 1 per noise level): {moe['success_rate']:.2f} vs the dense "
+            f"MLP's {few['success_rate']:.2f} under the same sampler; act mean {moe['act_ms_mean']:.2f} vs "
+            f"{few['act_ms_mean']:.2f} ms (no target)"
+        )
     return out
 
 
@@ -463,9 +476,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--render-only", action="store_true", help="rewrite improve.md from improve.json")
     parser.add_argument("--no-steer", action="store_true", help="skip the steering rows (keep saved ones)")
-    parser.add_argument(
-        "--anchored", action="store_true", help="the anchored 2-step recipe beside the plain rows"
-    )
+    parser.add_argument("--recipes", nargs="*", default=[], choices=list(RECIPES),
+                        help="policy recipes (anchored, moe) beside the plain rows")  # fmt: skip
     parser.add_argument("--sim-verifier", nargs="*", type=int, default=[],
                         help="best-of-N rows verified in a copy of the simulator (diagnostic)")  # fmt: skip
     parser.add_argument("--finetune", nargs="*", default=[], choices=list(FINETUNE),
@@ -504,9 +516,9 @@ def main() -> None:
             evaluate_row(policy, verifier, label, sampler, steer, args.lam, args.episodes, args.seeds)
             for label, sampler, steer in settings(args.ns, args.methods)
         ]
-    if args.anchored:
-        rows = [r for r in rows if r["method"] != "anchored"]
-        rows.append(anchored_row(work, args, tiny))
+    for name in args.recipes:
+        rows = [r for r in rows if r["method"] != name]
+        rows.append(recipe_row(work, name, args, tiny))
     if args.sim_verifier:
         rows = [r for r in rows if r["method"] != "best_of_n_simulator"]
         rows += [simulator_row(policy, n, args.episodes, args.seeds) for n in args.sim_verifier]
