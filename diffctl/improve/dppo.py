@@ -27,7 +27,7 @@ from diffctl.core.config import Config
 from diffctl.core.modules import eval_mode
 from diffctl.core.registry import load
 from diffctl.envs.evaluate import episode_seed
-from diffctl.improve.finetune import FineTuner, _last_success, iteration_seed
+from diffctl.improve.finetune import FineTuner, iteration_seed, last_success
 from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
 from diffctl.kernels.samplers import ancestral_sigmas
 from diffctl.nets.mlp import mlp
@@ -199,7 +199,7 @@ def collect_chains(
                 counted += int(running.sum())
                 obs, r, term, trunc, infos = envs.step(actions[:, start + j])
                 reward += np.where(running, r, 0.0)
-                success = np.where(running, _last_success(infos, e), success)
+                success = np.where(running, last_success(infos, e), success)
                 terminal |= running & np.asarray(term)
                 running &= ~(np.asarray(term) | np.asarray(trunc))
                 history = [*history[1:], np.asarray(obs, np.float32)]

@@ -1,10 +1,10 @@
-"""The residual-PPO fine-tuning run: rollouts in vectorized simulators, PPO updates, checkpoints, resume.
+"""The run every fine-tuning method shares: vector envs, iterations, evaluations, checkpoints, resume.
 
-Every iteration runs one whole episode in each of ``num_envs`` environments (reset together with seeds
-derived from the run's seed and the iteration), then ``epochs`` passes of minibatch PPO over it. All of an
-iteration's randomness (episode seeds, the base policy's sampling noise, the residual's noise, minibatch
-order) is drawn from generators seeded by (seed, iteration), so the state between iterations is only the
-residual network and the optimizer: a resumed run continues exactly as an uninterrupted one would.
+A ``FineTuner`` (residual PPO, DPPO, D3PO) collects one whole episode in each of ``num_envs`` environments
+per iteration (reset together with seeds derived from the run's seed and the iteration) and then updates.
+All of an iteration's randomness is drawn from generators seeded by (seed, iteration), so the state between
+iterations is only the weights and the optimizers: a resumed run continues exactly as an uninterrupted one
+would.
 
 Layout of the run directory (as for ``diffctl train``): ``checkpoints/step_XXXXXXX/`` (the agent plus the
 trainer state, step = simulator steps so far), ``checkpoint/`` (the last agent), ``metrics.jsonl``,
@@ -24,19 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from diffctl.atomic import atomic_dir
-from diffctl.envs.evaluate import episode_seed
-from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
-from diffctl.improve.residual import (
-    BatchedChunks,
-    ResidualPolicy,
-    ResidualPPOConfig,
-    base_features,
-    load_base,
-)
 from diffctl.train import checkpoint as ckpt
 from diffctl.train.metrics import MetricsLogger
 
-__all__ = ["FineTuner", "ResidualPPO", "fine_tune", "finetune_residual", "iteration_seed"]
+__all__ = ["FineTuner", "fine_tune", "iteration_seed", "last_success", "make_envs"]
 
 EnvFn = Callable[[], Any]
 
@@ -55,95 +46,13 @@ def make_envs(task: str, num_envs: int, async_envs: bool, env_fn: EnvFn | None) 
     return gym.vector.AsyncVectorEnv(fns) if async_envs else gym.vector.SyncVectorEnv(fns)
 
 
-def _last_success(infos: dict[str, Any], num_envs: int) -> np.ndarray:
+def last_success(infos: dict[str, Any], num_envs: int) -> np.ndarray:
     """The ``success`` (or ``is_success``) flag of each environment in a vector env's info dict."""
     for key in ("success", "is_success"):
         if key in infos:
             present = infos.get(f"_{key}", np.ones(num_envs, bool))
             return np.where(present, np.asarray(infos[key], dtype=bool), False)
     return np.zeros(num_envs, bool)
-
-
-def collect(agent: ResidualPolicy, envs: Any, steps: int, seed: int, iteration: int) -> dict[str, Any]:
-    """One synchronized episode per environment with the stochastic residual; time-major tensors."""
-    cfg, base, net = agent.config, agent.base, agent.network
-    e = cfg.num_envs
-    it_seed = iteration_seed(seed, iteration)
-    gen = torch.Generator().manual_seed(it_seed)
-    base.seed(it_seed)
-    chunks = BatchedChunks(base, e)
-    obs, _ = envs.reset(seed=[episode_seed(seed, iteration * e + k) for k in range(e)])
-    feats, deltas, logps, rewards, terminal, alive, next_feats = [], [], [], [], [], [], []
-    running = np.ones(e, bool)
-    success, returns = np.zeros(e, bool), np.zeros(e)
-    with torch.no_grad():
-        for _ in range(steps):
-            a_base = torch.from_numpy(np.asarray(chunks.act(obs), dtype=np.float32))
-            x = base_features(base, torch.as_tensor(obs, dtype=torch.float32), a_base)
-            mean, log_std, _ = net(x)
-            delta = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
-            action = agent.compose(a_base, delta)
-            obs, reward, term, trunc, infos = envs.step(action.numpy())
-            alive.append(torch.from_numpy(running.copy()))
-            feats.append(x)
-            deltas.append(delta)
-            logps.append(gaussian_log_prob(delta, mean, log_std))
-            rewards.append(torch.as_tensor(reward, dtype=torch.float32))
-            terminal.append(torch.as_tensor(term, dtype=torch.bool))
-            state = torch.as_tensor(obs, dtype=torch.float32)
-            next_feats.append(base_features(base, state, torch.zeros(e, base.action_dim)))
-            returns += np.where(running, reward, 0.0)
-            success = np.where(running, _last_success(infos, e), success)
-            running &= ~(np.asarray(term) | np.asarray(trunc))
-            if not running.any():
-                break
-    batch = {
-        "features": torch.stack(feats), "deltas": torch.stack(deltas), "log_probs": torch.stack(logps),
-        "rewards": torch.stack(rewards), "terminal": torch.stack(terminal), "alive": torch.stack(alive),
-        "next_features": torch.stack(next_feats),
-    }  # fmt: skip
-    batch["episode_success"], batch["episode_return"] = success, returns
-    batch["generator"], batch["env_steps"] = gen, int(batch["alive"].sum())
-    return batch
-
-
-def update(
-    agent: ResidualPolicy, optimizer: torch.optim.Optimizer, batch: dict[str, Any]
-) -> dict[str, float]:
-    """``epochs`` passes of minibatch PPO over one rollout; the mean of each logged quantity."""
-    cfg, net = agent.config, agent.network
-    with torch.no_grad():
-        values = net.value(batch["features"])
-        next_values = net.value(batch["next_features"])
-    adv, ret = gae(batch["rewards"], values, next_values, batch["terminal"], batch["alive"], cfg.gamma,
-                   cfg.gae_lambda)  # fmt: skip
-    keep = batch["alive"].reshape(-1)
-    x = batch["features"].reshape(-1, batch["features"].shape[-1])[keep]
-    delta = batch["deltas"].reshape(-1, batch["deltas"].shape[-1])[keep]
-    old_logp, adv, ret = (t.reshape(-1)[keep] for t in (batch["log_probs"], adv, ret))
-    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    n = len(x)
-    size = max(1, math.ceil(n / cfg.minibatches))
-    logs: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=batch["generator"])
-        for start in range(0, n, size):
-            idx = order[start : start + size]
-            mean, log_std, v = net(x[idx])
-            logp = gaussian_log_prob(delta[idx], mean, log_std.expand_as(mean))
-            pg, clip_frac, kl = clipped_surrogate(logp, old_logp[idx], adv[idx], cfg.clip)
-            v_loss = (v - ret[idx]).pow(2).mean()
-            entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
-            loss = pg + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            for key, value in zip(logs, (pg, v_loss, clip_frac, kl), strict=True):
-                logs[key].append(float(value.detach()))
-    out = {k: float(np.mean(v)) for k, v in logs.items()}
-    out["std"] = float(net.log_std.detach().exp().mean())
-    return out
 
 
 class FineTuner:
@@ -171,35 +80,6 @@ class FineTuner:
         raise NotImplementedError
 
 
-class ResidualPPO(FineTuner):
-    """Residual PPO (ResiP) on ``ResidualPolicy``: one Adam over the residual actor and critic."""
-
-    def __init__(self, config: ResidualPPOConfig, base: Any) -> None:
-        self.config = config
-        self.agent = ResidualPolicy(base, config)
-        self.optimizer = torch.optim.Adam(self.agent.network.parameters(), lr=config.lr)
-        self.num_envs, self.checkpoint_every = config.num_envs, config.checkpoint_every
-        self.eval_every, self.env_steps, self.seed = config.eval_every, config.env_steps, config.seed
-
-    def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
-        return collect(self.agent, envs, steps, self.seed, iteration)
-
-    def update(self, batch: dict[str, Any]) -> dict[str, float]:
-        logs = update(self.agent, self.optimizer, batch)
-        logs["train/success_rate"] = float(batch["episode_success"].mean())
-        logs["train/mean_return"] = float(batch["episode_return"].mean())
-        return logs
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
-        return tensors, {"optimizer": meta}
-
-    def load_state(self, agent_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        saved = ResidualPolicy.load(agent_dir)
-        self.agent.network.load_state_dict(saved.network.state_dict())
-        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
-
-
 def save_checkpoint(run_dir: Path, tuner: FineTuner, step: int, iteration: int) -> Path:
     """``checkpoints/step_XXXXXXX/``: the agent (``agent/``) and the trainer state, written atomically."""
     path = run_dir / "checkpoints" / ckpt.step_dir_name(step)
@@ -220,20 +100,6 @@ def restore(run_dir: Path, tuner: FineTuner) -> tuple[int, int]:
     tensors, meta = ckpt.load_state(path)
     tuner.load_state(path / "agent", tensors, meta)
     return int(meta["step"]), int(meta["iteration"])
-
-
-def finetune_residual(
-    config: ResidualPPOConfig,
-    task: str,
-    run_dir: str | Path,
-    *,
-    env_fn: EnvFn | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Fine-tune ``config.base`` on ``task`` with residual PPO into ``run_dir`` (``fine_tune``'s options)."""
-    base = load_base(config, None if env_fn else task)
-    return fine_tune(ResidualPPO(config, base), task, run_dir, env_fn=env_fn,
-                     eval_episodes=config.eval_episodes, async_envs=config.async_envs, **options)  # fmt: skip
 
 
 def fine_tune(

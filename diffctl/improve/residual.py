@@ -6,12 +6,14 @@ action units; PPO (``diffctl.improve.ppo``) trains it, and a critic on the same 
 rewards. Its last layer starts at zero, so fine-tuning starts exactly at the base policy.
 
 ``ResidualPolicy`` is the agent (``act``, ``save``, ``load``; the base policy is saved inside its directory,
-so a checkpoint is self-contained); ``BatchedChunks`` runs the base policy over E environments at once.
+so a checkpoint is self-contained); ``BatchedChunks`` runs the base policy over E environments at once;
+``ResidualPPO`` collects and updates for ``improve.finetune.fine_tune`` (``finetune_residual``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,20 @@ from diffctl.atomic import atomic_dir
 from diffctl.core.config import Config
 from diffctl.core.persistence import CONFIG_FILE, WEIGHTS_FILE, read_config_json
 from diffctl.core.registry import load
+from diffctl.envs.evaluate import episode_seed
+from diffctl.improve.finetune import EnvFn, FineTuner, fine_tune, iteration_seed, last_success
+from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
 from diffctl.nets.mlp import mlp
+from diffctl.train import checkpoint as ckpt
 
-__all__ = ["BatchedChunks", "ResidualNet", "ResidualPPOConfig", "ResidualPolicy"]
+__all__ = [
+    "BatchedChunks",
+    "ResidualNet",
+    "ResidualPPO",
+    "ResidualPPOConfig",
+    "ResidualPolicy",
+    "finetune_residual",
+]
 
 VERSION = 1
 BASE_DIR = "base"
@@ -260,3 +273,128 @@ def load_base(config: ResidualPPOConfig, task: str | None) -> Any:
             f"the base policy {config.base} was trained on task {base.task!r}, the run is on {task!r}"
         )
     return base
+
+
+def collect(agent: ResidualPolicy, envs: Any, steps: int, seed: int, iteration: int) -> dict[str, Any]:
+    """One synchronized episode per environment with the stochastic residual; time-major tensors."""
+    cfg, base, net = agent.config, agent.base, agent.network
+    e = cfg.num_envs
+    it_seed = iteration_seed(seed, iteration)
+    gen = torch.Generator().manual_seed(it_seed)
+    base.seed(it_seed)
+    chunks = BatchedChunks(base, e)
+    obs, _ = envs.reset(seed=[episode_seed(seed, iteration * e + k) for k in range(e)])
+    feats, deltas, logps, rewards, terminal, alive, next_feats = [], [], [], [], [], [], []
+    running = np.ones(e, bool)
+    success, returns = np.zeros(e, bool), np.zeros(e)
+    with torch.no_grad():
+        for _ in range(steps):
+            a_base = torch.from_numpy(np.asarray(chunks.act(obs), dtype=np.float32))
+            x = base_features(base, torch.as_tensor(obs, dtype=torch.float32), a_base)
+            mean, log_std, _ = net(x)
+            delta = mean + log_std.exp() * torch.randn(mean.shape, generator=gen)
+            action = agent.compose(a_base, delta)
+            obs, reward, term, trunc, infos = envs.step(action.numpy())
+            alive.append(torch.from_numpy(running.copy()))
+            feats.append(x)
+            deltas.append(delta)
+            logps.append(gaussian_log_prob(delta, mean, log_std))
+            rewards.append(torch.as_tensor(reward, dtype=torch.float32))
+            terminal.append(torch.as_tensor(term, dtype=torch.bool))
+            state = torch.as_tensor(obs, dtype=torch.float32)
+            next_feats.append(base_features(base, state, torch.zeros(e, base.action_dim)))
+            returns += np.where(running, reward, 0.0)
+            success = np.where(running, last_success(infos, e), success)
+            running &= ~(np.asarray(term) | np.asarray(trunc))
+            if not running.any():
+                break
+    batch = {
+        "features": torch.stack(feats), "deltas": torch.stack(deltas), "log_probs": torch.stack(logps),
+        "rewards": torch.stack(rewards), "terminal": torch.stack(terminal), "alive": torch.stack(alive),
+        "next_features": torch.stack(next_feats),
+    }  # fmt: skip
+    batch["episode_success"], batch["episode_return"] = success, returns
+    batch["generator"], batch["env_steps"] = gen, int(batch["alive"].sum())
+    return batch
+
+
+def update(
+    agent: ResidualPolicy, optimizer: torch.optim.Optimizer, batch: dict[str, Any]
+) -> dict[str, float]:
+    """``epochs`` passes of minibatch PPO over one rollout; the mean of each logged quantity."""
+    cfg, net = agent.config, agent.network
+    with torch.no_grad():
+        values = net.value(batch["features"])
+        next_values = net.value(batch["next_features"])
+    adv, ret = gae(batch["rewards"], values, next_values, batch["terminal"], batch["alive"], cfg.gamma,
+                   cfg.gae_lambda)  # fmt: skip
+    keep = batch["alive"].reshape(-1)
+    x = batch["features"].reshape(-1, batch["features"].shape[-1])[keep]
+    delta = batch["deltas"].reshape(-1, batch["deltas"].shape[-1])[keep]
+    old_logp, adv, ret = (t.reshape(-1)[keep] for t in (batch["log_probs"], adv, ret))
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    n = len(x)
+    size = max(1, math.ceil(n / cfg.minibatches))
+    logs: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=batch["generator"])
+        for start in range(0, n, size):
+            idx = order[start : start + size]
+            mean, log_std, v = net(x[idx])
+            logp = gaussian_log_prob(delta[idx], mean, log_std.expand_as(mean))
+            pg, clip_frac, kl = clipped_surrogate(logp, old_logp[idx], adv[idx], cfg.clip)
+            v_loss = (v - ret[idx]).pow(2).mean()
+            entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+            loss = pg + cfg.value_coef * v_loss - cfg.entropy_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            for key, value in zip(logs, (pg, v_loss, clip_frac, kl), strict=True):
+                logs[key].append(float(value.detach()))
+    out = {k: float(np.mean(v)) for k, v in logs.items()}
+    out["std"] = float(net.log_std.detach().exp().mean())
+    return out
+
+
+class ResidualPPO(FineTuner):
+    """Residual PPO (ResiP) on ``ResidualPolicy``: one Adam over the residual actor and critic."""
+
+    def __init__(self, config: ResidualPPOConfig, base: Any) -> None:
+        self.config = config
+        self.agent = ResidualPolicy(base, config)
+        self.optimizer = torch.optim.Adam(self.agent.network.parameters(), lr=config.lr)
+        self.num_envs, self.checkpoint_every = config.num_envs, config.checkpoint_every
+        self.eval_every, self.env_steps, self.seed = config.eval_every, config.env_steps, config.seed
+
+    def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
+        return collect(self.agent, envs, steps, self.seed, iteration)
+
+    def update(self, batch: dict[str, Any]) -> dict[str, float]:
+        logs = update(self.agent, self.optimizer, batch)
+        logs["train/success_rate"] = float(batch["episode_success"].mean())
+        logs["train/mean_return"] = float(batch["episode_return"].mean())
+        return logs
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        return tensors, {"optimizer": meta}
+
+    def load_state(self, agent_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        saved = ResidualPolicy.load(agent_dir)
+        self.agent.network.load_state_dict(saved.network.state_dict())
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+
+
+def finetune_residual(
+    config: ResidualPPOConfig,
+    task: str,
+    run_dir: str | Path,
+    *,
+    env_fn: EnvFn | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``config.base`` on ``task`` with residual PPO into ``run_dir`` (``fine_tune``'s options)."""
+    base = load_base(config, None if env_fn else task)
+    return fine_tune(ResidualPPO(config, base), task, run_dir, env_fn=env_fn,
+                     eval_episodes=config.eval_episodes, async_envs=config.async_envs, **options)  # fmt: skip

@@ -244,8 +244,7 @@ def run_finetune(conf: dict[str, Any]) -> dict[str, Any]:
     the budget is the section's."""
     from diffctl.improve.d3po import D3POConfig, finetune_d3po
     from diffctl.improve.dppo import DPPOConfig, finetune_dppo
-    from diffctl.improve.finetune import finetune_residual
-    from diffctl.improve.residual import ResidualPPOConfig
+    from diffctl.improve.residual import ResidualPPOConfig, finetune_residual
 
     section = {k: v for k, v in conf["finetune"].items() if k != "name"}
     name = conf["finetune"].get("name")

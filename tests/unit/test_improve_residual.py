@@ -10,9 +10,8 @@ from helpers import LINE_STEPS as STEPS
 from helpers import Line, base_policy
 
 import diffctl as dc
-from diffctl.improve.finetune import finetune_residual
 from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
-from diffctl.improve.residual import ResidualPolicy, ResidualPPOConfig
+from diffctl.improve.residual import ResidualPolicy, ResidualPPOConfig, finetune_residual
 
 
 def test_gae_on_a_two_state_chain_with_known_values():
