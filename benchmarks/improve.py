@@ -178,7 +178,7 @@ def simulator_row(policy_ckpt: Path, n: int, episodes: int, seeds: list[int]) ->
         "nfe_per_decision": round(agent.cost["nfe"] / agent.cost["decisions"], 1),
         "verifier_calls_per_decision": float(n), "act_ms_mean": round(float(ms.mean()), 2),
         "act_ms_p99": round(float(np.percentile(ms, 99)), 2), "simulator_steps": 0,
-        "command": "python benchmarks/improve.py --sim-verifier N (it needs the live simulator)",
+        "command": f"python benchmarks/improve.py --no-steer --sim-verifier {n} (needs the live simulator)",
     }  # fmt: skip
 
 
@@ -394,7 +394,7 @@ def render(result: dict[str, Any]) -> list[str]:
 def steering_lines(result: dict[str, Any]) -> list[str]:
     meta = result["meta"]
     lines = [
-        "## Steering by a verifier",
+        "## Steering by a verifier, beside the plain, anchored and mixture-of-experts policies",
         "",
         f"`{meta['command']}` on {meta['machine']}. {meta['task']}: base policy `{meta['policy_command']}`, "
         f"verifier `{meta['verifier_command']}` scoring the imagined block-to-goal progress of each chunk. "
