@@ -38,13 +38,21 @@ class NoiseRoutedMoEBlock(nn.Module):
         top, idx = logits.topk(self.top_k, dim=-1)
         return torch.zeros_like(logits).scatter(-1, idx, top.softmax(dim=-1))
 
+    def mix(self, h: torch.Tensor, experts: list[int], weights: list[float]) -> torch.Tensor:
+        """``h`` plus the fixed mixture of ``experts``: a batch at one noise level, its routing cached."""
+        x = self.norm(h)
+        return h + sum(w * self.experts[e](x) for e, w in zip(experts, weights, strict=True))
+
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         weights = self.routing(emb)
         x = self.norm(h)
         if torch.jit.is_tracing():  # a traced graph must not freeze one noise level's experts: run them all
             return h + sum(weights[:, e, None] * expert(x) for e, expert in enumerate(self.experts))
+        active = weights.any(dim=0).nonzero().flatten().tolist()
+        if len(active) == self.top_k:  # one noise level for the whole batch (a sampling step): no gathers
+            return h + sum(weights[:, e, None] * self.experts[e](x) for e in active)
         out = torch.zeros_like(h)
-        for e in weights.any(dim=0).nonzero().flatten().tolist():
+        for e in active:
             rows = weights[:, e].nonzero().flatten()
             out = out.index_add(0, rows, weights[rows, e, None] * self.experts[e](x[rows]))
         return h + out
@@ -74,6 +82,8 @@ class MoEDenoiserNet(nn.Module):
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, horizon * action_dim))
 
+        self.routes: dict[tuple, list[tuple[list[int], list[float]]]] = {}
+
     def forward(
         self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -81,9 +91,30 @@ class MoEDenoiserNet(nn.Module):
         emb = self.noise_emb(c_noise)
         parts = [x.flatten(1), emb] + ([cond] if self.cond_dim else [])
         h = self.inp(torch.cat(parts, dim=-1))
-        for block in self.blocks:
-            h = block(h, emb)
+        route = self.cached_route(c_noise, emb)
+        for i, block in enumerate(self.blocks):
+            h = block(h, emb) if route is None else block.mix(h, *route[i])
         return self.out(h).reshape(x.shape)
+
+    def cached_route(
+        self, c_noise: torch.Tensor, emb: torch.Tensor
+    ) -> list[tuple[list[int], list[float]]] | None:
+        """Expert caching: without gradients, a batch at one noise level reuses that level's experts and
+        weights, computed on its first visit; the key holds the version of every router parameter, so an
+        update or a load recomputes them. None in training, under tracing or for mixed noise levels."""
+        if self.training or torch.jit.is_tracing() or torch.is_grad_enabled():
+            return None
+        level = c_noise.reshape(-1)
+        if bool((level != level[0]).any()):
+            return None
+        versions = tuple(p._version for block in self.blocks for p in block.router.parameters())
+        key = (float(level[0]), versions)
+        if key not in self.routes:
+            if len(self.routes) > 4096:  # many grids over a long life: start over
+                self.routes.clear()
+            rows = [block.routing(emb[:1])[0] for block in self.blocks]
+            self.routes[key] = [(w.nonzero().flatten().tolist(), w[w > 0].tolist()) for w in rows]
+        return self.routes[key]
 
     def active_experts(self, c_noise: torch.Tensor) -> list[list[int]]:
         """The experts each block runs at the noise level ``c_noise`` (a scalar): a grid's routing cache."""

@@ -20,8 +20,13 @@ def test_sparse_block_equals_the_dense_mixture_and_skips_inactive_experts():
     calls = []
     for e, expert in enumerate(block.experts):
         expert.register_forward_pre_hook(lambda m, a, e=e: calls.append(e))
-    block(h, emb[:1].expand(6, -1))  # one noise level for the whole batch
+    one_level = emb[:1].expand(6, -1)  # one noise level for the whole batch
+    out = block(h, one_level)
     assert sorted(calls) == weights[0].nonzero().flatten().tolist()
+    w = block.routing(one_level)
+    torch.testing.assert_close(
+        out, h + sum(w[:, e, None] * expert(x) for e, expert in enumerate(block.experts))
+    )
 
 
 def test_routing_reads_the_noise_level_not_the_sample():
@@ -60,3 +65,19 @@ def test_the_fused_graph_of_a_moe_policy_matches_eager():
     eager = policy.predict_chunk(hist, noise=noise)
     policy.sampler = policy.sampler.replace(fused=True)
     torch.testing.assert_close(policy.predict_chunk(hist, noise=noise), eager, atol=1e-4, rtol=1e-4)
+
+
+def test_cached_routes_equal_the_routed_forward_and_follow_weight_updates():
+    torch.manual_seed(0)
+    net = MoEDenoiserNet(action_dim=2, horizon=4, cond_dim=3, hidden=16, depth=2, embed_dim=8).eval()
+    x, sigma, cond = torch.randn(5, 4, 2), torch.full((5,), 0.3), torch.randn(5, 3)
+    with torch.no_grad():
+        cached = net(x, sigma, cond)
+        assert len(net.routes) == 1
+    torch.testing.assert_close(cached, net(x, sigma, cond).detach())  # with gradients: no cache
+    with torch.no_grad():
+        for block in net.blocks:
+            block.router.bias.add_(torch.tensor([5.0, -5.0, -5.0, -5.0]))  # expert 0 everywhere now
+        assert net.active_experts(sigma[0]) == [[0], [0]]
+        torch.testing.assert_close(net(x, sigma, cond), torch.enable_grad()(net)(x, sigma, cond).detach())
+        assert len(net.routes) == 2
