@@ -150,8 +150,8 @@ def test_overrides_reach_the_config_and_default_run_dir() -> None:
     ("argv", "message"),
     [
         (["train", "task=nope"], "unknown task 'nope'; available: digits, fetch-pick-place, "),
-        (["train", "policy=cnn"], "unknown policy 'cnn'; available: bc_mlp, consistency_mlp, diffusion_mlp"),
-        (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: consistency, ddim, ddpm"),
+        (["train", "policy=cnn"], "unknown policy 'cnn'; available: anchored_mlp, bc_mlp, consistency_mlp"),
+        (["train", "sampler=rk45"], "unknown sampler 'rk45'; available: anchored, consistency, ddim, ddpm"),
         (["train", "training.stepz=3"], "valid keys of training: ['adam_eps'"),
         (["train", "policy.depth=3"], "valid keys of policy: ['backbone'"),
         (["train", "training.steps=abc"], "training.steps must be an integer, got 'abc'"),
