@@ -50,8 +50,7 @@ class D3POConfig(ChainConfig):
             raise ValueError(
                 f"finetune.num_envs must be even (environments run in pairs), got {self.num_envs}"
             )
-        if not self.beta > 0:
-            raise ValueError(f"finetune.beta must be > 0, got {self.beta}")
+        self.require(positive=("beta",))
 
 
 def preferred_pairs(returns: np.ndarray, success: np.ndarray, preference: str) -> list[tuple[int, int]]:

@@ -17,17 +17,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from diffctl.core.config import Config
 from diffctl.core.modules import eval_mode
 from diffctl.core.registry import load
 from diffctl.envs.evaluate import episode_seed
-from diffctl.improve.finetune import FineTuner, iteration_seed, last_success
+from diffctl.improve.finetune import FineTuneConfig, FineTuner, iteration_seed, last_success
 from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
 from diffctl.kernels.samplers import ancestral_sigmas
 from diffctl.nets.mlp import mlp
@@ -38,19 +37,11 @@ __all__ = ["DPPO", "ChainConfig", "DPPOConfig", "DenoisingChain", "collect_chain
 
 
 @dataclass
-class ChainConfig(Config):
+class ChainConfig(FineTuneConfig):
     """What fine-tuning through a policy's denoising chain needs, whatever the objective (DPPO, D3PO)."""
 
-    section: ClassVar[str] = "finetune"
-
-    base: str = ""
-    """Checkpoint of the diffusion policy to fine-tune (a ``DiffusionPolicy`` of the run's task)."""
-    env_steps: int = 200_000
-    """Simulator steps in all (every iteration runs one whole episode in each environment)."""
-    num_envs: int = 16
-    """Environments stepped together (``gymnasium.vector``)."""
-    async_envs: bool = False
-    """Step the environments in worker processes (``AsyncVectorEnv``)."""
+    minibatches: int = 8
+    """Minibatches per pass (each chunk contributes ``ft_steps`` transitions)."""
     denoising_steps: int = 10
     """K: ancestral steps of the chain on the policy's grid (also the saved policy's sampler)."""
     ft_steps: int = 10
@@ -59,39 +50,19 @@ class ChainConfig(Config):
     """Floor of each step's noise in normalized action units (exploration)."""
     actor_lr: float = 1e-5
     """Adam learning rate of the denoiser."""
-    epochs: int = 5
-    """Passes over each iteration's transitions."""
-    minibatches: int = 8
-    """Minibatches per pass."""
     bc_coef: float = 0.0
     """Weight of the denoising loss on the policy's training data (0: no behaviour-cloning anchor)."""
     bc_batch: int = 256
     """Windows per anchor batch."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (global norm)."""
-    checkpoint_every: int = 10
-    """Iterations between checkpoints (the last one is always written)."""
-    eval_every: int = 0
-    """Iterations between closed-loop evaluations (0: only before and at the end)."""
-    eval_episodes: int = 50
-    """Episodes per evaluation (0: none)."""
-    seed: int = 0
-    """Seeds the chain's noise, the minibatches, the episodes (and any critic's initialization)."""
 
     def validate(self) -> None:
-        for key in ("env_steps", "num_envs", "denoising_steps", "ft_steps", "epochs", "minibatches",
-                    "bc_batch", "checkpoint_every"):  # fmt: skip
-            if getattr(self, key) < 1:
-                raise ValueError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
+        super().validate()
+        self.require(at_least_one=("denoising_steps", "ft_steps", "bc_batch"),
+                     positive=("min_std", "actor_lr"), non_negative=("bc_coef",))  # fmt: skip
         if self.ft_steps > self.denoising_steps:
             raise ValueError(
                 f"finetune.ft_steps ({self.ft_steps}) must be <= denoising_steps ({self.denoising_steps})"
             )
-        for key in ("min_std", "actor_lr", "max_grad_norm"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"finetune.{key} must be > 0, got {getattr(self, key)}")
-        if self.bc_coef < 0 or self.eval_every < 0 or self.eval_episodes < 0:
-            raise ValueError("finetune.bc_coef, eval_every and eval_episodes must be >= 0")
 
 
 @dataclass
@@ -113,13 +84,9 @@ class DPPOConfig(ChainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.hidden < 1 or self.depth < 1:
-            raise ValueError("finetune.hidden and finetune.depth must be >= 1")
-        if not (self.critic_lr > 0 and self.clip > 0):
-            raise ValueError("finetune.critic_lr and finetune.clip must be > 0")
-        for key in ("gamma", "gae_lambda"):
-            if not 0 < getattr(self, key) <= 1:
-                raise ValueError(f"finetune.{key} must lie in (0, 1], got {getattr(self, key)}")
+        self.require(
+            at_least_one=("hidden", "depth"), positive=("critic_lr", "clip"), unit=("gamma", "gae_lambda")
+        )
 
 
 class DenoisingChain:

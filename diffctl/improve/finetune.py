@@ -16,20 +16,74 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from diffctl.atomic import atomic_dir
+from diffctl.core.config import Config
 from diffctl.train import checkpoint as ckpt
 from diffctl.train.metrics import MetricsLogger
 
-__all__ = ["FineTuner", "fine_tune", "iteration_seed", "last_success", "make_envs"]
+__all__ = ["FineTuneConfig", "FineTuner", "fine_tune", "iteration_seed", "last_success", "make_envs"]
 
 EnvFn = Callable[[], Any]
+
+
+@dataclass
+class FineTuneConfig(Config):
+    """What every fine-tuning method in simulation shares: the policy, the budget, the environments, the
+    optimization passes, checkpoints and evaluations (``diffctl train finetune=...``)."""
+
+    section: ClassVar[str] = "finetune"
+
+    base: str = ""
+    """Checkpoint of the policy to fine-tune (a chunk policy of the run's task)."""
+    env_steps: int = 200_000
+    """Simulator steps in all (every iteration runs one whole episode in each environment)."""
+    num_envs: int = 16
+    """Environments stepped together (``gymnasium.vector``)."""
+    async_envs: bool = False
+    """Step the environments in worker processes (``AsyncVectorEnv``) instead of in this one."""
+    epochs: int = 5
+    """Passes over each iteration's data."""
+    minibatches: int = 4
+    """Minibatches per pass."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global norm)."""
+    checkpoint_every: int = 10
+    """Iterations between checkpoints (the last one is always written)."""
+    eval_every: int = 0
+    """Iterations between closed-loop evaluations (0: only before training and at the end)."""
+    eval_episodes: int = 50
+    """Episodes per evaluation (0: none)."""
+    seed: int = 0
+    """Seeds every iteration's randomness (episodes, sampling noise, minibatches) and new networks."""
+
+    def validate(self) -> None:
+        self.require(at_least_one=("env_steps", "num_envs", "epochs", "minibatches", "checkpoint_every"),
+                     positive=("max_grad_norm",), non_negative=("eval_every", "eval_episodes"))  # fmt: skip
+
+    def require(
+        self,
+        at_least_one: tuple[str, ...] = (),
+        positive: tuple[str, ...] = (),
+        non_negative: tuple[str, ...] = (),
+        unit: tuple[str, ...] = (),
+    ) -> None:
+        """One ValueError naming the first field out of its range: >= 1, > 0, >= 0 or in (0, 1]."""
+        checks = [
+            (at_least_one, lambda v: v >= 1, ">= 1"), (positive, lambda v: v > 0, "> 0"),
+            (non_negative, lambda v: v >= 0, ">= 0"), (unit, lambda v: 0 < v <= 1, "in (0, 1]"),
+        ]  # fmt: skip
+        for keys, ok, expected in checks:
+            for key in keys:
+                if not ok(getattr(self, key)):
+                    raise ValueError(f"finetune.{key} must be {expected}, got {getattr(self, key)}")
 
 
 def iteration_seed(seed: int, iteration: int) -> int:

@@ -24,11 +24,17 @@ import torch
 from torch import nn
 
 from diffctl.atomic import atomic_dir
-from diffctl.core.config import Config
 from diffctl.core.persistence import CONFIG_FILE, WEIGHTS_FILE, read_config_json
 from diffctl.core.registry import load
 from diffctl.envs.evaluate import episode_seed
-from diffctl.improve.finetune import EnvFn, FineTuner, fine_tune, iteration_seed, last_success
+from diffctl.improve.finetune import (
+    EnvFn,
+    FineTuneConfig,
+    FineTuner,
+    fine_tune,
+    iteration_seed,
+    last_success,
+)
 from diffctl.improve.ppo import clipped_surrogate, gae, gaussian_log_prob
 from diffctl.nets.mlp import mlp
 from diffctl.train import checkpoint as ckpt
@@ -47,19 +53,9 @@ BASE_DIR = "base"
 
 
 @dataclass
-class ResidualPPOConfig(Config):
+class ResidualPPOConfig(FineTuneConfig):
     """Residual PPO fine-tuning of a frozen chunk policy (``diffctl train finetune=residual_ppo``)."""
 
-    section: ClassVar[str] = "finetune"
-
-    base: str = ""
-    """Checkpoint of the frozen base policy (a chunk policy of the run's task)."""
-    env_steps: int = 200_000
-    """Simulator steps in all (every iteration runs one whole episode in each environment)."""
-    num_envs: int = 16
-    """Environments stepped together (``gymnasium.vector``)."""
-    async_envs: bool = False
-    """Step the environments in worker processes (``AsyncVectorEnv``) instead of in this one."""
     residual_scale: float = 0.1
     """The correction's scale in normalized action units (ResiP keeps it small)."""
     hidden: int = 256
@@ -76,37 +72,15 @@ class ResidualPPOConfig(Config):
     """GAE's lambda."""
     clip: float = 0.2
     """PPO ratio clip."""
-    epochs: int = 5
-    """Passes over each iteration's rollout."""
-    minibatches: int = 4
-    """Minibatches per pass."""
     value_coef: float = 0.5
     """Weight of the critic's squared error."""
     entropy_coef: float = 0.0
     """Weight of the Gaussian's entropy bonus."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (global norm)."""
-    checkpoint_every: int = 10
-    """Iterations between checkpoints (the last one is always written)."""
-    eval_every: int = 0
-    """Iterations between closed-loop evaluations of the deterministic policy (0: only at the end)."""
-    eval_episodes: int = 50
-    """Episodes per evaluation (0: none)."""
-    seed: int = 0
-    """Seeds the residual's initialization, its noise, the minibatches and the episodes."""
 
     def validate(self) -> None:
-        for key in ("env_steps", "num_envs", "hidden", "depth", "epochs", "minibatches", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("residual_scale", "lr", "clip", "max_grad_norm"):
-            if not getattr(self, key) > 0:
-                raise ValueError(f"finetune.{key} must be > 0, got {getattr(self, key)}")
-        for key in ("gamma", "gae_lambda"):
-            if not 0 < getattr(self, key) <= 1:
-                raise ValueError(f"finetune.{key} must lie in (0, 1], got {getattr(self, key)}")
-        if self.eval_every < 0 or self.eval_episodes < 0:
-            raise ValueError("finetune.eval_every and finetune.eval_episodes must be >= 0")
+        super().validate()
+        self.require(at_least_one=("hidden", "depth"), positive=("residual_scale", "lr", "clip"),
+                     unit=("gamma", "gae_lambda"))  # fmt: skip
 
 
 def base_features(base: Any, obs: torch.Tensor, base_action: torch.Tensor) -> torch.Tensor:

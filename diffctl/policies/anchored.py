@@ -32,7 +32,7 @@ from diffctl.policies.diffusion import (
     DiffusionPolicyConfig,
     build_observation_encoder,
     history_tensor,
-    prefix_tensor,
+    prefix_mask,
     split_batch,
     split_history,
 )
@@ -180,13 +180,7 @@ class AnchoredDiffusionPolicy(DiffusionPolicy):
             sigmas = self.sigmas().to(anchors.device)
             noise = self.start_noise(tuple(anchors.shape), noise, anchors.device)
             x = anchors + sigmas[0] * noise
-            mask = known = None
-            if prefix is not None:
-                prefix = prefix_tensor(prefix, len(x), self.horizon, self.action_dim, x.device)
-                known = torch.zeros_like(x)
-                known[:, : prefix.shape[1]] = self.normalizer("action").normalize(prefix)
-                mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-                mask[:, : prefix.shape[1]] = True
+            mask, known = prefix_mask(self, prefix, tuple(x.shape), x.device)
             denoise = self._denoiser()
             x0 = sample(lambda z, s: denoise(z, s, cond), x, sigmas, solver=self.sampler.solver,
                         generator=self._generator, mask=mask, known=known,

@@ -209,6 +209,21 @@ def prefix_tensor(
     return prefix
 
 
+def prefix_mask(
+    policy: Any, prefix: Any, shape: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The sampler's ``mask`` and normalized ``known`` values that inpaint raw ``prefix`` actions as a chunk's
+    first entries (both None without a prefix)."""
+    if prefix is None:
+        return None, None
+    prefix = prefix_tensor(prefix, shape[0], policy.horizon, policy.action_dim, device)
+    known = torch.zeros(shape, device=device)
+    known[:, : prefix.shape[1]] = policy.normalizer("action").normalize(prefix)
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    mask[:, : prefix.shape[1]] = True
+    return mask, known
+
+
 def build_observation_encoder(cfg: Any) -> nn.Module:
     """The camera encoder when the config has ``image_shapes``, else the state ``encoder``."""
     if cfg.image_shapes:
@@ -479,14 +494,7 @@ class DiffusionPolicy(Configurable, Policy):
             else:
                 x = noise * sigmas[0]
             denoise = self.conditioned_denoiser(hist)
-            mask = known = None
-            if prefix is not None:
-                prefix = prefix_tensor(prefix, bsz, self.horizon, self.action_dim, device)
-                p = prefix.shape[1]
-                known = torch.zeros(shape, device=device)
-                known[:, :p] = act_norm.normalize(prefix)
-                mask = torch.zeros(shape, dtype=torch.bool, device=device)
-                mask[:, :p] = True
+            mask, known = prefix_mask(self, prefix, shape, device)
             x0 = sample(
                 denoise, x, sigmas, solver=self.sampler.solver, generator=self._generator,
                 mask=mask, known=known, **self.sampler.options,
