@@ -407,6 +407,9 @@ def steering_lines(result: dict[str, Any]) -> list[str]:
         "act ms p99 |",
         "|---|---|---|---|---|---|---|",
     ]
+    if meta.get("later_commands"):
+        later = ", ".join(f"`{c}`" for c in meta["later_commands"])
+        lines[2] += f" Rows and sections added later by {later}."
     for r in result["rows"]:
         seeds = " / ".join(f"{v:.2f}" for v in r["success_per_seed"].values())
         lines.append(
@@ -537,8 +540,10 @@ def main() -> None:
         "policy_command": f"diffctl train experiment={POLICY_RECIPE}",
         "verifier_command": "diffctl train " + " ".join(verifier_args[:3]),
     }  # fmt: skip
-    if saved and args.no_steer:
+    if saved and args.no_steer:  # the steering rows' run stays the header; record this one as well
+        command = meta["command"]
         meta = saved["meta"]
+        meta["later_commands"] = list(dict.fromkeys([*meta.get("later_commands", []), command]))
     result = {"meta": meta, "rows": rows, "finetune": finetune, "targets": targets(rows, finetune)}
     write_text(json_path, json.dumps(result, indent=2) + "\n")
     md = render(result)
