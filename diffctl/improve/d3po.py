@@ -78,12 +78,17 @@ class D3PO(FineTuner):
         self.chain = DenoisingChain(policy, config.denoising_steps, config.min_std)
         self.ref_chain = DenoisingChain(self.reference, config.denoising_steps, config.min_std)
         self.optimizer = torch.optim.Adam(policy.network.parameters(), lr=config.actor_lr)
-        self.num_envs, self.checkpoint_every = config.num_envs, config.checkpoint_every
-        self.eval_every, self.env_steps, self.seed = config.eval_every, config.env_steps, config.seed
 
     def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
         return collect_chains(
-            self.agent, self.chain, envs, steps, self.seed, iteration, self.num_envs, paired=True
+            self.agent,
+            self.chain,
+            envs,
+            steps,
+            self.config.seed,
+            iteration,
+            self.config.num_envs,
+            paired=True,
         )
 
     def pair_transitions(self, batch: dict[str, Any]) -> dict[str, Any] | None:
@@ -173,5 +178,4 @@ def finetune_d3po(
     from diffctl.improve.finetune import fine_tune
 
     policy = load_policy(config, None if env_fn else task)
-    return fine_tune(D3PO(config, policy, bc_data), task, run_dir, env_fn=env_fn,
-                     eval_episodes=config.eval_episodes, async_envs=config.async_envs, **options)  # fmt: skip
+    return fine_tune(D3PO(config, policy, bc_data), task, run_dir, env_fn=env_fn, **options)

@@ -245,12 +245,11 @@ class DPPO(FineTuner):
             self.critic = HistoryCritic(policy, config.hidden, config.depth)
         self.actor_opt = torch.optim.Adam(policy.network.parameters(), lr=config.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.num_envs, self.checkpoint_every = config.num_envs, config.checkpoint_every
-        self.eval_every, self.env_steps, self.seed = config.eval_every, config.env_steps, config.seed
 
     # ----- rollouts ---------------------------------------------------------------------------------
     def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
-        return collect_chains(self.agent, self.chain, envs, steps, self.seed, iteration, self.num_envs)
+        cfg = self.config
+        return collect_chains(self.agent, self.chain, envs, steps, cfg.seed, iteration, cfg.num_envs)
 
     # ----- optimization -------------------------------------------------------------------------------
     def update(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -354,5 +353,4 @@ def finetune_dppo(
     from diffctl.improve.finetune import fine_tune
 
     policy = load_policy(config, None if env_fn else task)
-    return fine_tune(DPPO(config, policy, bc_data), task, run_dir, env_fn=env_fn,
-                     eval_episodes=config.eval_episodes, async_envs=config.async_envs, **options)  # fmt: skip
+    return fine_tune(DPPO(config, policy, bc_data), task, run_dir, env_fn=env_fn, **options)

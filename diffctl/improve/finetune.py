@@ -110,16 +110,13 @@ def last_success(infos: dict[str, Any], num_envs: int) -> np.ndarray:
 
 
 class FineTuner:
-    """One fine-tuning method for ``fine_tune``: the ``agent`` it improves (saved and evaluated as is),
-    ``collect`` (one iteration's rollouts), ``update`` (its optimization step, returning scalars to log) and
-    the trainer state beyond the agent's weights (optimizers, critics) for checkpoints."""
+    """One fine-tuning method for ``fine_tune``: its ``config`` (budget, environments, checkpoints), the
+    ``agent`` it improves (saved and evaluated as is), ``collect`` (one iteration's rollouts), ``update`` (its
+    optimization step, returning scalars to log) and the trainer state beyond the agent's weights
+    (optimizers, critics) for checkpoints."""
 
     agent: Any
-    num_envs: int
-    checkpoint_every: int
-    eval_every: int
-    env_steps: int
-    seed: int
+    config: FineTuneConfig
 
     def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -166,8 +163,6 @@ def fine_tune(
     env_fn: EnvFn | None = None,
     episode_steps: int | None = None,
     eval_fn: Callable[[Any], dict[str, Any]] | None = None,
-    eval_episodes: int = 0,
-    async_envs: bool = False,
 ) -> dict[str, Any]:
     """Run ``tuner`` on ``task`` into ``run_dir``; the summary.
 
@@ -181,13 +176,14 @@ def fine_tune(
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = int(episode_steps or get_task(task).max_episode_steps)
     tuner.agent.task = task
-    iterations = math.ceil(tuner.env_steps / (tuner.num_envs * steps))
+    cfg = tuner.config
+    iterations = math.ceil(cfg.env_steps / (cfg.num_envs * steps))
     logger = MetricsLogger(run_dir, tensorboard=False)
     step, start = restore(run_dir, tuner) if resume else (0, 0)
     logger.truncate_after(step)
-    if eval_fn is None and eval_episodes:
-        eval_fn = _default_eval(task, eval_episodes)
-    envs = make_envs(task, tuner.num_envs, async_envs, env_fn)
+    if eval_fn is None and cfg.eval_episodes:
+        eval_fn = _default_eval(task, cfg.eval_episodes)
+    envs = make_envs(task, cfg.num_envs, cfg.async_envs, env_fn)
     last_eval: dict[str, Any] = {}
     if start == 0 and eval_fn is not None:  # the curve's first point: the agent before fine-tuning
         last_eval = eval_fn(tuner.agent)
@@ -201,14 +197,14 @@ def fine_tune(
             step += int(batch["env_steps"])
             logs = tuner.update(batch)
             last = it + 1 == iterations
-            if eval_fn is not None and (last or (tuner.eval_every and (it + 1) % tuner.eval_every == 0)):
+            if eval_fn is not None and (last or (cfg.eval_every and (it + 1) % cfg.eval_every == 0)):
                 last_eval = eval_fn(tuner.agent)
                 logs.update({f"eval/{k}": v for k, v in last_eval.items()})
             logger.log(step, logs)
             bar.set_postfix(
                 success=f"{logs['train/success_rate']:.2f}", ret=f"{logs['train/mean_return']:.1f}"
             )
-            if last or (it + 1) % tuner.checkpoint_every == 0:
+            if last or (it + 1) % cfg.checkpoint_every == 0:
                 save_checkpoint(run_dir, tuner, step, it + 1)
                 tuner.agent.save(run_dir / "checkpoint")
                 ckpt.prune_step_checkpoints(run_dir / "checkpoints", 2)

@@ -338,11 +338,9 @@ class ResidualPPO(FineTuner):
         self.config = config
         self.agent = ResidualPolicy(base, config)
         self.optimizer = torch.optim.Adam(self.agent.network.parameters(), lr=config.lr)
-        self.num_envs, self.checkpoint_every = config.num_envs, config.checkpoint_every
-        self.eval_every, self.env_steps, self.seed = config.eval_every, config.env_steps, config.seed
 
     def collect(self, envs: Any, steps: int, iteration: int) -> dict[str, Any]:
-        return collect(self.agent, envs, steps, self.seed, iteration)
+        return collect(self.agent, envs, steps, self.config.seed, iteration)
 
     def update(self, batch: dict[str, Any]) -> dict[str, float]:
         logs = update(self.agent, self.optimizer, batch)
@@ -370,5 +368,4 @@ def finetune_residual(
 ) -> dict[str, Any]:
     """Fine-tune ``config.base`` on ``task`` with residual PPO into ``run_dir`` (``fine_tune``'s options)."""
     base = load_base(config, None if env_fn else task)
-    return fine_tune(ResidualPPO(config, base), task, run_dir, env_fn=env_fn,
-                     eval_episodes=config.eval_episodes, async_envs=config.async_envs, **options)  # fmt: skip
+    return fine_tune(ResidualPPO(config, base), task, run_dir, env_fn=env_fn, **options)
