@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from diffctl.atomic import atomic_dir
-from diffctl.core.persistence import CONFIG_FILE, WEIGHTS_FILE, read_config_json
+from diffctl.core.persistence import CONFIG_FILE, WEIGHTS_FILE, load_network_state, read_agent_dir
 from diffctl.core.registry import load
 from diffctl.envs.evaluate import episode_seed
 from diffctl.improve.finetune import (
@@ -147,8 +147,7 @@ class BatchedChunks:
 
 
 class ResidualPolicy:
-    """The fine-tuned agent: the frozen ``base`` chunk policy plus the residual's mean correction at act time
-    (``stochastic=True`` samples the Gaussian instead, as in training)."""
+    """The fine-tuned agent: the frozen ``base`` chunk policy plus the residual's mean correction."""
 
     config_class: ClassVar[type[ResidualPPOConfig]] = ResidualPPOConfig
 
@@ -167,8 +166,6 @@ class ResidualPolicy:
             self.network = ResidualNet(
                 state_dim, base.action_dim, config.hidden, config.depth, config.init_log_std
             )
-        self.stochastic = False
-        self.generator: torch.Generator | None = None
         self.chunks = BatchedChunks(base, 1)
 
     # ----- acting ------------------------------------------------------------------------------------
@@ -179,7 +176,7 @@ class ResidualPolicy:
         return norm.unnormalize(corrected.clamp(-1.0, 1.0)).clamp(-1.0, 1.0)
 
     def seed(self, seed: int | None) -> None:
-        self.generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        """Reseed the base policy's sampling (the residual acts by its mean)."""
         self.base.seed(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -191,11 +188,8 @@ class ResidualPolicy:
     def act(self, obs: Any) -> np.ndarray:
         x = np.asarray(self.base.check_obs(obs), dtype=np.float32)[None]
         a_base = torch.from_numpy(self.chunks.act(x)).float()
-        mean, log_std, _ = self.network(base_features(self.base, torch.from_numpy(x), a_base))
-        delta = mean
-        if self.stochastic:
-            delta = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
-        return self.compose(a_base, delta)[0].numpy()
+        mean, _, _ = self.network(base_features(self.base, torch.from_numpy(x), a_base))
+        return self.compose(a_base, mean)[0].numpy()
 
     # ----- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -215,22 +209,13 @@ class ResidualPolicy:
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> ResidualPolicy:
         """Rebuild a saved residual policy; ``overrides`` are sampler settings of its base policy."""
-        from safetensors.torch import load_file
-
         root = Path(path)
-        config = read_config_json(root)
+        config, state = read_agent_dir(root)
         if config.get("class") != cls.__name__ or config.get("version") != VERSION:
             raise ValueError(f"{root / CONFIG_FILE} is not a {cls.__name__} v{VERSION} checkpoint")
-        agent = cls(
-            load(root / BASE_DIR, **overrides), ResidualPPOConfig.from_dict(config["hyperparameters"])
-        )
-        weights = root / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"agent directory {root} has no {WEIGHTS_FILE}")
-        try:
-            agent.network.load_state_dict(load_file(str(weights)))
-        except (RuntimeError, OSError) as err:
-            raise ValueError(f"{weights} does not match a {cls.__name__}: {err}") from err
+        hyper = ResidualPPOConfig.from_dict(config["hyperparameters"])
+        agent = cls(load(root / BASE_DIR, **overrides), hyper)
+        load_network_state(agent.network, state, root)
         agent.task = config.get("task") or agent.task
         return agent
 
