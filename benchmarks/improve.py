@@ -479,6 +479,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--render-only", action="store_true", help="rewrite improve.md from improve.json")
     parser.add_argument("--no-steer", action="store_true", help="skip the steering rows (keep saved ones)")
+    parser.add_argument("--dwm-verifier", action="store_true",
+                        help="steering rows (--methods, --ns) verified by a DWM")  # fmt: skip
     parser.add_argument("--recipes", nargs="*", default=[], choices=list(RECIPES),
                         help="policy recipes (anchored, moe) beside the plain rows")  # fmt: skip
     parser.add_argument("--sim-verifier", nargs="*", type=int, default=[],
@@ -519,6 +521,15 @@ def main() -> None:
             evaluate_row(policy, verifier, label, sampler, steer, args.lam, args.episodes, args.seeds)
             for label, sampler, steer in settings(args.ns, args.methods)
         ]
+    if args.dwm_verifier:
+        dwm_args = ["task=fetch-push", "world_model=dwm", "experiment=world_model", *tiny]
+        dwm = train(work / "fetch-push-dwm", dwm_args)
+        rows = [r for r in rows if "DWM verifier" not in r["setting"]]
+        rows += [
+            evaluate_row(policy, dwm, f"{method}, DWM verifier, N={n}", PLAIN[STEERED],
+                         {"method": method, "n": n}, args.lam, args.episodes, args.seeds)
+            for method in args.methods for n in args.ns
+        ]  # fmt: skip
     for name in args.recipes:
         rows = [r for r in rows if r["method"] != name]
         rows.append(recipe_row(work, name, args, tiny))
