@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from diffctl.world_models.base import WorldModel
+from diffctl.world_models.planning import imagined_return
 
 __all__ = ["FunctionVerifier", "QVerifier", "Verifier", "WorldModelVerifier"]
 
@@ -74,14 +75,8 @@ class WorldModelVerifier(Verifier):
                 f"{state.shape[-1]}: a WorldModelVerifier needs a model of the policy's whole observation"
             )
         a = actions[:, : self.steps] if self.steps else actions
-        out = self.world_model.rollout(state, a, generator=self.generator)
-        r = out["rewards"] if self.reward is None else self.reward(out["observations"])
-        weights = self.discount ** torch.arange(a.shape[1], dtype=torch.float32)
-        score = (r.float() * weights).sum(dim=1)
-        if self.value is not None:
-            final = torch.as_tensor(self.value(out["observations"][:, -1])).reshape(-1).float()
-            score = score + self.discount ** a.shape[1] * final
-        return score
+        return imagined_return(self.world_model, state, a, discount=self.discount, reward=self.reward,
+                               value=self.value, generator=self.generator)  # fmt: skip
 
 
 class QVerifier(Verifier):

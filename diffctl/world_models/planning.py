@@ -19,6 +19,28 @@ from diffctl.core.observations import as_observation
 from diffctl.world_models.base import WorldModel
 
 
+def imagined_return(
+    world_model: WorldModel,
+    state: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    discount: float = 1.0,
+    reward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    value: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``sum_t discount^t r_t + discount^T value(s_T)`` (B,) of raw ``actions`` (B, T, Da) imagined from raw
+    states (B, Ds): ``r_t`` the model's predicted reward, or ``reward(state after action t)`` when given."""
+    out = world_model.rollout(state, actions, generator=generator)
+    r = out["rewards"] if reward is None else reward(out["observations"])
+    weights = discount ** torch.arange(actions.shape[1], dtype=torch.float32)
+    score = (r.float() * weights).sum(dim=1)
+    if value is not None:
+        final = torch.as_tensor(value(out["observations"][:, -1])).reshape(-1).float()
+        score = score + discount ** actions.shape[1] * final
+    return score
+
+
 class ImaginationAgent:
     """Best-of-N action chunks of ``policy`` under ``world_model``; see the module docstring."""
 
@@ -80,15 +102,8 @@ class ImaginationAgent:
         chunks = torch.as_tensor(self.policy.predict_chunk(hist), dtype=torch.float32)[
             :, self.n_obs_steps - 1 :
         ]
-        state = hist[:, -1]
-        out = self.world_model.rollout(state, chunks, generator=self.generator)
-        weights = self.discount ** torch.arange(chunks.shape[1], dtype=torch.float32)
-        scores = (out["rewards"].float() * weights).sum(dim=1)
-        if self.value_fn is not None:
-            final = out["observations"][:, -1]
-            scores = scores + self.discount ** chunks.shape[1] * torch.as_tensor(
-                self.value_fn(final)
-            ).reshape(-1)
+        scores = imagined_return(self.world_model, hist[:, -1], chunks, discount=self.discount,
+                                 value=self.value_fn, generator=self.generator)  # fmt: skip
         self.last_scores = scores.numpy()
         best = int(scores.argmax())
         return [a.numpy() for a in chunks[best, : self.n_action_steps]]
