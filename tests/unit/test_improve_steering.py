@@ -156,3 +156,19 @@ def test_world_model_verifier_is_the_discounted_imagined_return():
     assert float(progress(obs, actions[:, :1])) == pytest.approx(-2.0)
     with pytest.raises(ValueError, match="whole observation"):
         verifier(torch.zeros(1, 5), actions)
+
+
+def test_q_verifier_is_the_target_critics_min_and_differentiable_in_the_action():
+    from diffctl.policies.offline_rl.idql import IDQL
+
+    agent = IDQL(OBS, ACT, hidden=16, depth=1, critic_hidden=16, critic_depth=1)
+    agent.fit_normalizers(np.array([[-1.0] * OBS, [1.0] * OBS]), np.array([[-1.0] * ACT, [1.0] * ACT]))
+    obs, actions = torch.rand(4, OBS) * 2 - 1, (torch.rand(4, H, ACT) * 2 - 1).requires_grad_(True)
+    scores = QVerifier(agent)(obs, actions)
+    q1, q2 = agent.network.critic_target(
+        obs, actions[:, 0].detach()
+    )  # limits [-1, 1]: normalization is identity
+    torch.testing.assert_close(scores.detach(), torch.minimum(q1, q2).detach())
+    scores.sum().backward()
+    assert actions.grad[:, 0].abs().sum() > 0 and actions.grad[:, 1:].abs().sum() == 0
+    assert all(p.grad is None for p in agent.network.critic_target.parameters())

@@ -414,9 +414,12 @@ class OfflineRLAgent(Configurable, Policy):
     def actor_loss(self, tr: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss that trains the actor only."""
 
-    def q_detached(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Online twin Q with the critic weights cut from the graph: gradients reach ``action`` only."""
-        critic = self.network.critic
+    def q_detached(
+        self, state: torch.Tensor, action: torch.Tensor, critic: TwinQ | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Twin Q (the online critic unless ``critic`` is given) with its weights cut from the graph:
+        gradients reach ``action`` only."""
+        critic = self.network.critic if critic is None else critic
         params = {k: v.detach() for k, v in critic.named_parameters()}
         return functional_call(critic, params, (state, action))
 
@@ -431,10 +434,8 @@ class OfflineRLAgent(Configurable, Policy):
                 f"action must have shape ({len(obs)}, {self.action_dim}), got {tuple(action.shape)}"
             )
         o, g = self._split(obs)
-        critic = self.network.critic_target
-        params = {k: v.detach() for k, v in critic.named_parameters()}
         a = self.normalizer("action").normalize(action)
-        q1, q2 = functional_call(critic, params, (self._state(o, g), a))
+        q1, q2 = self.q_detached(self._state(o, g), a, self.network.critic_target)
         return torch.minimum(q1, q2)
 
     def sample_actions(
