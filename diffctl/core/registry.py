@@ -19,6 +19,7 @@ AGENT_CLASSES: dict[str, str] = {
     "DiffusionQL": "diffctl.policies.offline_rl.diffusion_ql",
     "IDQL": "diffctl.policies.offline_rl.idql",
     "EDP": "diffctl.policies.offline_rl.edp",
+    "TD3BC": "diffctl.policies.offline_rl.td3bc",
     "StreamingDiffusionPolicy": "diffctl.policies.streaming",
     "ConsistencyPolicy": "diffctl.policies.consistency",
     "FlowPolicy": "diffctl.policies.flow",

@@ -45,7 +45,7 @@ def test_groups_list_the_expected_options() -> None:
     assert group_options("world_model") == ["dwm", "frames", "mlp_ensemble"]
     assert group_options("policy") == [
         "anchored_mlp", "bc_mlp", "consistency_mlp", "diffusion_mlp", "diffusion_moe", "diffusion_ql",
-        "diffusion_transformer", "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp",
+        "diffusion_transformer", "diffusion_unet", "edp", "flow_mlp", "idql", "streaming_mlp", "td3bc",
     ]  # fmt: skip
     assert group_options("sampler") == [
         "anchored",

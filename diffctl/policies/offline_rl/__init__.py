@@ -1,5 +1,6 @@
-"""Offline RL agents on diffusion actors: Diffusion-QL, IDQL and EDP, with their shared Q-learning parts
-(twin critics, target networks, IQL expectile value) and a single-step transition sampler."""
+"""Offline RL agents: Diffusion-QL, IDQL and EDP on diffusion actors, TD3+BC (optionally with value expansion
+through a world model), their shared Q-learning parts (twin critics, target networks, IQL expectile value)
+and a single-step transition sampler."""
 
 from diffctl.policies.offline_rl.actor import DiffusionActor, dql_vp_alphas_cumprod
 from diffctl.policies.offline_rl.common import OfflineRLAgent
@@ -14,14 +15,19 @@ from diffctl.policies.offline_rl.critics import (
 from diffctl.policies.offline_rl.diffusion_ql import DiffusionQL
 from diffctl.policies.offline_rl.edp import EDP
 from diffctl.policies.offline_rl.idql import IDQL
+from diffctl.policies.offline_rl.td3bc import TD3BC, TD3BCConfig
+from diffctl.policies.offline_rl.transition_agent import TransitionAgent
 from diffctl.policies.offline_rl.transitions import TransitionDataset
 
 __all__ = [
     "EDP",
     "IDQL",
+    "TD3BC",
     "DiffusionActor",
     "DiffusionQL",
     "OfflineRLAgent",
+    "TD3BCConfig",
+    "TransitionAgent",
     "TransitionDataset",
     "TwinQ",
     "ValueNet",
