@@ -54,6 +54,21 @@ def register(subparsers: Any) -> None:
     exp.add_argument("--force", action="store_true", help="replace an existing --out")
     exp.set_defaults(func=_export)
 
+    syn = sub.add_parser(
+        "synthesize", help="imagine episodes of a policy in a world model (policy-guided synthetic data)"
+    )
+    syn.add_argument("source", help="the store the world model was trained on (start states)")
+    syn.add_argument("--world-model", required=True, help="world model checkpoint directory")
+    syn.add_argument("--policy", required=True, help="checkpoint of the policy whose actions steer it")
+    syn.add_argument("--out", required=True, help="output store path (.zarr directory)")
+    syn.add_argument("--episodes", type=int, default=2000, help="imagined episodes")
+    syn.add_argument("--horizon", type=int, default=16, help="steps per imagined episode (at most)")
+    syn.add_argument("--noise", type=float, default=0.1, help="action noise, in half action ranges")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--synthetic-only", action="store_true", help="leave the real episodes out")
+    syn.add_argument("--force", action="store_true", help="replace an existing --out")
+    syn.set_defaults(func=_synthesize)
+
     info = sub.add_parser("info", help="episodes, steps, keys and the card of a store")
     info.add_argument("path", help="EpisodeStore path")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -93,6 +108,29 @@ def _generate(args: argparse.Namespace) -> int:
     generate(args.task, args.out, episodes=args.episodes, seed=args.seed, force=args.force, **options)
     elapsed = time.perf_counter() - start
     print(f"generated {args.task} in {elapsed:.1f} s")
+    return _info(argparse.Namespace(path=args.out, json=False, verify=False))
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from diffctl.core.registry import load
+    from diffctl.datasets.store import EpisodeStore
+    from diffctl.world_models.synthesis import SynthesisSettings, synthesize
+
+    _refuse_existing(args.out, args.force)
+    if not Path(args.source).exists():
+        raise ValueError(f"no dataset store at {args.source}")
+    settings = SynthesisSettings(episodes=args.episodes, horizon=args.horizon, action_noise=args.noise,
+                                 seed=args.seed, include_real=not args.synthetic_only)  # fmt: skip
+    model, policy = load(args.world_model), load(args.policy)
+    if not callable(getattr(model, "rollout", None)):
+        raise ValueError(
+            f"--world-model {args.world_model} holds a {type(model).__name__}, not a world model"
+        )
+    origin = {"world_model": str(args.world_model), "policy": str(args.policy)}
+    start = time.perf_counter()
+    synthesize(model, policy, EpisodeStore.open(args.source), args.out, settings, overwrite=args.force,
+               origin=origin)  # fmt: skip
+    print(f"synthesized {args.episodes} episodes in {time.perf_counter() - start:.1f} s")
     return _info(argparse.Namespace(path=args.out, json=False, verify=False))
 
 
