@@ -228,9 +228,15 @@ def ope_rows(dataset: str, root: Path, sac_run: Path, every: int, starts: int) -
 
 
 def plan_rows(
-    dataset: str, root: Path, policy_path: Path, episodes: int, candidates: int = 8
+    dataset: str,
+    root: Path,
+    policy_path: Path,
+    episodes: int,
+    candidates: int = 8,
+    critic: Path | None = None,
 ) -> dict[str, Any]:
-    """Simulated scores of the policy alone, the policy at a matched act time, and the DWM planner."""
+    """Simulated scores of the policy alone, the policy at a matched act time, and the DWM planner (also
+    with ``critic``'s state value, a TD3+BC agent, as the terminal value at the imagined horizon)."""
     from diffctl.agents import load
     from diffctl.envs.evaluate import evaluate
     from diffctl.world_models.planning import ImaginationAgent
@@ -254,7 +260,12 @@ def plan_rows(
     steps = max(1, round(policy.sampler.steps * ratio))
     matched = load(policy_path, steps=steps)
     rows.append(score(f"policy ({matched.sampler.solver}, {steps} steps: the planner's act time)", matched))
-    return {"dataset": dataset, "policy": str(policy_path), "episodes": episodes, "rows": rows}
+    if critic is not None:
+        value = load(critic).state_value
+        planner = ImaginationAgent(load(policy_path), model, candidates=candidates, value_fn=value, seed=0)
+        rows.append(score(f"ImaginationAgent: best of {candidates} by DWM return + critic value", planner))
+    return {"dataset": dataset, "policy": str(policy_path), "critic": str(critic or ""), "episodes": episodes,
+            "rows": rows}  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -316,7 +327,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"## Planning through the model on {plan['dataset']} ({plan['episodes']} episodes, "
-            f"policy `{plan['policy']}`)",
+            f"policy `{plan['policy']}`"
+            + (f", critic `{plan['critic']}`" if plan.get("critic") else "")
+            + ")",
             "",
             "| agent | return | normalized score | act ms mean | act ms p99 |",
             "|---|---:|---:|---:|---:|",
@@ -368,6 +381,10 @@ def main() -> None:
     parser.add_argument("--ope-starts", type=int, default=10, help="seeded start states per policy")
     parser.add_argument("--plan", type=Path, default=None, help="diffusion policy checkpoint to plan with")
     parser.add_argument("--plan-episodes", type=int, default=10, help="simulated episodes per planning row")
+    parser.add_argument("--plan-critic", type=Path, default=None, help="TD3+BC agent: terminal value")
+    parser.add_argument(
+        "--plan-only", action="store_true", help="redo only the planning rows (keeps the rest)"
+    )
     parser.add_argument("--fast", action="store_true", help="smoke-test budget (not a result)")
     parser.add_argument("--out", default=None, help="results dir (default benchmarks/results; --fast: temp)")
     args = parser.parse_args()
@@ -375,6 +392,14 @@ def main() -> None:
     steps = 50 if args.fast else args.steps
     out = Path(args.out or (tempfile.mkdtemp() if args.fast else "benchmarks/results"))
     root = args.runs or Path(tempfile.mkdtemp())
+    if args.plan_only:
+        report = json.loads((out / "world_models.json").read_text())
+        locomotion = [d for d in args.datasets if not d.startswith("maze")]
+        report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes, critic=args.plan_critic)
+                          for d in locomotion]  # fmt: skip
+        write_text(out / "world_models.json", json.dumps(report, indent=2))
+        write_text(out / "world_models.md", markdown(report))
+        return
     report: dict[str, Any] = {
         "config": {
             "platform": platform.platform(),
@@ -392,7 +417,8 @@ def main() -> None:
     if args.ope_sac is not None:
         report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
     if args.plan is not None:
-        report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes) for d in locomotion]
+        report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes, critic=args.plan_critic)
+                          for d in locomotion]  # fmt: skip
     report["targets"] = targets(report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "world_models.json", json.dumps(report, indent=2))

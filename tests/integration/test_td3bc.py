@@ -84,6 +84,15 @@ def test_expanded_value_is_the_imagined_return_plus_the_bootstrap(bandit) -> Non
     torch.testing.assert_close(agent.expanded_value(state), want)
 
 
+def test_state_value_undoes_the_reward_scale(bandit) -> None:
+    agent = TD3BC(1, 1, **SMALL, reward_scale=4.0, reward_bias=1.0, discount=0.5)
+    agent.fit(TransitionDataset(bandit(64)))
+    obs = torch.tensor([[1.0], [-1.0]])
+    state = agent.normalized_state(obs)
+    q = agent.network.critic_target.q_min(state, agent.network.actor(state))
+    torch.testing.assert_close(agent.state_value(obs) * 4.0 + 1.0 / (1 - 0.5), q)
+
+
 def test_bad_td3bc_settings_and_world_models_are_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="world_model"):
         TD3BC(1, 1, expansion_horizon=3)

@@ -217,6 +217,16 @@ class TD3BC(TransitionAgent):
             raise ValueError("observation contains NaN or inf")
         return self.normalizer("action").unnormalize(self.network.actor(self.normalized_state(obs)))
 
+    @torch.no_grad()
+    def state_value(self, obs: torch.Tensor) -> torch.Tensor:
+        """``min Q_target(s, pi(s))`` ``(B,)`` of raw observations ``(B, Do [+ Dg])``, in the units of raw
+        rewards (the reward scale and bias undone): a terminal value for planning through a world model."""
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=next(self.network.parameters()).device)
+        state = self.normalized_state(obs)
+        q = self.network.critic_target.q_min(state, self.network.actor(state))
+        cfg = self.config
+        return (q - cfg.reward_bias / (1.0 - cfg.discount)) / cfg.reward_scale
+
     # ----- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_agent_dir(path, agent_config(self, VERSION), self.network.state_dict())
