@@ -84,6 +84,33 @@ def test_expanded_value_is_the_imagined_return_plus_the_bootstrap(bandit) -> Non
     torch.testing.assert_close(agent.expanded_value(state), want)
 
 
+class GoalSegmentModel(WorldModel):
+    """State (position, goal): the position moves by the action, reward = -|position - goal|; 4-step
+    segments, so the actor is asked for whole flattened segments of imagined states."""
+
+    state_dim, action_dim, segment = 2, 1, 4
+
+    def predict_segment(self, obs, actions, generator=None):
+        pos, goal, states, rewards = obs[:, 0], obs[:, 1], [], []
+        for k in range(actions.shape[1]):
+            rewards.append(-(pos - goal).abs())
+            pos = pos + actions[:, k, 0]
+            states.append(torch.stack([pos, goal], -1))
+        return {"observations": torch.stack(states, 1), "rewards": torch.stack(rewards, 1),
+                "terminals": torch.zeros(len(obs), actions.shape[1])}  # fmt: skip
+
+
+def test_goal_conditioned_expansion_keeps_each_row_with_its_own_goal() -> None:
+    agent = TD3BC(1, 1, goal_dim=1, **SMALL, policy_noise=0.0, world_model="unused", expansion_horizon=3)
+    rng = np.random.default_rng(0)
+    agent.fit_normalizers(rng.normal(size=(64, 1)), rng.uniform(-1, 1, (64, 1)), rng.normal(size=(64, 1)))
+    agent.attach_world_model(GoalSegmentModel())
+    state = torch.tensor([[0.1, -2.0], [0.5, 3.0], [-1.0, 0.7]])
+    together = agent.expanded_value(state)
+    alone = torch.cat([agent.expanded_value(row[None]) for row in state])
+    torch.testing.assert_close(together, alone)
+
+
 def test_state_value_undoes_the_reward_scale(bandit) -> None:
     agent = TD3BC(1, 1, **SMALL, reward_scale=4.0, reward_bias=1.0, discount=0.5)
     agent.fit(TransitionDataset(bandit(64)))

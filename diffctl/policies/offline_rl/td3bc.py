@@ -185,7 +185,7 @@ class TD3BC(TransitionAgent):
         goal = state[:, self.obs_dim :]
 
         def actor(raw: torch.Tensor) -> torch.Tensor:
-            s = self._imagined_state(raw, goal.repeat(len(raw) // len(goal), 1))
+            s = self._imagined_state(raw, goal.repeat_interleave(len(raw) // len(goal), dim=0))
             return self.normalizer("action").unnormalize(self.network.actor_target(s))
 
         out = policy_rollout(self.world_model(), self.raw_state(state), actor, cfg.expansion_horizon,
