@@ -195,10 +195,15 @@ def ope_rows(dataset: str, root: Path, sac_run: Path, every: int, starts: int) -
     100 steps and over whole episodes (up to 1000 steps)."""
     from diffctl.agents import load
     from diffctl.datasets.generators.locomotion import checkpoints, load_checkpoint
+    from diffctl.envs.termination import termination_fn
     from diffctl.world_models.ope import imagined_returns, spearman
 
     task = dataset.split("-")[0]
     models = {name: load(root / f"{dataset}-{name}" / "checkpoint") for name in MODELS}
+    rule = termination_fn(task)
+    variants: list[tuple[str, str, Any]] = [(name, name, None) for name in MODELS]
+    if rule is not None:  # the same rollouts stopped by the task's known termination rule
+        variants += [(f"{name}+rule", name, rule) for name in MODELS]
     rows = []
     for ckpt in checkpoints(sac_run)[every - 1 :: every]:
         policy = load_checkpoint(task, ckpt["path"])
@@ -206,16 +211,18 @@ def ope_rows(dataset: str, root: Path, sac_run: Path, every: int, starts: int) -
         row: dict[str, Any] = {"step": int(ckpt["step"])}
         for h in OPE_HORIZONS:
             row[f"true_{h}"] = float(true[h].mean())
-            for name, model in models.items():
+            for label, name, fn in variants:
                 g = torch.Generator().manual_seed(0)
-                est = imagined_returns(model, SACChunks(policy, task), obs0, h, generator=g)
-                row[f"{name}_{h}"] = float(est.mean())
+                est = imagined_returns(
+                    models[name], SACChunks(policy, task), obs0, h, terminal_fn=fn, generator=g
+                )
+                row[f"{label}_{h}"] = float(est.mean())
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {}
     for h in OPE_HORIZONS:
         true = np.array([r[f"true_{h}"] for r in rows])
-        for name in MODELS:
+        for name, _, _ in variants:
             est = np.array([r[f"{name}_{h}"] for r in rows])
             mae = float(np.mean(np.abs(est - true)))
             summary[f"{name}_{h}"] = {
@@ -304,18 +311,19 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {m['steps_per_s']['256']:,.0f} | {m['train_seconds']:.0f} |"
             )
     for ope in report.get("ope", []):
+        names = list(dict.fromkeys(v["model"] for v in ope["summary"].values()))
         lines += [
             "",
             f"## Offline policy evaluation: SAC checkpoints on {ope['dataset']} "
             f"({ope['starts']} seeded starts each)",
             "",
-            "| SAC step | steps | true return | DWM imagined | ensemble imagined |",
-            "|---:|---:|---:|---:|---:|",
+            "| SAC step | steps | true return | " + " | ".join(f"{n} imagined" for n in names) + " |",
+            "|---:|---:|---:|" + "---:|" * len(names),
         ]
         for r in ope["rows"]:
             for h in OPE_HORIZONS:
-                true, dwm, ens = r[f"true_{h}"], r[f"dwm_{h}"], r[f"mlp_ensemble_{h}"]
-                lines.append(f"| {r['step']} | {h} | {true:.1f} | {dwm:.1f} | {ens:.1f} |")
+                est = " | ".join(f"{r[f'{n}_{h}']:.1f}" for n in names)
+                lines.append(f"| {r['step']} | {h} | {r[f'true_{h}']:.1f} | {est} |")
         lines += [
             "",
             "| model | steps | Spearman rank correlation | mean absolute error |",
@@ -383,8 +391,9 @@ def main() -> None:
     parser.add_argument("--plan-episodes", type=int, default=10, help="simulated episodes per planning row")
     parser.add_argument("--plan-critic", type=Path, default=None, help="TD3+BC agent: terminal value")
     parser.add_argument(
-        "--plan-only", action="store_true", help="redo only the planning rows (keeps the rest)"
+        "--plan-only", action="store_true", help="redo the planning rows only (keeps the rest)"
     )
+    parser.add_argument("--ope-only", action="store_true", help="redo the OPE rows only (keeps the rest)")
     parser.add_argument("--fast", action="store_true", help="smoke-test budget (not a result)")
     parser.add_argument("--out", default=None, help="results dir (default benchmarks/results; --fast: temp)")
     args = parser.parse_args()
@@ -392,6 +401,14 @@ def main() -> None:
     steps = 50 if args.fast else args.steps
     out = Path(args.out or (tempfile.mkdtemp() if args.fast else "benchmarks/results"))
     root = args.runs or Path(tempfile.mkdtemp())
+    if args.ope_only:
+        report = json.loads((out / "world_models.json").read_text())
+        locomotion = [d for d in args.datasets if not d.startswith("maze")]
+        report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
+        report["targets"] = targets(report)
+        write_text(out / "world_models.json", json.dumps(report, indent=2))
+        write_text(out / "world_models.md", markdown(report))
+        return
     if args.plan_only:
         report = json.loads((out / "world_models.json").read_text())
         locomotion = [d for d in args.datasets if not d.startswith("maze")]

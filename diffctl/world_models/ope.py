@@ -3,6 +3,7 @@ model from given start states, and the rank agreement of such estimates with tru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,16 +20,21 @@ def imagined_returns(
     *,
     discount: float = 1.0,
     stop_at_terminal: bool = True,
+    terminal_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> np.ndarray:
     """Per start state, ``sum_t discount^t r_t`` of ``horizon`` imagined steps of ``policy``; with
-    ``stop_at_terminal`` rewards after a predicted terminal (probability > 0.5) are dropped."""
+    ``stop_at_terminal`` rewards after a predicted terminal (probability > 0.5, or ``terminal_fn`` of the
+    imagined state when given, e.g. ``diffctl.envs.termination.termination_fn(task)``) are dropped."""
     if not 0 < discount <= 1:
         raise ValueError(f"discount must lie in (0, 1], got {discount}")
     out = model.rollout(start_obs, policy=policy, horizon=horizon, generator=generator)
     rewards = out["rewards"].double()
     if stop_at_terminal:
-        ended = (out["terminals"] > 0.5).double()
+        ended = out["terminals"] > 0.5
+        if terminal_fn is not None:
+            ended = ended | torch.as_tensor(terminal_fn(out["observations"]), dtype=torch.bool)
+        ended = ended.double()
         alive = torch.cat([torch.ones_like(ended[:, :1]), 1 - ended[:, :-1]], dim=1).cumprod(dim=1)
         rewards = rewards * alive
     weights = discount ** torch.arange(rewards.shape[1], dtype=torch.float64)

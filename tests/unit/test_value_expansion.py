@@ -91,3 +91,32 @@ def test_policy_rollout_refuses_bad_settings() -> None:
         policy_rollout(LinearModel(1), torch.zeros(1, 1), actor, horizon=0)
     with pytest.raises(ValueError, match="refinements"):
         policy_rollout(LinearModel(4), torch.zeros(1, 1), actor, horizon=2, refinements=-1)
+
+
+def test_imagined_returns_stop_where_a_termination_rule_says() -> None:
+    from diffctl.world_models.ope import imagined_returns
+
+    class Hold:
+        n_obs_steps = n_action_steps = 1
+
+        def predict_chunk(self, history):
+            return torch.full((len(history), 1, 1), 1.0)
+
+    s = torch.tensor([[0.0], [-3.0]])  # rewards are the states 0, 0.5, 0.95, ... (s' = 0.9 s + 0.5)
+    free = imagined_returns(LinearModel(1), Hold(), s, horizon=6, stop_at_terminal=False)
+    states, rewards = closed_loop_with(lambda x: torch.ones_like(x), s, 6)
+    torch.testing.assert_close(torch.as_tensor(free), rewards.sum(1).double())
+    rule = imagined_returns(LinearModel(1), Hold(), s, horizon=6, terminal_fn=lambda x: x[..., 0] > 0.9)
+    alive = torch.cat([torch.ones(2, 1, dtype=torch.bool), ~(states[:, :-1] > 0.9)], 1).cumprod(1).bool()
+    torch.testing.assert_close(torch.as_tensor(rule), (rewards * alive).sum(1).double())
+    assert rule[0] < free[0] and rule[1] == free[1]  # the second start never passes 0.9 in 6 steps
+
+
+def closed_loop_with(policy, s: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    states, rewards = [], []
+    s = s[:, 0]
+    for _ in range(horizon):
+        rewards.append(s)
+        s = A * s + B * policy(s)
+        states.append(s)
+    return torch.stack(states, 1), torch.stack(rewards, 1)
