@@ -5,7 +5,8 @@ A model predicts a *segment*: from states ``(B, Ds)`` and ``segment`` actions ``
 the last segment's missing actions repeat the last given one and the extra predictions are dropped.
 Closed loop, a policy with ``predict_chunk`` acts on the imagined states (its observation history is the
 imagined trajectory) and each chunk's first ``n_action_steps`` actions are imagined before it is asked again,
-as the policy executes them in the environment.
+as the policy executes them in the environment. A policy that is asked more often than once per segment
+(e.g. one action at a time) gets the segment re-imagined once per chunk (``_closed_segment``).
 """
 
 from __future__ import annotations
@@ -143,25 +144,53 @@ class WorldModel:
             g = _finite_tensor(goal, "goal").reshape(len(s), goal_dim)
         to = int(getattr(policy, "n_obs_steps", 1))
         history = [s] * to
+        queue = torch.zeros(len(s), 0, self.action_dim)
         actions, parts = [], {"observations": [], "rewards": [], "terminals": []}
         done = 0
         while done < horizon:
-            hist = torch.stack(history[-to:], dim=1)
-            if g is not None:
-                hist = torch.cat([hist, g[:, None].expand(-1, to, -1)], dim=-1)
-            chunk = torch.as_tensor(policy.predict_chunk(hist), dtype=torch.float32)[:, to - 1 :]
-            take = min(int(getattr(policy, "n_action_steps", chunk.shape[1])), chunk.shape[1], horizon - done)
-            seg = chunk[:, :take]
-            out = self._open_loop(s, seg, generator)
+            out, seg, queue = self._closed_segment(s, policy, history, g, horizon - done, queue, generator)
             for key in parts:
                 parts[key].append(out[key])
             actions.append(seg)
             history.extend(out["observations"].unbind(1))
             s = out["observations"][:, -1]
-            done += take
+            done += seg.shape[1]
         result = {key: torch.cat(v, dim=1)[:, :horizon] for key, v in parts.items()}
         result["actions"] = torch.cat(actions, dim=1)[:, :horizon]
         return result
+
+    def _closed_segment(
+        self,
+        s: torch.Tensor,
+        policy: Any,
+        history: list[torch.Tensor],
+        goal: torch.Tensor | None,
+        remaining: int,
+        queue: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One segment of a closed-loop rollout from ``s``: the actions left of the last chunk (``queue``)
+        first, then a new chunk every ``n_action_steps`` steps, asked on the states imagined so far. The
+        segment is re-imagined (with the same noise) after each chunk, so every chunk sees states imagined
+        under final earlier actions and the model never conditions on actions the policy would not take
+        (for a causal model the result is the exact closed loop). Returns the imagination, the segment's
+        actions and the chunk's actions left for the next segment."""
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        to = int(getattr(policy, "n_obs_steps", 1))
+        length = min(self.segment, remaining)
+        seg, queue = queue[:, :length], queue[:, length:]
+        out = self._open_loop(s, seg, torch.Generator().manual_seed(seed)) if seg.shape[1] else {}
+        while seg.shape[1] < length:
+            start = seg.shape[1]
+            imagined = list(out["observations"].unbind(1)) if start else []
+            hist = torch.stack((history + imagined)[-to:], dim=1)
+            if goal is not None:
+                hist = torch.cat([hist, goal[:, None].expand(-1, to, -1)], dim=-1)
+            chunk = torch.as_tensor(policy.predict_chunk(hist), dtype=torch.float32)[:, to - 1 :]
+            new = chunk[:, : min(int(getattr(policy, "n_action_steps", chunk.shape[1])), chunk.shape[1])]
+            seg, queue = torch.cat([seg, new[:, : length - start]], dim=1), new[:, length - start :]
+            out = self._open_loop(s, seg, torch.Generator().manual_seed(seed))
+        return out, seg, queue
 
     def check_policy(self, policy: Any) -> bool:
         """Refuse a policy from another task, of other dimensions or without ``predict_chunk``; True when the

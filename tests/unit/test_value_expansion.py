@@ -21,6 +21,7 @@ class LinearModel(WorldModel):
 
     def predict_segment(self, obs, actions, generator=None):
         self.calls += 1
+        self.seen = actions
         s, states, rewards = obs[:, 0], [], []
         for k in range(actions.shape[1]):
             rewards.append(s)
@@ -120,3 +121,25 @@ def closed_loop_with(policy, s: torch.Tensor, horizon: int) -> tuple[torch.Tenso
         s = A * s + B * policy(s)
         states.append(s)
     return torch.stack(states, 1), torch.stack(rewards, 1)
+
+
+class OneStep:
+    """``actor`` as a chunk policy that is asked at every step."""
+
+    n_obs_steps = n_action_steps = 1
+
+    def predict_chunk(self, history):
+        return actor(history[:, -1])[:, None]
+
+
+@pytest.mark.parametrize("segment", [1, 3, 4])
+def test_closed_loop_of_a_one_step_policy_is_exact_on_a_segment_model(segment: int) -> None:
+    s, horizon = torch.tensor([[0.3], [-1.0], [2.5]]), 7
+    model = LinearModel(segment)
+    out = model.rollout(s, policy=OneStep(), horizon=horizon, generator=torch.Generator().manual_seed(0))
+    states, rewards = closed_loop(s, horizon)
+    torch.testing.assert_close(out["observations"][..., 0], states)
+    torch.testing.assert_close(out["rewards"], rewards)
+    assert model.calls == horizon  # one imagination per chunk asked, as stepping the model would cost
+    last = out["actions"][:, (horizon - 1) // segment * segment :]  # the final segment's executed actions
+    torch.testing.assert_close(model.seen[:, : last.shape[1]], last)  # conditioned on them, not on padding
