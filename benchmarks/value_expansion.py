@@ -66,6 +66,7 @@ def synthetic_store(dataset: str, seed: int, args: argparse.Namespace, data: lis
     TD3+BC agent of the same seed (as ``diffctl data synthesize`` does), made when missing."""
     from diffctl.core.registry import load
     from diffctl.datasets.store import EpisodeStore
+    from diffctl.envs.termination import termination_fn
     from diffctl.world_models.synthesis import SynthesisSettings, synthesize
 
     out = args.runs / "synthetic" / f"{dataset}-s{seed}-{args.steps}.zarr"
@@ -75,7 +76,10 @@ def synthetic_store(dataset: str, seed: int, args: argparse.Namespace, data: lis
         source = EpisodeStore.open(data[0].split("=", 1)[1])
         settings = SynthesisSettings(episodes=args.synth_episodes, horizon=16, seed=seed)
         origin = {"world_model": str(wm), "policy": str(policy)}
-        synthesize(load(wm), load(policy), source, out, settings, progress=False, origin=origin)
+        rule = termination_fn(dataset)
+        synthesize(
+            load(wm), load(policy), source, out, settings, progress=False, origin=origin, terminal_fn=rule
+        )
     return out
 
 

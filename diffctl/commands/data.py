@@ -114,6 +114,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _synthesize(args: argparse.Namespace) -> int:
     from diffctl.core.registry import load
     from diffctl.datasets.store import EpisodeStore
+    from diffctl.envs.termination import termination_fn
     from diffctl.world_models.synthesis import SynthesisSettings, synthesize
 
     _refuse_existing(args.out, args.force)
@@ -128,8 +129,10 @@ def _synthesize(args: argparse.Namespace) -> int:
         )
     origin = {"world_model": str(args.world_model), "policy": str(args.policy)}
     start = time.perf_counter()
-    synthesize(model, policy, EpisodeStore.open(args.source), args.out, settings, overwrite=args.force,
-               origin=origin)  # fmt: skip
+    source = EpisodeStore.open(args.source)
+    rule = termination_fn(str(source.attrs.get("task") or getattr(model, "task", None) or ""))
+    synthesize(model, policy, source, args.out, settings, overwrite=args.force, origin=origin,
+               terminal_fn=rule)  # fmt: skip
     print(f"synthesized {args.episodes} episodes in {time.perf_counter() - start:.1f} s")
     return _info(argparse.Namespace(path=args.out, json=False, verify=False))
 

@@ -89,11 +89,16 @@ def start_states(
     return states, obs.shape[1]
 
 
-def episodes_from_rollout(start: np.ndarray, out: Mapping[str, torch.Tensor], obs_dim: int) -> list[dict]:
-    """Cut a batch of imagined rollouts into episodes (stopping at the first likely terminal)."""
+def episodes_from_rollout(
+    start: np.ndarray, out: Mapping[str, torch.Tensor], obs_dim: int, terminal_fn: Any = None
+) -> list[dict]:
+    """Cut a batch of imagined rollouts into episodes, each stopping at its first terminal: a predicted one
+    (probability above one half) or, with ``terminal_fn``, one the task's rule finds in the imagined state."""
     states = out["observations"].numpy()
     before = np.concatenate([start[:, None], states[:, :-1]], axis=1)
     done = out["terminals"].numpy() > 0.5
+    if terminal_fn is not None:
+        done |= np.asarray(terminal_fn(out["observations"][..., :obs_dim]), dtype=bool)
     episodes = []
     for i in range(len(start)):
         hits = np.flatnonzero(done[i])
@@ -123,10 +128,12 @@ def synthesize(
     overwrite: bool = False,
     progress: bool = True,
     origin: Mapping[str, Any] | None = None,
+    terminal_fn: Any = None,
 ) -> EpisodeStore:
     """Imagine ``settings.episodes`` episodes of ``policy`` (with exploration noise) in world ``model`` from
     start states of ``source``; write them (after the real episodes when ``include_real``) to ``out`` (in
-    memory when None) with a card. ``origin`` adds entries to the card (e.g. checkpoint paths)."""
+    memory when None) with a card. ``origin`` adds entries to the card (e.g. checkpoint paths);
+    ``terminal_fn`` (``diffctl.envs.termination.termination_fn(task)``) ends episodes by the task's rule."""
     from tqdm.auto import tqdm
 
     settings = settings or SynthesisSettings()
@@ -141,7 +148,7 @@ def synthesize(
     for k in tqdm(range(0, settings.episodes, settings.batch), desc="synthesize", disable=not progress):
         batch = starts[k : k + settings.batch]
         result = model.rollout(torch.from_numpy(batch), policy=noisy, horizon=settings.horizon, generator=gen)
-        episodes += episodes_from_rollout(batch, result, obs_dim)
+        episodes += episodes_from_rollout(batch, result, obs_dim, terminal_fn)
     keys = [k for k in STEP_KEYS if k != "next_observations" or "next_observations" in source.keys]
     if "infos/goal" in episodes[0]:
         keys.append("infos/goal")
@@ -160,6 +167,7 @@ def synthesize(
         "synthetic_steps": int(ends[-1] - real_steps),
         "real_steps": int(real_steps),
         "mean_synthetic_length": float(np.mean([len(ep["rewards"]) for ep in episodes])),
+        "termination_rule": terminal_fn is not None,
         "generation_seconds": round(time.perf_counter() - t0, 3),
         **dict(origin or {}),
     }

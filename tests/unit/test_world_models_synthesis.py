@@ -78,3 +78,13 @@ def test_bad_settings_and_mismatched_models_are_named() -> None:
     wide.state_dim = 3
     with pytest.raises(ValueError, match="3 features"):
         synthesize(wide, Push(), source(), settings=SynthesisSettings(episodes=2), progress=False)
+
+
+def test_a_termination_rule_ends_episodes_where_the_model_does_not() -> None:
+    settings = SynthesisSettings(episodes=20, horizon=8, action_noise=0.0, include_real=False)
+    store = synthesize(Drift(), Push(), source(), settings=settings, progress=False,
+                       terminal_fn=lambda s: s[..., 0] > 1.0)  # fmt: skip
+    nxt = store.array("observations")[:, 0] + store.array("actions")[:, 0]  # s' = s + a
+    terminal = store.array("terminals")
+    np.testing.assert_array_equal(terminal, nxt > 1.0)  # every step past 1 ends its episode, none before
+    assert store.attrs["termination_rule"] is True and terminal[store.episode_ends - 1].all()
