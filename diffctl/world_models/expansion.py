@@ -10,10 +10,12 @@ horizon (H = 0 is the ordinary one-step target). The imagined actions are the ta
 expansion estimates the return of the policy being learned, not of the data's behaviour.
 
 A one-step model (``segment == 1``) imagines step by step, the policy acting on each new state. A model that
-predicts a whole segment from its actions (DWM) needs those actions up front: ``policy_rollout`` starts from
-the policy's action at ``s'`` repeated, and each refinement re-imagines with the policy's actions at the
-states just imagined (Picard iteration, with the same noise every time). After ``k`` refinements the first
-``k + 1`` actions are the policy's at the imagined states whenever the model is causal.
+predicts a whole segment from its actions (DWM) needs those actions up front: ``policy_rollout`` imagines
+segment by segment, starting from the policy's action at the segment's first state repeated; each refinement
+re-imagines the segment with the policy's actions at the states just imagined (Picard iteration, with the
+same noise every time). After ``k`` refinements the first ``k + 1`` actions of a segment are the policy's at
+the imagined states whenever the model is causal; ``segment - 1`` refinements give the exact closed loop
+(what ``WorldModel.rollout(policy=...)`` does), fewer trade accuracy for model calls.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def policy_rollout(
     states: torch.Tensor,
     actor: Actor,
     horizon: int,
-    refinements: int = 2,
+    refinements: int = 1,
     seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Imagine ``horizon`` steps of ``actor`` from raw ``states`` ``(B, Ds)`` in world model ``model``;
@@ -73,12 +75,25 @@ def policy_rollout(
     if int(model.segment) == 1:
         return model.rollout(states, policy=_StepActor(actor), horizon=horizon,
                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    actions = actor(states)[:, None].expand(-1, horizon, -1)
-    out: dict[str, torch.Tensor] = {}
-    for _ in range(refinements + 1):
-        out = model.rollout(states, actions, generator=torch.Generator().manual_seed(seed))
+    parts: list[dict[str, torch.Tensor]] = []
+    for k, start in enumerate(range(0, horizon, int(model.segment))):
+        length = min(int(model.segment), horizon - start)
+        parts.append(_refined_segment(model, states, actor, length, refinements, seed + k))
+        states = parts[-1]["observations"][:, -1]
+    return {key: torch.cat([p[key] for p in parts], dim=1) for key in parts[0]}
+
+
+def _refined_segment(
+    model: Any, states: torch.Tensor, actor: Actor, length: int, refinements: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """One segment: the actor's action at ``states`` repeated, then ``refinements`` re-imaginations with the
+    actor's actions at the states just imagined (at most ``length - 1``: more change nothing)."""
+    actions = actor(states)[:, None].expand(-1, length, -1)
+    out = model.rollout(states, actions, generator=torch.Generator().manual_seed(seed))
+    for _ in range(min(refinements, length - 1)):
         before = torch.cat([states[:, None], out["observations"][:, :-1]], dim=1)
         actions = actor(before.flatten(0, 1)).reshape(actions.shape)
+        out = model.rollout(states, actions, generator=torch.Generator().manual_seed(seed))
     return out
 
 

@@ -84,7 +84,15 @@ def test_segment_model_refinements_reach_the_closed_loop(segment: int) -> None:
     torch.testing.assert_close(one["observations"][:, :2, 0], states[:, :2])
     assert not torch.allclose(one["observations"][:, -1, 0], states[:, -1])
     none = policy_rollout(model, s, actor, horizon, refinements=0)  # the action at s, repeated
-    torch.testing.assert_close(none["actions"][..., 0], actor(s).expand(-1, horizon))
+    first = min(segment, horizon)
+    torch.testing.assert_close(none["actions"][:, :first, 0], actor(s).expand(-1, first))
+    calls = model.calls
+    policy_rollout(model, s, actor, horizon=12, refinements=horizon - 1)
+    assert model.calls - calls == sum(min(horizon - 1, n - 1) + 1 for n in segments(12, segment))
+
+
+def segments(horizon: int, segment: int) -> list[int]:
+    return [min(segment, horizon - k) for k in range(0, horizon, segment)]
 
 
 def test_policy_rollout_refuses_bad_settings() -> None:
