@@ -49,9 +49,8 @@ def expanded_return(
     horizon = rewards.shape[1]
     powers = discount ** torch.arange(horizon + 1, dtype=rewards.dtype, device=rewards.device)
     alive = continuation(terminals)
-    return (powers[:horizon] * alive[:, :horizon] * rewards).sum(1) + powers[horizon] * alive[:, horizon] * (
-        final_value
-    )
+    imagined = (powers[:horizon] * alive[:, :horizon] * rewards).sum(1)
+    return imagined + powers[horizon] * alive[:, horizon] * final_value
 
 
 @torch.no_grad()
