@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -139,7 +140,8 @@ def targets(summary: list[dict]) -> list[tuple[str, str, bool]]:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Value expansion: TD3+BC with and without imagined steps in the critic target", "",
-             f"`{report['command']}` on {report['machine']}. {report['recipe']}", "",
+             "; ".join(f"`{c}`" for c in report["commands"]) + f" on {report['machine']}. {report['recipe']}",
+             "",
              "| dataset | agent | H | steps | seeds | normalized score | per seed | train s / run |",
              "|---|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
     for s in report["summary"]:
@@ -186,15 +188,18 @@ def main() -> None:
                 print(
                     json.dumps({k: runs[-1][k] for k in ("dataset", "variant", "seed", "normalized_score")})
                 )
+    command = " ".join(["PYTHONPATH=. python benchmarks/value_expansion.py", *sys.argv[1:]])
+    commands = [command]
     previous = out / "value_expansion.json"
     if previous.is_file() and not args.fast:  # keep rows of other datasets / seeds from earlier calls
+        commands = list(dict.fromkeys([*json.loads(previous.read_text()).get("commands", []), command]))
         done = {(r["dataset"], r["variant"], r["seed"], r["steps"], r["horizon"]) for r in runs}
         old = json.loads(previous.read_text())["runs"]
         runs = [
             r for r in old if (r["dataset"], r["variant"], r["seed"], r["steps"], r["horizon"]) not in done
         ] + runs
     summary = summarize(runs)
-    report = {"command": "PYTHONPATH=. taskset -c 0 python benchmarks/value_expansion.py", "runs": runs,
+    report = {"commands": commands, "runs": runs,
               "machine": f"{platform.platform()} (one torch thread), torch {torch.__version__}",
               "recipe": "TD3+BC (`policy=td3bc experiment=value_expansion`): lr 3e-4, batch 256, alpha 2.5; "
                         "expansion through the world models of benchmarks/world_models.py (20k steps; DWM "
