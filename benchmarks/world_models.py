@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -317,6 +318,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"## Offline policy evaluation: SAC checkpoints on {ope['dataset']} "
             f"({ope['starts']} seeded starts each)",
             "",
+            *([f"`{ope['command']}`", ""] if ope.get("command") else []),
             "| SAC step | steps | true return | " + " | ".join(f"{n} imagined" for n in names) + " |",
             "|---:|---:|---:|" + "---:|" * len(names),
         ]
@@ -339,6 +341,7 @@ def markdown(report: dict[str, Any]) -> str:
             + (f", critic `{plan['critic']}`" if plan.get("critic") else "")
             + ")",
             "",
+            *([f"`{plan['command']}`", ""] if plan.get("command") else []),
             "| agent | return | normalized score | act ms mean | act ms p99 |",
             "|---|---:|---:|---:|---:|",
         ]
@@ -401,10 +404,13 @@ def main() -> None:
     steps = 50 if args.fast else args.steps
     out = Path(args.out or (tempfile.mkdtemp() if args.fast else "benchmarks/results"))
     root = args.runs or Path(tempfile.mkdtemp())
+    command = " ".join(["PYTHONPATH=. python benchmarks/world_models.py", *sys.argv[1:]])
     if args.ope_only:
         report = json.loads((out / "world_models.json").read_text())
         locomotion = [d for d in args.datasets if not d.startswith("maze")]
         report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
+        for entry in report["ope"]:
+            entry["command"] = command
         report["targets"] = targets(report)
         write_text(out / "world_models.json", json.dumps(report, indent=2))
         write_text(out / "world_models.md", markdown(report))
@@ -414,6 +420,8 @@ def main() -> None:
         locomotion = [d for d in args.datasets if not d.startswith("maze")]
         report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes, critic=args.plan_critic)
                           for d in locomotion]  # fmt: skip
+        for entry in report["plan"]:
+            entry["command"] = command
         write_text(out / "world_models.json", json.dumps(report, indent=2))
         write_text(out / "world_models.md", markdown(report))
         return
@@ -433,9 +441,13 @@ def main() -> None:
     locomotion = [d for d in args.datasets if not d.startswith("maze")]
     if args.ope_sac is not None:
         report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
+        for entry in report["ope"]:
+            entry["command"] = command
     if args.plan is not None:
         report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes, critic=args.plan_critic)
                           for d in locomotion]  # fmt: skip
+        for entry in report["plan"]:
+            entry["command"] = command
     report["targets"] = targets(report)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "world_models.json", json.dumps(report, indent=2))
