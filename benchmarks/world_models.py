@@ -405,45 +405,30 @@ def main() -> None:
     out = Path(args.out or (tempfile.mkdtemp() if args.fast else "benchmarks/results"))
     root = args.runs or Path(tempfile.mkdtemp())
     command = " ".join(["PYTHONPATH=. python benchmarks/world_models.py", *sys.argv[1:]])
-    if args.ope_only:
+    if (args.ope_only and args.ope_sac is None) or (args.plan_only and args.plan is None):
+        parser.error("--ope-only needs --ope-sac RUN and --plan-only needs --plan CHECKPOINT")
+    if args.ope_only or args.plan_only:  # redo one section of the saved report, keep the rest
         report = json.loads((out / "world_models.json").read_text())
-        locomotion = [d for d in args.datasets if not d.startswith("maze")]
-        report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
-        for entry in report["ope"]:
-            entry["command"] = command
-        report["targets"] = targets(report)
-        write_text(out / "world_models.json", json.dumps(report, indent=2))
-        write_text(out / "world_models.md", markdown(report))
-        return
-    if args.plan_only:
-        report = json.loads((out / "world_models.json").read_text())
-        locomotion = [d for d in args.datasets if not d.startswith("maze")]
-        report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes, critic=args.plan_critic)
-                          for d in locomotion]  # fmt: skip
-        for entry in report["plan"]:
-            entry["command"] = command
-        write_text(out / "world_models.json", json.dumps(report, indent=2))
-        write_text(out / "world_models.md", markdown(report))
-        return
-    report: dict[str, Any] = {
-        "config": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "steps": steps,
-            "windows": 64 if args.fast else args.windows,
-        },
-        "datasets": [
-            bench_dataset(d, root, steps, 64 if args.fast else args.windows, args.data_dir)
-            for d in args.datasets
-        ],
-    }
+    else:
+        report = {
+            "config": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "steps": steps,
+                "windows": 64 if args.fast else args.windows,
+            },
+            "datasets": [
+                bench_dataset(d, root, steps, 64 if args.fast else args.windows, args.data_dir)
+                for d in args.datasets
+            ],
+        }
     locomotion = [d for d in args.datasets if not d.startswith("maze")]
-    if args.ope_sac is not None:
+    if args.ope_sac is not None and not args.plan_only:
         report["ope"] = [ope_rows(d, root, args.ope_sac, args.ope_every, args.ope_starts) for d in locomotion]
         for entry in report["ope"]:
             entry["command"] = command
-    if args.plan is not None:
+    if args.plan is not None and not args.ope_only:
         report["plan"] = [plan_rows(d, root, args.plan, args.plan_episodes, critic=args.plan_critic)
                           for d in locomotion]  # fmt: skip
         for entry in report["plan"]:

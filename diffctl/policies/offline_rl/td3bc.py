@@ -40,6 +40,7 @@ class TD3BCConfig(TransitionAgentConfig):
     section: ClassVar[str] = "TD3BC"
 
     critic_depth: int = 2
+    """Hidden layers of the critics' MLPs (the paper's 256x2)."""
     hidden: int = 256
     """Width of the actor's MLP."""
     depth: int = 2
@@ -189,7 +190,7 @@ class TD3BC(TransitionAgent):
             return self.normalizer("action").unnormalize(self.network.actor_target(s))
 
         out = policy_rollout(self.world_model(), self.raw_state(state), actor, cfg.expansion_horizon,
-                             cfg.expansion_refinements, seed=int(torch.randint(0, 2**62, ())))  # fmt: skip
+                             cfg.expansion_refinements)  # fmt: skip
         final = self._imagined_state(out["observations"][:, -1], goal)
         rewards = self.scale_rewards(out["rewards"].to(state))
         return expanded_return(rewards, out["terminals"].to(state), self.bootstrap(final), cfg.discount)
