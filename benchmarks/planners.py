@@ -482,16 +482,91 @@ def render(result: dict[str, Any], task: str, episodes: int) -> list[str]:
     return [*md, "", NOTES, *(["", f"Checkpoints: {note}"] if note else [])]
 
 
-# ----- named maze recipes (--recipes) ---------------------------------------------------------------------
-PUBLISHED_DIFFUSER = {"maze2d-umaze": 113.9, "maze2d-medium": 121.5, "maze2d-large": 123.0}
-RECIPES = ("planner_lite_umaze", "planner_lite_medium", "planner_lite_large", "planner_diffuser_umaze")
-# name -> (sampler overrides, planner overrides); the recipe configs carry goal_hold 0.5
-RECIPE_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "slow: ddpm 64": ({"solver": "ddpm", "steps": 64}, {}),
-    "fast: euler 3": ({"solver": "euler", "steps": 3}, {}),
-    "fast: euler 3, no goal hold": ({"solver": "euler", "steps": 3}, {"goal_hold": None}),
-    "dpmpp_2m 3 from sigma 80": ({"solver": "dpmpp_2m", "steps": 3}, {}),
-}
+# ----- named recipes (--recipes): the maze suite and the locomotion suite -----------------------------------
+PUBLISHED_DIFFUSER = {
+    "maze2d-umaze": 113.9, "maze2d-medium": 121.5, "maze2d-large": 123.0,
+    "hopper-medium": 58.5, "walker2d-medium": 79.6,
+}  # fmt: skip
+Settings = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class RecipeSuite:
+    """Named ``diffctl train`` recipes scored under several inference settings of one checkpoint each.
+
+    ``settings`` maps a name to (sampler overrides, planner inference keys); the ``seeded`` settings are
+    scored on every ``--seeds`` entry, the others on the first seed only. ``slow`` / ``fast`` name the
+    settings the target table compares."""
+
+    stem: str
+    title: str
+    recipes: tuple[str, ...]
+    settings: Settings
+    seeded: tuple[str, ...]
+    slow: str
+    fast: str
+    intro: str
+    settings_note: str
+
+
+MAZES = RecipeSuite(
+    stem="planners_mazes",
+    title="Planners on the three mazes: the named recipes",
+    recipes=(
+        "planner_lite_umaze",
+        "planner_lite_medium",
+        "planner_lite_large",
+        "planner_diffuser_umaze",
+        "planner_diffuser_mlp_umaze",
+    ),
+    settings={  # the recipe configs carry goal_hold 0.5
+        "slow: ddpm 64": ({"solver": "ddpm", "steps": 64}, {}),
+        "fast: euler 3": ({"solver": "euler", "steps": 3}, {}),
+        "fast: euler 3, no goal hold": ({"solver": "euler", "steps": 3}, {"goal_hold": None}),
+        "dpmpp_2m 3 from sigma 80": ({"solver": "dpmpp_2m", "steps": 3}, {}),
+    },
+    seeded=("fast: euler 3",),
+    slow="slow: ddpm 64",
+    fast="fast: euler 3",
+    intro="""
+Each recipe is `diffctl train experiment=<recipe>` (D4RL-size data generated on first use). Scores are
+D4RL-normalized over {episodes} episodes per seed (fast setting: seeds {seeds}, mean, per-seed values listed;
+other settings: the first seed). `plan_hz`: median `plan()` rate at batch 1, one torch thread. `expert_score`:
+the noiseless scripted expert that generated the data. `published_diffuser`: Diffuser's Maze2D scores (Janner
+et al. 2022).""",
+    settings_note="""
+Settings: `slow` is DDPM over 64 steps per level; `fast` 3 Euler steps per level (sigma 80 to 0.002 on the
+Karras grid); `no goal hold` turns the recipe's `goal_hold` off (the planner keeps replanning at the goal);
+`dpmpp_2m 3 from sigma 80` is the earlier fast setting, whose 3-point grid leaves plans far from the data.
+Narrative: [docs/experiments/planners.md](../../docs/experiments/planners.md).""",
+)
+LOCOMOTION = RecipeSuite(
+    stem="planners_locomotion",
+    title="Value-guided Diffuser on locomotion: the named recipes",
+    recipes=("planner_diffuser_hopper", "planner_diffuser_walker"),
+    # the recipe configs: 16 plans ranked by the value model, guidance scale 0.1, replanning every step
+    settings={
+        "value: 16 plans ranked, guidance 0.1": ({}, {}),
+        "plain: 1 plan, no guidance": ({}, {"n_plans": 1, "value_scale": 0.0}),
+        "ranked only: 16 plans, no guidance": ({}, {"value_scale": 0.0}),
+        "guided only: 1 plan, guidance 0.1": ({}, {"n_plans": 1}),
+    },
+    seeded=("value: 16 plans ranked, guidance 0.1", "plain: 1 plan, no guidance"),
+    slow="plain: 1 plan, no guidance",  # the target compares the value-guided planner with its plain self
+    fast="value: 16 plans ranked, guidance 0.1",
+    intro="""
+Each recipe is `diffctl train experiment=<recipe>` on the generated SAC-medium data; every row is the same
+checkpoint with other inference keys (`dc.load(ckpt, n_plans=1, value_scale=0.0)` is the plain planner).
+Scores are D4RL-normalized over {episodes} episodes per seed (the value and plain settings: seeds {seeds},
+mean, per-seed values listed; other settings: the first seed). `plan_hz`: median `plan()` rate at batch 1,
+one torch thread. `data_score`: the behaviour policy's mean score in the dataset. `published_diffuser`:
+Diffuser on the D4RL datasets of the same name (other data: for scale only).""",
+    settings_note="""
+Settings: 5 Euler steps (sigma 80 to 0.002 on the Karras grid) unless named; the planner replans every step
+and executes the best plan's first action.
+Narrative: [docs/experiments/planners.md](../../docs/experiments/planners.md).""",
+)
+SUITES = {"mazes": MAZES, "locomotion": LOCOMOTION}
 
 
 def train_recipe(recipe: str, run_dir: Path, overrides: list[str]) -> float | None:
@@ -509,24 +584,34 @@ def train_recipe(recipe: str, run_dir: Path, overrides: list[str]) -> float | No
     return round(time.perf_counter() - start, 1)
 
 
-def expert_score(run_dir: Path) -> float | None:
-    """The noiseless scripted expert's normalized score from the card of the run's dataset."""
+def card_scores(run_dir: Path) -> dict[str, float | None]:
+    """From the card of the run's dataset: the noiseless scripted expert's normalized score (mazes) and the
+    behaviour policy's mean normalized score."""
     from omegaconf import OmegaConf
 
     from diffctl.datasets.store import EpisodeStore
 
     conf = OmegaConf.load(run_dir / "config.yaml")
-    card = dict(EpisodeStore.open(conf.task.dataset.path).attrs)
-    expert = (card.get("behaviour_policy") or {}).get("noiseless_expert") or {}
-    score = expert.get("normalized_score")
-    return None if score is None else round(float(score), 1)
+    behaviour = dict(EpisodeStore.open(conf.task.dataset.path).attrs).get("behaviour_policy") or {}
+    expert = (behaviour.get("noiseless_expert") or {}).get("normalized_score")
+    data = behaviour.get("normalized_score")
+    return {
+        "expert_score": None if expert is None else round(float(expert), 1),
+        "data_score": None if data is None else round(float(data), 1),
+    }
 
 
 def recipe_rows(
-    recipes: list[str], work: Path, episodes: int, seeds: list[int], workers: int | None, overrides: list[str]
+    suite: RecipeSuite,
+    recipes: list[str],
+    work: Path,
+    episodes: int,
+    seeds: list[int],
+    workers: int | None,
+    overrides: list[str],
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) each recipe and score every ``RECIPE_SETTINGS`` entry: ``episodes`` per seed, every
-    seed for the fast setting and ``seeds[0]`` only for the others; plan rate at batch 1."""
+    """Train (or reuse) each recipe and score every setting of ``suite``: ``episodes`` per seed, every seed
+    for ``suite.seeded`` settings and ``seeds[0]`` only for the others; plan rate at batch 1."""
     import diffctl as dc
     from diffctl.envs.registry import make_env
 
@@ -536,13 +621,14 @@ def recipe_rows(
         seconds = train_recipe(recipe, run_dir, overrides)
         ckpt = run_dir / "checkpoint"
         task_name = str(json.loads((ckpt / "config.json").read_text())["task"])
-        expert = expert_score(run_dir)
+        dataset = str(json.loads((ckpt / "config.json").read_text()).get("dataset") or task_name)
+        data = card_scores(run_dir)
         obs = make_env(task_name, seed=0).reset(seed=0)[0]
-        for setting, (sampler, keys) in RECIPE_SETTINGS.items():
+        for setting, (sampler, keys) in suite.settings.items():
             agent = dc.load(ckpt, **sampler, **keys)
-            rate = plan_rates(agent, obs, 10 if sampler["steps"] < 32 else 3)
+            rate = plan_rates(agent, obs, 10 if sampler.get("steps", 0) < 32 else 3)
             results = []
-            for seed in seeds if setting.startswith("fast: euler 3") and not keys else seeds[:1]:
+            for seed in seeds if setting in suite.seeded else seeds[:1]:
                 start = time.perf_counter()
                 res = dc.evaluate(agent, task_name, episodes=episodes, seed=seed, n_workers=workers)
                 results.append((seed, res, time.perf_counter() - start))
@@ -556,20 +642,20 @@ def recipe_rows(
                 "score_std_over_seeds": round(float(np.std(scores)), 1) if len(scores) > 1 else None,
                 "scores_per_seed": {str(s): round(float(r["normalized_score"]), 1) for s, r, _ in results},
                 "success_rate": round(float(np.mean([r["success_rate"] for _, r, _ in results])), 3),
-                "episodes_per_seed": episodes, "expert_score": expert,
-                "published_diffuser": PUBLISHED_DIFFUSER.get(task_name),
+                "episodes_per_seed": episodes, **data,
+                "published_diffuser": PUBLISHED_DIFFUSER.get(dataset, PUBLISHED_DIFFUSER.get(task_name)),
                 "train_seconds": seconds, "eval_seconds": round(sum(t for *_, t in results), 1),
             })  # fmt: skip
     return rows
 
 
 def recipe_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per recipe: success >= 0.9 and score >= Diffuser's published (slow and fast), and the fast setting
-    at >= 100 plans/s with >= 95% of the slow score."""
+    """Maze recipes: success >= 0.9 and score >= Diffuser's published, and the fast setting at >= 100
+    plans/s with >= 95% of the slow score."""
     out = []
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
         mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
-        slow, fast = mine.get("slow: ddpm 64"), mine.get("fast: euler 3")
+        slow, fast = mine.get(MAZES.slow), mine.get(MAZES.fast)
         if slow is None or fast is None:
             continue
         pub = fast["published_diffuser"]
@@ -585,55 +671,64 @@ def recipe_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-RECIPES_INTRO = """
-Each recipe is `diffctl train experiment=<recipe>` (D4RL-size data generated on first use). Scores are
-D4RL-normalized over {episodes} episodes per seed (fast setting: seeds {seeds}, mean, per-seed values listed;
-other settings: the first seed). `plan_hz`: median `plan()` rate at batch 1, one torch thread. `expert_score`:
-the noiseless scripted expert that generated the data. `published_diffuser`: Diffuser's Maze2D scores (Janner
-et al. 2022)."""
-RECIPES_SETTINGS_NOTE = """
-Settings: `slow` is DDPM over 64 steps per level; `fast` 3 Euler steps per level (sigma 80 to 0.002 on the
-Karras grid); `no goal hold` turns the recipe's `goal_hold` off (the planner keeps replanning at the goal);
-`dpmpp_2m 3 from sigma 80` is the earlier fast setting, whose 3-point grid leaves plans far from the data.
-Narrative: [docs/experiments/planners.md](../../docs/experiments/planners.md)."""
+def locomotion_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Locomotion recipes: the value-guided planner above the same checkpoint without value guidance."""
+    out = []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
+        value, plain = mine.get(LOCOMOTION.fast), mine.get(LOCOMOTION.slow)
+        if value is None or plain is None:
+            continue
+        above = value["normalized_score"] > plain["normalized_score"]
+        out.append({
+            "recipe": recipe, "task": value["task"], "value_score": value["normalized_score"],
+            "plain_score": plain["normalized_score"], "value_plan_hz": value["plan_hz"],
+            "data_score": value["data_score"],
+            "value guidance above plain": "yes" if above else "no",
+        })  # fmt: skip
+    return out
 
 
-def render_recipes(result: dict[str, Any]) -> list[str]:
+def render_recipes(result: dict[str, Any], suite: RecipeSuite) -> list[str]:
     meta = result["meta"]
     rows = [{**r, "scores_per_seed": " / ".join(map(str, r["scores_per_seed"].values()))}
             for r in result["rows"]]  # fmt: skip
+    reference = "expert_score" if suite is MAZES else "data_score"
     keys = ["recipe", "horizon", "setting", "nfe", "plan_hz", "normalized_score", "scores_per_seed",
-            "success_rate", "expert_score", "published_diffuser"]  # fmt: skip
-    targets = recipe_targets(result["rows"])
+            "success_rate", reference, "published_diffuser"]  # fmt: skip
+    if suite is LOCOMOTION:
+        keys.remove("success_rate")
+    targets = (recipe_targets if suite is MAZES else locomotion_targets)(result["rows"])
     return [
-        "# Planners on the three mazes: the named recipes",
+        f"# {suite.title}",
         "",
         f"`{meta['command']}` on {meta['machine']}."
         + "".join(f" Rows of other recipes: `{c}`." for c in meta.get("earlier_commands", [])),
         "",
-        " ".join(RECIPES_INTRO.format(episodes=meta["episodes"], seeds=meta["seeds"]).split()),
+        " ".join(suite.intro.format(episodes=meta["episodes"], seeds=meta["seeds"]).split()),
         "",
         table(rows, keys),
         "",
         "## Targets",
         "",
-        table(targets, list(targets[0])) if targets else "(no recipe with both a slow and a fast row)",
+        table(targets, list(targets[0])) if targets else "(no recipe with both compared settings)",
         "",
-        " ".join(RECIPES_SETTINGS_NOTE.split()),
+        " ".join(suite.settings_note.split()),
         *(["", f"Note: {meta['note']}"] if meta.get("note") else []),
     ]
 
 
 def main_recipes(args: argparse.Namespace) -> None:
+    suite = SUITES[args.suite]
     out = Path("/tmp/diffctl-bench" if args.quick else args.out)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "planners_mazes.json", out / "planners_mazes.md"
+    json_path, md_path = out / f"{suite.stem}.json", out / f"{suite.stem}.md"
     if args.render_only:
         result = json.loads(json_path.read_text())
     else:
         overrides = ["training.steps=20", "training.batch_size=8"] if args.quick else []
         work = out / "recipe-runs" if args.quick else Path(args.work)
-        rows = recipe_rows(args.recipes, work, args.episodes, args.seeds, args.workers, overrides)
+        rows = recipe_rows(suite, args.recipes, work, args.episodes, args.seeds, args.workers, overrides)
         meta = {
             "command": "python benchmarks/planners.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
@@ -644,11 +739,11 @@ def main_recipes(args: argparse.Namespace) -> None:
             rows = [r for r in saved["rows"] if r["recipe"] not in args.recipes] + rows
             earlier = [*saved["meta"].get("earlier_commands", []), saved["meta"]["command"]]
             meta["earlier_commands"] = [c for c in dict.fromkeys(earlier) if c != meta["command"]]
-        order = {name: i for i, name in enumerate(RECIPES)}
+        order = {name: i for i, name in enumerate(suite.recipes)}
         rows.sort(key=lambda r: order.get(r["recipe"], len(order)))
         result = {"meta": meta, "rows": rows}
         write_text(json_path, json.dumps(result, indent=2) + "\n")
-    md = render_recipes(result)
+    md = render_recipes(result, suite)
     write_text(md_path, "\n".join(md) + "\n")
     print("\n".join(md))
 
@@ -670,16 +765,17 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="locomotion stores (--train)")
     parser.add_argument("--planners", nargs="+", default=list(PLANNERS), choices=PLANNERS, help="to --train")
     parser.add_argument(
-        "--recipes", nargs="*", default=None, help="score the named maze recipes (all: none given)"
+        "--recipes", nargs="*", default=None, help="score the named recipes of --suite (all: none given)"
     )
+    parser.add_argument("--suite", choices=sorted(SUITES), default="mazes", help="--recipes: which suite")
     parser.add_argument("--work", default="runs/planner-recipes", help="--recipes: where the runs live")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--recipes: evaluation seeds")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.episodes is None:
-        args.episodes = 50 if args.recipes is not None else 20
+        args.episodes = 20 if args.recipes is None else 10 if args.suite == "locomotion" else 50
     if args.recipes is not None:
-        args.recipes = args.recipes or list(RECIPES)
+        args.recipes = args.recipes or list(SUITES[args.suite].recipes)
         main_recipes(args)
         return
     out = Path("/tmp/diffctl-bench" if args.quick else args.out)

@@ -219,7 +219,9 @@ def test_load_rejects_bad_directories_and_overrides(tmp_path) -> None:
         Diffuser.load(path)
 
 
-@pytest.mark.parametrize("name", ["diffuser", "decision_diffuser", "diffuser_lite"])
+@pytest.mark.parametrize(
+    "name", ["diffuser", "diffuser_mlp", "decision_diffuser", "decision_diffuser_mlp", "diffuser_lite"]
+)
 def test_planner_configs_build_their_planner(name: str) -> None:
     from diffctl.train.pipeline import RESERVED_POLICY_KEYS, compose_config
 
@@ -272,3 +274,21 @@ def test_warm_start_renoises_the_shifted_plan_and_runs_only_the_grid_tail(cls) -
     for _ in range(5):
         planner.act(obs)
     assert len(seen) == 3 and seen[0] is None and all(s is not None for s in seen[1:])
+
+
+@pytest.mark.parametrize(
+    ("recipe", "task"), [("planner_diffuser_hopper", "hopper"), ("planner_diffuser_walker", "walker2d")]
+)
+def test_locomotion_recipes_compose_a_value_guided_diffuser(recipe: str, task: str) -> None:
+    """The locomotion recipes: Diffuser's horizon 32 and replanning every step, 16 plans ranked by a value
+    model that also guides sampling; the MLP backbone replaces the U-Net's options instead of merging."""
+    from diffctl.train.pipeline import compose_config
+
+    conf = OmegaConf.to_container(compose_config([f"experiment={recipe}"]), resolve=True)
+    planner, task_conf = conf["planner"], conf["task"]
+    assert task_conf["name"] == task and task_conf["horizon"] == task_conf["n_obs_steps"] == 32
+    assert planner["class"] == "Diffuser" and planner["backbone"] == "mlp"
+    assert set(planner["backbone_kwargs"]) == {"hidden", "depth", "embed_dim"}
+    assert (planner["replan_every"], planner["n_plans"], planner["value_scale"]) == (1, 16, 0.1)
+    built = Diffuser(11, 3, horizon=32, backbone="mlp", backbone_kwargs=planner["backbone_kwargs"])
+    assert built.uses_returns and built.network.value is not None
