@@ -584,6 +584,13 @@ def train_recipe(recipe: str, run_dir: Path, overrides: list[str]) -> float | No
     return round(time.perf_counter() - start, 1)
 
 
+def dataset_name(run_dir: Path) -> str:
+    """The name of the dataset the run trained on (``task.dataset.name``, e.g. hopper-medium)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(run_dir / "config.yaml").task.dataset.name)
+
+
 def card_scores(run_dir: Path) -> dict[str, float | None]:
     """From the card of the run's dataset: the noiseless scripted expert's normalized score (mazes) and the
     behaviour policy's mean normalized score."""
@@ -621,7 +628,7 @@ def recipe_rows(
         seconds = train_recipe(recipe, run_dir, overrides)
         ckpt = run_dir / "checkpoint"
         task_name = str(json.loads((ckpt / "config.json").read_text())["task"])
-        dataset = str(json.loads((ckpt / "config.json").read_text()).get("dataset") or task_name)
+        dataset = dataset_name(run_dir)
         data = card_scores(run_dir)
         obs = make_env(task_name, seed=0).reset(seed=0)[0]
         for setting, (sampler, keys) in suite.settings.items():
@@ -643,7 +650,7 @@ def recipe_rows(
                 "scores_per_seed": {str(s): round(float(r["normalized_score"]), 1) for s, r, _ in results},
                 "success_rate": round(float(np.mean([r["success_rate"] for _, r, _ in results])), 3),
                 "episodes_per_seed": episodes, **data,
-                "published_diffuser": PUBLISHED_DIFFUSER.get(dataset, PUBLISHED_DIFFUSER.get(task_name)),
+                "published_diffuser": PUBLISHED_DIFFUSER.get(dataset),
                 "train_seconds": seconds, "eval_seconds": round(sum(t for *_, t in results), 1),
             })  # fmt: skip
     return rows
@@ -679,12 +686,19 @@ def locomotion_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         value, plain = mine.get(LOCOMOTION.fast), mine.get(LOCOMOTION.slow)
         if value is None or plain is None:
             continue
-        above = value["normalized_score"] > plain["normalized_score"]
+        v = np.array(list(value["scores_per_seed"].values()))
+        p = np.array(list(plain["scores_per_seed"].values()))
+        diff = float(v.mean() - p.mean())
+        se = None
+        if min(len(v), len(p)) > 1:
+            se = float(np.sqrt(v.var(ddof=1) / len(v) + p.var(ddof=1) / len(p)))
+        verdict = "no" if diff <= 0 else "within noise" if se is None or diff < 2 * se else "yes"
         out.append({
             "recipe": recipe, "task": value["task"], "value_score": value["normalized_score"],
-            "plain_score": plain["normalized_score"], "value_plan_hz": value["plan_hz"],
-            "data_score": value["data_score"],
-            "value guidance above plain": "yes" if above else "no",
+            "plain_score": plain["normalized_score"],
+            "difference (± s.e. over seeds)": f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}"),
+            "value_plan_hz": value["plan_hz"], "data_score": value["data_score"],
+            "value guidance above plain (by 2 s.e.)": verdict,
         })  # fmt: skip
     return out
 
