@@ -488,6 +488,7 @@ PUBLISHED_DIFFUSER = {
     "hopper-medium": 58.5, "walker2d-medium": 79.6,
 }  # fmt: skip
 Settings = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+CRITIC_SETTING = "critic: 16 plans ranked by TD3+BC's Q, no guidance"
 
 
 @dataclass(frozen=True)
@@ -524,6 +525,7 @@ MAZES = RecipeSuite(
         "fast: euler 3": ({"solver": "euler", "steps": 3}, {}),
         "fast: euler 3, no goal hold": ({"solver": "euler", "steps": 3}, {"goal_hold": None}),
         "dpmpp_2m 3 from sigma 80": ({"solver": "dpmpp_2m", "steps": 3}, {}),
+        "ddpm 20": ({"solver": "ddpm", "steps": 20}, {}),
     },
     seeded=("fast: euler 3",),
     slow="slow: ddpm 64",
@@ -537,7 +539,8 @@ et al. 2022).""",
     settings_note="""
 Settings: `slow` is DDPM over 64 steps per level; `fast` 3 Euler steps per level (sigma 80 to 0.002 on the
 Karras grid); `no goal hold` turns the recipe's `goal_hold` off (the planner keeps replanning at the goal);
-`dpmpp_2m 3 from sigma 80` is the earlier fast setting, whose 3-point grid leaves plans far from the data.
+`dpmpp_2m 3 from sigma 80` is the earlier fast setting, whose 3-point grid leaves plans far from the data;
+`ddpm 20` the stochastic sampler on a shorter grid.
 Narrative: [docs/experiments/planners.md](../../docs/experiments/planners.md).""",
 )
 LOCOMOTION = RecipeSuite(
@@ -550,8 +553,10 @@ LOCOMOTION = RecipeSuite(
         "plain: 1 plan, no guidance": ({}, {"n_plans": 1, "value_scale": 0.0}),
         "ranked only: 16 plans, no guidance": ({}, {"value_scale": 0.0}),
         "guided only: 1 plan, guidance 0.1": ({}, {"n_plans": 1}),
+        # --critic RECIPE=CKPT: the 16 plans ranked by an offline-RL critic's Q on the first action
+        CRITIC_SETTING: ({}, {"value_scale": 0.0}),
     },
-    seeded=("value: 16 plans ranked, guidance 0.1", "plain: 1 plan, no guidance"),
+    seeded=("value: 16 plans ranked, guidance 0.1", "plain: 1 plan, no guidance", CRITIC_SETTING),
     slow="plain: 1 plan, no guidance",  # the target compares the value-guided planner with its plain self
     fast="value: 16 plans ranked, guidance 0.1",
     intro="""
@@ -616,11 +621,20 @@ def recipe_rows(
     seeds: list[int],
     workers: int | None,
     overrides: list[str],
+    critics: dict[str, str] | None = None,
+    only: list[str] | None = None,
+    all_seeds: bool = False,
 ) -> list[dict[str, Any]]:
     """Train (or reuse) each recipe and score every setting of ``suite``: ``episodes`` per seed, every seed
-    for ``suite.seeded`` settings and ``seeds[0]`` only for the others; plan rate at batch 1."""
+    for ``suite.seeded`` settings and ``seeds[0]`` only for the others; plan rate at batch 1. The critic
+    setting runs for recipes named in ``critics`` (recipe -> offline-RL checkpoint) and is skipped else;
+    ``only`` restricts the settings scored (their rows replace the saved ones, the others are kept);
+    ``all_seeds`` scores every setting on every seed."""
     import diffctl as dc
     from diffctl.envs.registry import make_env
+    from diffctl.improve.verifiers import QVerifier
+
+    critics = critics or {}
 
     rows = []
     for recipe in recipes:
@@ -632,10 +646,14 @@ def recipe_rows(
         data = card_scores(run_dir)
         obs = make_env(task_name, seed=0).reset(seed=0)[0]
         for setting, (sampler, keys) in suite.settings.items():
+            if (only and setting not in only) or (setting == CRITIC_SETTING and recipe not in critics):
+                continue
             agent = dc.load(ckpt, **sampler, **keys)
+            if setting == CRITIC_SETTING:
+                agent.rank_with(QVerifier(dc.load(critics[recipe])))
             rate = plan_rates(agent, obs, 10 if sampler.get("steps", 0) < 32 else 3)
             results = []
-            for seed in seeds if setting in suite.seeded else seeds[:1]:
+            for seed in seeds if setting in suite.seeded or all_seeds else seeds[:1]:
                 start = time.perf_counter()
                 res = dc.evaluate(agent, task_name, episodes=episodes, seed=seed, n_workers=workers)
                 results.append((seed, res, time.perf_counter() - start))
@@ -652,6 +670,7 @@ def recipe_rows(
                 "episodes_per_seed": episodes, **data,
                 "published_diffuser": PUBLISHED_DIFFUSER.get(dataset),
                 "train_seconds": seconds, "eval_seconds": round(sum(t for *_, t in results), 1),
+                **({"critic": critics[recipe]} if setting == CRITIC_SETTING else {}),
             })  # fmt: skip
     return rows
 
@@ -666,40 +685,47 @@ def recipe_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if slow is None or fast is None:
             continue
         pub = fast["published_diffuser"]
-        solved = fast["success_rate"] >= 0.9 and pub is not None and fast["normalized_score"] >= pub
+        solved = [
+            name for name, row in (("fast", fast), ("slow", slow))
+            if row["success_rate"] >= 0.9 and pub is not None and row["normalized_score"] >= pub
+        ]  # fmt: skip
         quick = fast["plan_hz"] >= 100 and fast["normalized_score"] >= 0.95 * slow["normalized_score"]
         out.append({
             "recipe": recipe, "task": fast["task"], "fast_score": fast["normalized_score"],
             "slow_score": slow["normalized_score"], "published_diffuser": pub,
-            "fast_success": fast["success_rate"], "fast_plan_hz": fast["plan_hz"],
-            "solves (success >= 0.9, score >= published)": "yes" if solved else "no",
+            "fast_success": fast["success_rate"], "slow_success": slow["success_rate"],
+            "fast_plan_hz": fast["plan_hz"],
+            "solves (success >= 0.9, score >= published)": " and ".join(solved) if solved else "no",
             "fast (>= 100 Hz, >= 95% of slow)": "yes" if quick else "no",
         })  # fmt: skip
     return out
 
 
 def locomotion_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Locomotion recipes: the value-guided planner above the same checkpoint without value guidance."""
+    """Locomotion recipes: the value-guided (and the critic-ranked) planner against the same checkpoint
+    without value model or ranking, with the difference's standard error over seeds."""
     out = []
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
         mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
-        value, plain = mine.get(LOCOMOTION.fast), mine.get(LOCOMOTION.slow)
-        if value is None or plain is None:
-            continue
-        v = np.array(list(value["scores_per_seed"].values()))
-        p = np.array(list(plain["scores_per_seed"].values()))
-        diff = float(v.mean() - p.mean())
-        se = None
-        if min(len(v), len(p)) > 1:
-            se = float(np.sqrt(v.var(ddof=1) / len(v) + p.var(ddof=1) / len(p)))
-        verdict = "no" if diff <= 0 else "within noise" if se is None or diff < 2 * se else "yes"
-        out.append({
-            "recipe": recipe, "task": value["task"], "value_score": value["normalized_score"],
-            "plain_score": plain["normalized_score"],
-            "difference (± s.e. over seeds)": f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}"),
-            "value_plan_hz": value["plan_hz"], "data_score": value["data_score"],
-            "value guidance above plain (by 2 s.e.)": verdict,
-        })  # fmt: skip
+        plain = mine.get(LOCOMOTION.slow)
+        for setting in (LOCOMOTION.fast, CRITIC_SETTING):
+            ranked = mine.get(setting)
+            if ranked is None or plain is None:
+                continue
+            v = np.array(list(ranked["scores_per_seed"].values()))
+            p = np.array(list(plain["scores_per_seed"].values()))
+            diff = float(v.mean() - p.mean())
+            se = None
+            if min(len(v), len(p)) > 1:
+                se = float(np.sqrt(v.var(ddof=1) / len(v) + p.var(ddof=1) / len(p)))
+            verdict = "no" if diff <= 0 else "within noise" if se is None or diff < 2 * se else "yes"
+            out.append({
+                "recipe": recipe, "task": ranked["task"], "setting": setting.split(":")[0],
+                "score": ranked["normalized_score"], "plain_score": plain["normalized_score"],
+                "difference (± s.e. over seeds)": f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}"),
+                "plan_hz": ranked["plan_hz"], "data_score": ranked["data_score"],
+                "above plain (by 2 s.e.)": verdict,
+            })  # fmt: skip
     return out
 
 
@@ -742,19 +768,25 @@ def main_recipes(args: argparse.Namespace) -> None:
     else:
         overrides = ["training.steps=20", "training.batch_size=8"] if args.quick else []
         work = out / "recipe-runs" if args.quick else Path(args.work)
-        rows = recipe_rows(suite, args.recipes, work, args.episodes, args.seeds, args.workers, overrides)
+        critics = dict(spec.split("=", 1) for spec in args.critic)
+        rows = recipe_rows(suite, args.recipes, work, args.episodes, args.seeds, args.workers, overrides,
+                           critics=critics, only=args.settings, all_seeds=args.all_seeds)  # fmt: skip
         meta = {
             "command": "python benchmarks/planners.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.platform()} ({os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread)",
             "episodes": args.episodes, "seeds": args.seeds, "note": args.note,
         }  # fmt: skip
-        if json_path.exists():  # keep the rows of recipes not rerun now, and the commands that made them
+        if json_path.exists():  # keep the rows of settings not rerun now, and the commands that made them
             saved = json.loads(json_path.read_text())
-            rows = [r for r in saved["rows"] if r["recipe"] not in args.recipes] + rows
+            fresh = {(r["recipe"], r["setting"]) for r in rows}
+            rows = [r for r in saved["rows"] if (r["recipe"], r["setting"]) not in fresh] + rows
             earlier = [*saved["meta"].get("earlier_commands", []), saved["meta"]["command"]]
             meta["earlier_commands"] = [c for c in dict.fromkeys(earlier) if c != meta["command"]]
         order = {name: i for i, name in enumerate(suite.recipes)}
-        rows.sort(key=lambda r: order.get(r["recipe"], len(order)))
+        settings = {name: i for i, name in enumerate(suite.settings)}
+        rows.sort(
+            key=lambda r: (order.get(r["recipe"], len(order)), settings.get(r["setting"], len(settings)))
+        )
         result = {"meta": meta, "rows": rows}
         write_text(json_path, json.dumps(result, indent=2) + "\n")
     md = render_recipes(result, suite)
@@ -782,6 +814,11 @@ def main() -> None:
         "--recipes", nargs="*", default=None, help="score the named recipes of --suite (all: none given)"
     )
     parser.add_argument("--suite", choices=sorted(SUITES), default="mazes", help="--recipes: which suite")
+    parser.add_argument(
+        "--critic", action="append", default=[], help="--recipes: RECIPE=CKPT of an offline-RL critic"
+    )
+    parser.add_argument("--settings", nargs="+", default=None, help="--recipes: score only these settings")
+    parser.add_argument("--all-seeds", action="store_true", help="--recipes: every setting on every seed")
     parser.add_argument("--work", default="runs/planner-recipes", help="--recipes: where the runs live")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--recipes: evaluation seeds")
     args = parser.parse_args()

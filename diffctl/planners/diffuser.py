@@ -2,7 +2,8 @@
 
 The current state is inpainted at step 0 and, for goal-reaching tasks, the goal position at step ``H - 1``
 (``sample``'s ``mask`` / ``known``, re-imposed after every solver step). A value network trained on
-window returns-to-go ranks the ``n_plans`` samples and, with ``value_scale > 0``, steers sampling up its
+window returns-to-go ranks the ``n_plans`` samples (``rank_with`` swaps in any verifier of the plan's
+actions, e.g. an offline-RL critic) and, with ``value_scale > 0``, steers sampling up its
 gradient (``kernels.guidance.GradientGuidance`` on the x0 prediction, off below ``value_sigma_min``).
 The denoiser is an EDM model, so any solver and step count of ``SamplerConfig`` works at inference.
 """
@@ -119,11 +120,15 @@ class TrajectoryPlanner(Planner):
             denoise, lambda x0, s: value(x0), hp["value_scale"], sigma_min=hp["value_sigma_min"]
         )
 
-    def _rank(self, x: torch.Tensor, bsz: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(B * N, T, D)`` plans -> ``(B, N, T, D)`` best first by the value model, and their normalized
-        values ``(B, N)`` (None without a value model: sampling order)."""
+    def _rank(
+        self, x: torch.Tensor, bsz: int, scores: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B * N, T, D)`` plans -> ``(B, N, T, D)`` best first by ``scores`` ``(B * N,)`` when given, else
+        by the value model, and those values ``(B, N)`` in raw units (None without either: sampling order)."""
         n = x.shape[0] // bsz
-        values = None if self.network.value is None else self.network.value(x).reshape(bsz, n)
+        if scores is None and self.network.value is not None:
+            scores = self.normalizer("returns").unnormalize(self.network.value(x)[:, None])[:, 0]
+        values = None if scores is None else scores.reshape(bsz, n)
         x = x.reshape(bsz, n, *x.shape[1:])
         if values is not None:
             order = values.argsort(dim=1, descending=True)
@@ -131,15 +136,17 @@ class TrajectoryPlanner(Planner):
             x = x.gather(1, order[:, :, None, None].expand_as(x))
         return x, values
 
-    def _to_plan(self, x: torch.Tensor, values: torch.Tensor | None) -> Plan:
-        """A ``Plan`` in raw units from ranked normalized ``(B, N, T, Ds + Da)`` trajectories."""
-        if values is not None:
-            values = self.normalizer("returns").unnormalize(values[..., None])[..., 0]
-        ds = self.state_dim
+    def _raw_actions(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw actions of normalized ``(..., T, Ds + Da)`` trajectories (clipped to the data's limits)."""
         act_norm = self.normalizer("action")
-        a = x[..., ds:].clamp(-1.0, 1.0) if act_norm.mode == "limits" else x[..., ds:]
-        states = self.normalizer("state").unnormalize(x[..., :ds])
-        return Plan(states=states, actions=act_norm.unnormalize(a), values=values, trajectory=x)
+        a = x[..., self.state_dim :]
+        return act_norm.unnormalize(a.clamp(-1.0, 1.0) if act_norm.mode == "limits" else a)
+
+    def _to_plan(self, x: torch.Tensor, values: torch.Tensor | None) -> Plan:
+        """A ``Plan`` in raw units from ranked normalized ``(B, N, T, Ds + Da)`` trajectories and their raw
+        values ``(B, N)``."""
+        states = self.normalizer("state").unnormalize(x[..., : self.state_dim])
+        return Plan(states=states, actions=self._raw_actions(x), values=values, trajectory=x)
 
     def track_action(self, plan: Plan, plan_norm: torch.Tensor, state: torch.Tensor, t: int) -> np.ndarray:
         if self.tracking_mode() == "pd":
@@ -168,6 +175,30 @@ class Diffuser(TrajectoryPlanner):
     """
 
     config_class: ClassVar[type[PlannerConfig]] = DiffuserConfig
+    verifier: Callable[[torch.Tensor, torch.Tensor], Any] | None = None
+
+    def rank_with(self, verifier: Callable[[torch.Tensor, torch.Tensor], Any] | None) -> Diffuser:
+        """Rank the ``n_plans`` samples by ``verifier(obs, actions) -> (B,)`` instead of the value model
+        (None: back to the value model). ``obs`` is the raw observation ``(B, Ds [+ Dg])`` and ``actions`` the
+        plan's raw actions ``(B, H, Da)``, the interface of ``diffctl.improve`` verifiers: e.g.
+        ``QVerifier(td3bc)`` ranks by an offline-RL critic on the first action. Not saved with the planner."""
+        if verifier is not None and not callable(verifier):
+            raise ValueError(
+                f"rank_with needs a callable verifier(obs, actions), got {type(verifier).__name__}"
+            )
+        self.verifier = verifier
+        return self
+
+    def _verified(self, x0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """Verifier scores ``(B * N,)`` of normalized plans sampled from raw ``state`` (and ``goal``)."""
+        assert self.verifier is not None
+        obs = state if goal is None else torch.cat([state, goal], -1)
+        scores = torch.as_tensor(self.verifier(obs, self._raw_actions(x0)), dtype=torch.float32)
+        if scores.shape != (x0.shape[0],):
+            raise ValueError(
+                f"the verifier returned scores of shape {tuple(scores.shape)}; expected ({x0.shape[0]},)"
+            )
+        return scores.to(x0.device)
 
     def build_network(self) -> DiffuserNet:
         hp, dim = self.hparams, self.transition_dim
@@ -229,9 +260,9 @@ class Diffuser(TrajectoryPlanner):
         init: torch.Tensor | None = None,
     ) -> Plan:
         """Sample ``n_plans`` trajectories per observation (goal from ``goal`` or the observation), ranked
-        by value when the planner has one. ``noise`` ``(B * n_plans, H, Ds + Da)`` fixes the start;
-        ``init`` (normalized ``(B, H, Ds + Da)``, e.g. the shifted previous plan) warm-starts sampling at
-        ``sampler.warm_start``."""
+        by the verifier of ``rank_with`` or else the value model when there is one. ``noise``
+        ``(B * n_plans, H, Ds + Da)`` fixes the start; ``init`` (normalized ``(B, H, Ds + Da)``, e.g. the
+        shifted previous plan) warm-starts sampling at ``sampler.warm_start``."""
         state, g = self.split_obs(obs, goal)
         n, bsz = self.hparams["n_plans"], state.shape[0]
         state = state.repeat_interleave(n, 0)
@@ -246,5 +277,6 @@ class Diffuser(TrajectoryPlanner):
                 solver=self.sampler.solver, generator=self._generator, mask=mask, known=known,
                 **self.sampler.options,
             )  # fmt: skip
-            ranked, values = self._rank(x0, bsz)
+            scores = None if self.verifier is None else self._verified(x0, state, g)
+            ranked, values = self._rank(x0, bsz, scores)
         return self._to_plan(ranked, values)

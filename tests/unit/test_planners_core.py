@@ -292,3 +292,36 @@ def test_locomotion_recipes_compose_a_value_guided_diffuser(recipe: str, task: s
     assert (planner["replan_every"], planner["n_plans"], planner["value_scale"]) == (1, 16, 0.1)
     built = Diffuser(11, 3, horizon=32, backbone="mlp", backbone_kwargs=planner["backbone_kwargs"])
     assert built.uses_returns and built.network.value is not None
+
+
+def test_rank_with_a_verifier_orders_plans_by_its_scores() -> None:
+    """``rank_with``: the plans come back sorted by the verifier's score of (obs, raw actions), with those
+    scores as values, whatever the value model says; the verifier sees the observation with its goal."""
+    planner = fitted(
+        Diffuser(STATE + GOAL, ACT, goal_dim=GOAL, horizon=H, n_plans=6, value=True, **SMALL_NET,
+                 sampler={"steps": 2, "seed": 0}),
+        returns=True,
+    )  # fmt: skip
+    obs = np.array([0.1, 0.2, 0.0, 0.0, 1.0, 1.0], dtype=np.float32)
+    seen = []
+
+    def verifier(o: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        seen.append(o.clone())
+        return -actions[:, 0, 0]  # the plan whose first action pushes least along x wins
+
+    planner.seed(0)
+    by_value = planner.plan(obs)
+    planner.rank_with(verifier).seed(0)
+    plan = planner.plan(obs)
+    firsts = plan.actions[0, :, 0, 0]
+    assert torch.all(firsts[:-1] <= firsts[1:])  # best first
+    torch.testing.assert_close(plan.values[0], -firsts)
+    torch.testing.assert_close(seen[0], torch.as_tensor(obs).expand(6, -1))
+    # the same six samples, only reordered
+    torch.testing.assert_close(plan.actions[0].sort(0).values, by_value.actions[0].sort(0).values)
+    planner.rank_with(None).seed(0)
+    torch.testing.assert_close(planner.plan(obs).values, by_value.values)
+    with pytest.raises(ValueError, match=r"verifier returned scores of shape \(3,\)"):
+        planner.rank_with(lambda o, a: torch.zeros(3)).plan(obs)
+    with pytest.raises(ValueError, match="callable"):
+        planner.rank_with(42)
