@@ -23,9 +23,14 @@ maze2d-umaze go to ``planners_<task>.{json,md}``.
 
 ``--recipes [NAME ...]`` instead trains (or reuses, under ``--work``) the named maze recipes
 (``diffctl train experiment=planner_lite_umaze`` ...) and scores their slow and fast settings over
-``--seeds`` into ``planners_mazes.{json,md}``:
+``--seeds`` into ``planners_mazes.{json,md}``; ``--suite locomotion`` does the same for the value-guided
+Diffuser recipes (``planner_diffuser_hopper`` / ``_walker``) into ``planners_locomotion.{json,md}``, with the
+plans ranked by an offline-RL critic as well when ``--critic RECIPE=CKPT`` names one. ``--settings`` rescores
+only the named settings (the report keeps the other rows), ``--all-seeds`` scores every setting on every seed:
 
     python benchmarks/planners.py --recipes [planner_lite_medium ...] [--workers 2]
+    python benchmarks/planners.py --recipes --suite locomotion --work runs/planner-loco --episodes 10 \
+        --critic planner_diffuser_hopper=runs/ve/hopper-medium-none-h5-s0-5000/checkpoint
 """
 
 from __future__ import annotations
@@ -729,6 +734,14 @@ def locomotion_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def earlier_runs(meta: dict[str, Any]) -> str:
+    """The sentence naming the earlier commands whose rows a report kept (empty when there are none)."""
+    earlier = meta.get("earlier_commands") or []
+    if not earlier:
+        return ""
+    return " Rows not scored by it come from the earlier runs " + "; ".join(f"`{c}`" for c in earlier) + "."
+
+
 def render_recipes(result: dict[str, Any], suite: RecipeSuite) -> list[str]:
     meta = result["meta"]
     rows = [{**r, "scores_per_seed": " / ".join(map(str, r["scores_per_seed"].values()))}
@@ -742,8 +755,7 @@ def render_recipes(result: dict[str, Any], suite: RecipeSuite) -> list[str]:
     return [
         f"# {suite.title}",
         "",
-        f"`{meta['command']}` on {meta['machine']}."
-        + "".join(f" Rows of other recipes: `{c}`." for c in meta.get("earlier_commands", [])),
+        f"`{meta['command']}` on {meta['machine']}." + earlier_runs(meta),
         "",
         " ".join(suite.intro.format(episodes=meta["episodes"], seeds=meta["seeds"]).split()),
         "",
