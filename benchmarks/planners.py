@@ -524,6 +524,7 @@ MAZES = RecipeSuite(
         "planner_lite_large",
         "planner_diffuser_umaze",
         "planner_diffuser_mlp_umaze",
+        "planner_diffuser_mlp_medium",
     ),
     settings={  # the recipe configs carry goal_hold 0.5
         "slow: ddpm 64": ({"solver": "ddpm", "steps": 64}, {}),

@@ -280,20 +280,23 @@ def test_train_an_offline_rl_agent_end_to_end(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_planner_group_composes_over_the_policy() -> None:
-    assert group_options("planner") == ["decision_diffuser", "diffuser", "diffuser_lite"]
+    assert group_options("planner") == [
+        "decision_diffuser", "decision_diffuser_mlp", "diffuser", "diffuser_lite", "diffuser_mlp",
+    ]  # fmt: skip
     assert to_dict(compose_config([])).get("planner") is None
     conf = to_dict(compose_config(["planner=diffuser", "task=maze2d-medium"]))
     task = conf["task"]
     assert conf["planner"]["class"] == "Diffuser" and task["name"] == "maze2d-medium"
     assert task["n_obs_steps"] == task["horizon"] and task["discount"] == conf["planner"]["discount"]
     assert resolve_run_dir(conf, DistInfo()).name.startswith("maze2d-medium-diffuser-")
-    with pytest.raises(ValueError, match="unknown planner 'rrt'; available: decision_diffuser, diffuser, "):
+    with pytest.raises(ValueError, match="unknown planner 'rrt'; available: decision_diffuser, decision_"):
         compose_config(["planner=rrt"])
 
 
 NET_OVERRIDES = {
     "diffuser": ["task.horizon=16", "planner.backbone_kwargs.down_dims=[16,32]"],
     "decision_diffuser": ["task.horizon=16", "planner.backbone_kwargs.down_dims=[16,32]"],
+    "diffuser_mlp": ["task.horizon=16", "planner.backbone_kwargs.hidden=32"],
     "diffuser_lite": [
         "task.horizon=9",
         "planner.points=3",
@@ -305,6 +308,7 @@ CLASSES = {
     "diffuser": "Diffuser",
     "decision_diffuser": "DecisionDiffuser",
     "diffuser_lite": "CoarseToFineDiffuser",
+    "diffuser_mlp": "Diffuser",
 }
 
 
