@@ -538,10 +538,10 @@ MAZES = RecipeSuite(
     fast="fast: euler 3",
     intro="""
 Each recipe is `diffctl train experiment=<recipe>` (D4RL-size data generated on first use). Scores are
-D4RL-normalized over {episodes} episodes per seed (fast setting: seeds {seeds}, mean, per-seed values listed;
-other settings: the first seed). `plan_hz`: median `plan()` rate at batch 1, one torch thread. `expert_score`:
-the noiseless scripted expert that generated the data. `published_diffuser`: Diffuser's Maze2D scores (Janner
-et al. 2022).""",
+D4RL-normalized over {episodes} episodes per seed (fast setting, and every setting of a run with
+`--all-seeds`: seeds {seeds}, mean, per-seed values listed; other settings: the first seed). `plan_hz`: median
+`plan()` rate at batch 1, one torch thread. `expert_score`: the noiseless scripted expert that generated the
+data. `published_diffuser`: Diffuser's Maze2D scores (Janner et al. 2022).""",
     settings_note="""
 Settings: `slow` is DDPM over 64 steps per level; `fast` 3 Euler steps per level (sigma 80 to 0.002 on the
 Karras grid); `no goal hold` turns the recipe's `goal_hold` off (the planner keeps replanning at the goal);
@@ -568,10 +568,10 @@ LOCOMOTION = RecipeSuite(
     intro="""
 Each recipe is `diffctl train experiment=<recipe>` on the generated SAC-medium data; every row is the same
 checkpoint with other inference keys (`dc.load(ckpt, n_plans=1, value_scale=0.0)` is the plain planner).
-Scores are D4RL-normalized over {episodes} episodes per seed (the value and plain settings: seeds {seeds},
-mean, per-seed values listed; other settings: the first seed). `plan_hz`: median `plan()` rate at batch 1,
-one torch thread. `data_score`: the behaviour policy's mean score in the dataset. `published_diffuser`:
-Diffuser on the D4RL datasets of the same name (other data: for scale only).""",
+Scores are D4RL-normalized over {episodes} episodes per seed (the value, plain and critic settings: seeds
+{seeds}, mean, per-seed values listed; other settings: the first seed). `plan_hz`: median `plan()` rate at
+batch 1, one torch thread. `data_score`: the behaviour policy's mean score in the dataset.
+`published_diffuser`: Diffuser on the D4RL datasets of the same name (other data: for scale only).""",
     settings_note="""
 Settings: 5 Euler steps (sigma 80 to 0.002 on the Karras grid) unless named; the planner replans every step
 and executes the best plan's first action.
