@@ -493,7 +493,66 @@ PUBLISHED_DIFFUSER = {
     "hopper-medium": 58.5, "walker2d-medium": 79.6,
 }  # fmt: skip
 Settings = dict[str, tuple[dict[str, Any], dict[str, Any]]]
+SLOW, FAST = "slow: ddpm 64", "fast: euler 3"  # the maze settings the targets compare
+PLAIN, VALUE = "plain: 1 plan, no guidance", "value: 16 plans ranked, guidance 0.1"  # locomotion
 CRITIC_SETTING = "critic: 16 plans ranked by TD3+BC's Q, no guidance"
+
+
+RESULT_COLUMNS = ("recipe", "horizon", "setting", "nfe", "plan_hz", "normalized_score", "scores_per_seed")
+
+
+def recipe_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Maze recipes: success >= 0.9 and score >= Diffuser's published, and the fast setting at >= 100
+    plans/s with >= 95% of the slow score."""
+    out = []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
+        slow, fast = mine.get(SLOW), mine.get(FAST)
+        if slow is None or fast is None:
+            continue
+        pub = fast["published_diffuser"]
+        solved = [
+            name for name, row in (("fast", fast), ("slow", slow))
+            if row["success_rate"] >= 0.9 and pub is not None and row["normalized_score"] >= pub
+        ]  # fmt: skip
+        quick = fast["plan_hz"] >= 100 and fast["normalized_score"] >= 0.95 * slow["normalized_score"]
+        out.append({
+            "recipe": recipe, "task": fast["task"], "fast_score": fast["normalized_score"],
+            "slow_score": slow["normalized_score"], "published_diffuser": pub,
+            "fast_success": fast["success_rate"], "slow_success": slow["success_rate"],
+            "fast_plan_hz": fast["plan_hz"],
+            "solves (success >= 0.9, score >= published)": " and ".join(solved) if solved else "no",
+            "fast (>= 100 Hz, >= 95% of slow)": "yes" if quick else "no",
+        })  # fmt: skip
+    return out
+
+
+def locomotion_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Locomotion recipes: the value-guided (and the critic-ranked) planner against the same checkpoint
+    without value model or ranking, with the difference's standard error over seeds."""
+    out = []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
+        plain = mine.get(PLAIN)
+        for setting in (VALUE, CRITIC_SETTING):
+            ranked = mine.get(setting)
+            if ranked is None or plain is None:
+                continue
+            v = np.array(list(ranked["scores_per_seed"].values()))
+            p = np.array(list(plain["scores_per_seed"].values()))
+            diff = float(v.mean() - p.mean())
+            se = None
+            if min(len(v), len(p)) > 1:
+                se = float(np.sqrt(v.var(ddof=1) / len(v) + p.var(ddof=1) / len(p)))
+            verdict = "no" if diff <= 0 else "within noise" if se is None or diff < 2 * se else "yes"
+            out.append({
+                "recipe": recipe, "task": ranked["task"], "setting": setting.split(":")[0],
+                "score": ranked["normalized_score"], "plain_score": plain["normalized_score"],
+                "difference (± s.e. over seeds)": f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}"),
+                "plan_hz": ranked["plan_hz"], "data_score": ranked["data_score"],
+                "above plain (by 2 s.e.)": verdict,
+            })  # fmt: skip
+    return out
 
 
 @dataclass(frozen=True)
@@ -501,16 +560,16 @@ class RecipeSuite:
     """Named ``diffctl train`` recipes scored under several inference settings of one checkpoint each.
 
     ``settings`` maps a name to (sampler overrides, planner inference keys); the ``seeded`` settings are
-    scored on every ``--seeds`` entry, the others on the first seed only. ``slow`` / ``fast`` name the
-    settings the target table compares."""
+    scored on every ``--seeds`` entry, the others on the first seed only. ``columns`` are the results
+    table's columns; ``targets`` turns the rows into the target table."""
 
     stem: str
     title: str
     recipes: tuple[str, ...]
     settings: Settings
     seeded: tuple[str, ...]
-    slow: str
-    fast: str
+    columns: tuple[str, ...]
+    targets: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
     intro: str
     settings_note: str
 
@@ -527,15 +586,15 @@ MAZES = RecipeSuite(
         "planner_diffuser_mlp_medium",
     ),
     settings={  # the recipe configs carry goal_hold 0.5
-        "slow: ddpm 64": ({"solver": "ddpm", "steps": 64}, {}),
-        "fast: euler 3": ({"solver": "euler", "steps": 3}, {}),
+        SLOW: ({"solver": "ddpm", "steps": 64}, {}),
+        FAST: ({"solver": "euler", "steps": 3}, {}),
         "fast: euler 3, no goal hold": ({"solver": "euler", "steps": 3}, {"goal_hold": None}),
         "dpmpp_2m 3 from sigma 80": ({"solver": "dpmpp_2m", "steps": 3}, {}),
         "ddpm 20": ({"solver": "ddpm", "steps": 20}, {}),
     },
-    seeded=("fast: euler 3",),
-    slow="slow: ddpm 64",
-    fast="fast: euler 3",
+    seeded=(FAST,),
+    columns=(*RESULT_COLUMNS, "success_rate", "expert_score", "published_diffuser"),
+    targets=recipe_targets,
     intro="""
 Each recipe is `diffctl train experiment=<recipe>` (D4RL-size data generated on first use). Scores are
 D4RL-normalized over {episodes} episodes per seed (fast setting, and every setting of a run with
@@ -555,16 +614,16 @@ LOCOMOTION = RecipeSuite(
     recipes=("planner_diffuser_hopper", "planner_diffuser_walker"),
     # the recipe configs: 16 plans ranked by the value model, guidance scale 0.1, replanning every step
     settings={
-        "value: 16 plans ranked, guidance 0.1": ({}, {}),
-        "plain: 1 plan, no guidance": ({}, {"n_plans": 1, "value_scale": 0.0}),
+        VALUE: ({}, {}),
+        PLAIN: ({}, {"n_plans": 1, "value_scale": 0.0}),
         "ranked only: 16 plans, no guidance": ({}, {"value_scale": 0.0}),
         "guided only: 1 plan, guidance 0.1": ({}, {"n_plans": 1}),
         # --critic RECIPE=CKPT: the 16 plans ranked by an offline-RL critic's Q on the first action
         CRITIC_SETTING: ({}, {"value_scale": 0.0}),
     },
-    seeded=("value: 16 plans ranked, guidance 0.1", "plain: 1 plan, no guidance", CRITIC_SETTING),
-    slow="plain: 1 plan, no guidance",  # the target compares the value-guided planner with its plain self
-    fast="value: 16 plans ranked, guidance 0.1",
+    seeded=(VALUE, PLAIN, CRITIC_SETTING),
+    columns=(*RESULT_COLUMNS, "data_score", "published_diffuser"),
+    targets=locomotion_targets,
     intro="""
 Each recipe is `diffctl train experiment=<recipe>` on the generated SAC-medium data; every row is the same
 checkpoint with other inference keys (`dc.load(ckpt, n_plans=1, value_scale=0.0)` is the plain planner).
@@ -681,60 +740,6 @@ def recipe_rows(
     return rows
 
 
-def recipe_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Maze recipes: success >= 0.9 and score >= Diffuser's published, and the fast setting at >= 100
-    plans/s with >= 95% of the slow score."""
-    out = []
-    for recipe in dict.fromkeys(r["recipe"] for r in rows):
-        mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
-        slow, fast = mine.get(MAZES.slow), mine.get(MAZES.fast)
-        if slow is None or fast is None:
-            continue
-        pub = fast["published_diffuser"]
-        solved = [
-            name for name, row in (("fast", fast), ("slow", slow))
-            if row["success_rate"] >= 0.9 and pub is not None and row["normalized_score"] >= pub
-        ]  # fmt: skip
-        quick = fast["plan_hz"] >= 100 and fast["normalized_score"] >= 0.95 * slow["normalized_score"]
-        out.append({
-            "recipe": recipe, "task": fast["task"], "fast_score": fast["normalized_score"],
-            "slow_score": slow["normalized_score"], "published_diffuser": pub,
-            "fast_success": fast["success_rate"], "slow_success": slow["success_rate"],
-            "fast_plan_hz": fast["plan_hz"],
-            "solves (success >= 0.9, score >= published)": " and ".join(solved) if solved else "no",
-            "fast (>= 100 Hz, >= 95% of slow)": "yes" if quick else "no",
-        })  # fmt: skip
-    return out
-
-
-def locomotion_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Locomotion recipes: the value-guided (and the critic-ranked) planner against the same checkpoint
-    without value model or ranking, with the difference's standard error over seeds."""
-    out = []
-    for recipe in dict.fromkeys(r["recipe"] for r in rows):
-        mine = {r["setting"]: r for r in rows if r["recipe"] == recipe}
-        plain = mine.get(LOCOMOTION.slow)
-        for setting in (LOCOMOTION.fast, CRITIC_SETTING):
-            ranked = mine.get(setting)
-            if ranked is None or plain is None:
-                continue
-            v = np.array(list(ranked["scores_per_seed"].values()))
-            p = np.array(list(plain["scores_per_seed"].values()))
-            diff = float(v.mean() - p.mean())
-            se = None
-            if min(len(v), len(p)) > 1:
-                se = float(np.sqrt(v.var(ddof=1) / len(v) + p.var(ddof=1) / len(p)))
-            verdict = "no" if diff <= 0 else "within noise" if se is None or diff < 2 * se else "yes"
-            out.append({
-                "recipe": recipe, "task": ranked["task"], "setting": setting.split(":")[0],
-                "score": ranked["normalized_score"], "plain_score": plain["normalized_score"],
-                "difference (± s.e. over seeds)": f"{diff:+.1f}" + ("" if se is None else f" ± {se:.1f}"),
-                "plan_hz": ranked["plan_hz"], "data_score": ranked["data_score"],
-                "above plain (by 2 s.e.)": verdict,
-            })  # fmt: skip
-    return out
-
-
 def earlier_runs(meta: dict[str, Any]) -> str:
     """The sentence naming the earlier commands whose rows a report kept (empty when there are none)."""
     earlier = meta.get("earlier_commands") or []
@@ -747,12 +752,8 @@ def render_recipes(result: dict[str, Any], suite: RecipeSuite) -> list[str]:
     meta = result["meta"]
     rows = [{**r, "scores_per_seed": " / ".join(map(str, r["scores_per_seed"].values()))}
             for r in result["rows"]]  # fmt: skip
-    reference = "expert_score" if suite is MAZES else "data_score"
-    keys = ["recipe", "horizon", "setting", "nfe", "plan_hz", "normalized_score", "scores_per_seed",
-            "success_rate", reference, "published_diffuser"]  # fmt: skip
-    if suite is LOCOMOTION:
-        keys.remove("success_rate")
-    targets = (recipe_targets if suite is MAZES else locomotion_targets)(result["rows"])
+    keys = list(suite.columns)
+    targets = suite.targets(result["rows"])
     return [
         f"# {suite.title}",
         "",
